@@ -1,0 +1,1 @@
+//! Client side of the protocol (filled in by the client-library work).

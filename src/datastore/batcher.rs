@@ -1,0 +1,2 @@
+pub struct BatchLimits;
+pub struct Batcher;

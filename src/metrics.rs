@@ -1,0 +1,287 @@
+//! Prometheus metrics. Names follow Typha's where the meaning is the same (so existing
+//! dashboards keep working); ours are `typha_*` in Prometheus' conventions. `docs/metrics.md`
+//! tables them all.
+//!
+//! Each daemon instance has its own registry, so several can run in one process (tests).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    // Connections.
+    pub connections_accepted: IntCounter,
+    pub connections_active: IntGauge,
+    pub connections_dropped: IntCounter,
+    pub connections_dropped_by_reason: IntCounterVec,
+    pub connections_by_syncer: IntGaugeVec,
+    // Snapshots.
+    pub snapshots_generated: IntCounterVec,
+    pub snapshots_reused: IntCounterVec,
+    pub snapshot_raw_bytes: IntGaugeVec,
+    pub snapshot_wire_bytes: IntGaugeVec,
+    pub snapshot_encode_secs: Histogram,
+    pub client_snapshot_send_secs: Histogram,
+    // Fan-out.
+    pub bytes_written: IntCounter,
+    pub write_calls: IntCounter,
+    pub frames_written: IntCounter,
+    pub fanout_latency_secs: Histogram,
+    pub client_write_latency_secs: Histogram,
+    pub ping_latency: Histogram,
+    pub ring_batches: IntGauge,
+    pub ring_bytes: IntGauge,
+    // Datastore side.
+    pub updates_total: IntCounter,
+    pub updates_skipped: IntCounter,
+    pub updates_skipped_by_prefix: IntCounterVec,
+    pub batches_sent: IntCounter,
+    pub kvs_per_msg: Histogram,
+    pub sequence: IntGauge,
+    pub keys: IntGaugeVec,
+    pub channel_full: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+/// Latency buckets from 100 µs to ~100 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 20).unwrap_or_default()
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry. The names and label sets are constants, so
+    /// registration cannot fail at run time; the `expect`s guard programming errors only.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = r.register(Box::new(pc));
+        }
+        Metrics {
+            connections_accepted: counter(
+                &r,
+                "typha_connections_accepted",
+                "Total connections accepted.",
+            ),
+            connections_active: gauge(&r, "typha_connections_active", "Open connections."),
+            connections_dropped: counter(
+                &r,
+                "typha_connections_dropped",
+                "Total connections closed by the server (any reason).",
+            ),
+            connections_dropped_by_reason: counter_vec(
+                &r,
+                "typha_connections_dropped_by_reason_total",
+                "Connections closed, by reason.",
+                &["reason"],
+            ),
+            connections_by_syncer: gauge_vec(
+                &r,
+                "typha_connections_streaming",
+                "Connections past the handshake, by syncer type.",
+                &["syncer"],
+            ),
+            snapshots_generated: counter_vec(
+                &r,
+                "typha_snapshots_generated",
+                "Snapshots encoded, by syncer type.",
+                &["syncer"],
+            ),
+            snapshots_reused: counter_vec(
+                &r,
+                "typha_snapshots_reused",
+                "Clients served an already-encoded snapshot, by syncer type.",
+                &["syncer"],
+            ),
+            snapshot_raw_bytes: gauge_vec(
+                &r,
+                "typha_snapshot_raw_bytes",
+                "Size of the latest snapshot before compression, by syncer type.",
+                &["syncer"],
+            ),
+            snapshot_wire_bytes: gauge_vec(
+                &r,
+                "typha_snapshot_compressed_bytes",
+                "Size of the latest snapshot on the wire, by syncer type.",
+                &["syncer"],
+            ),
+            snapshot_encode_secs: histogram(
+                &r,
+                "typha_snapshot_encode_seconds",
+                "Time to encode (and compress) one snapshot.",
+                latency_buckets(),
+            ),
+            client_snapshot_send_secs: histogram(
+                &r,
+                "typha_client_snapshot_send_secs",
+                "Time from the end of the handshake to the last snapshot byte written.",
+                latency_buckets(),
+            ),
+            bytes_written: counter(
+                &r,
+                "typha_bytes_written_total",
+                "Bytes written to client sockets.",
+            ),
+            write_calls: counter(
+                &r,
+                "typha_write_calls_total",
+                "Vectored write system calls made to client sockets.",
+            ),
+            frames_written: counter(
+                &r,
+                "typha_frames_written_total",
+                "Frames fully written to client sockets.",
+            ),
+            fanout_latency_secs: histogram(
+                &r,
+                "typha_client_latency_secs",
+                "Time from an update reaching the daemon to its frame being written to a client.",
+                latency_buckets(),
+            ),
+            client_write_latency_secs: histogram(
+                &r,
+                "typha_client_write_latency_secs",
+                "Time from a frame being queued for a client to it being fully written.",
+                latency_buckets(),
+            ),
+            ping_latency: histogram(
+                &r,
+                "typha_ping_latency",
+                "Round trip from a ping being written to its pong being read.",
+                latency_buckets(),
+            ),
+            ring_batches: gauge(
+                &r,
+                "typha_breadcrumb_ring_batches",
+                "Recent batches held for clients that join from a snapshot.",
+            ),
+            ring_bytes: gauge(
+                &r,
+                "typha_breadcrumb_ring_bytes",
+                "Encoded bytes held by the ring of recent batches.",
+            ),
+            updates_total: counter(
+                &r,
+                "typha_updates_total",
+                "Updates received from the datastore.",
+            ),
+            updates_skipped: counter(
+                &r,
+                "typha_updates_skipped",
+                "Updates dropped because they changed nothing.",
+            ),
+            updates_skipped_by_prefix: counter_vec(
+                &r,
+                "typha_updates_skipped_by_kind_total",
+                "No-op updates dropped, by key kind.",
+                &["kind"],
+            ),
+            batches_sent: counter(
+                &r,
+                "typha_batches_total",
+                "Delta batches handed to the reactor.",
+            ),
+            kvs_per_msg: histogram(
+                &r,
+                "typha_kvs_per_msg",
+                "Updates per delta batch.",
+                prometheus::exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
+            ),
+            sequence: gauge(
+                &r,
+                "typha_sequence",
+                "Sequence number of the newest delta batch.",
+            ),
+            keys: gauge_vec(
+                &r,
+                "typha_keys",
+                "Keys in the canonical map, by syncer type view.",
+                &["syncer"],
+            ),
+            channel_full: counter(
+                &r,
+                "typha_batch_channel_full_total",
+                "Times a closed batch could not be handed over because the reactor's channel was full.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A coarse label for a key, for per-kind no-op counts: the path up to its kind segment.
+pub fn key_kind(key: &str) -> &'static str {
+    const KINDS: &[(&str, &str)] = &[
+        ("/calico/v1/host/", "host"),
+        ("/calico/v1/policy/profile/", "profile"),
+        ("/calico/v1/policy/tier/", "tier"),
+        ("/calico/v1/policy/", "policy"),
+        ("/calico/v1/config/", "config"),
+        ("/calico/v1/netset/", "networkset"),
+        ("/calico/v1/ipam/", "ippool"),
+        ("/calico/ipam/v2/", "ipam"),
+        ("/calico/resources/v3/projectcalico.org/nodes/", "node"),
+        ("/calico/resources/v3/projectcalico.org/profiles/", "profile"),
+        (
+            "/calico/resources/v3/projectcalico.org/kubernetesservice/",
+            "service",
+        ),
+        (
+            "/calico/resources/v3/projectcalico.org/kubernetesendpointslices/",
+            "endpointslice",
+        ),
+        ("/calico/resources/v3/", "resource"),
+    ];
+    KINDS
+        .iter()
+        .find(|(p, _)| key.starts_with(p))
+        .map_or("other", |(_, k)| k)
+}

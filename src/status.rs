@@ -1,0 +1,155 @@
+//! State that the HTTP endpoints report: health of the two threads, sync status, and the
+//! daemon's `(sequence, digest)` per syncer type, so anyone can check a client against it.
+//!
+//! Written by the pipeline stages, read by the HTTP listener; nothing here feeds back into the
+//! data path.
+
+use crate::model::{Digest, SyncStatus, SyncerType};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One syncer type's view at a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewDigest {
+    pub key_count: u64,
+    pub digest: Digest,
+}
+
+/// The digests of every syncer type as of one sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestRecord {
+    pub seq: u64,
+    pub views: [ViewDigest; SyncerType::COUNT],
+}
+
+/// How many recent sequence numbers keep their digests, so a client that is a little behind
+/// can still be checked at the sequence it has reached.
+pub const DIGEST_HISTORY: usize = 4096;
+
+#[derive(Debug)]
+pub struct StatusBoard {
+    started: Instant,
+    sync_status: AtomicU8,
+    /// Milliseconds since `started` at the last reactor loop iteration.
+    reactor_beat_ms: AtomicU64,
+    /// Milliseconds since `started` at the last datastore-thread tick.
+    datastore_beat_ms: AtomicU64,
+    reactor_stopped: AtomicBool,
+    connections: AtomicU64,
+    max_connections: AtomicU64,
+    digests: Mutex<VecDeque<DigestRecord>>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatusBoard {
+    pub fn new() -> Self {
+        StatusBoard {
+            started: Instant::now(),
+            sync_status: AtomicU8::new(SyncStatus::WaitingForDatastore as u8),
+            reactor_beat_ms: AtomicU64::new(0),
+            datastore_beat_ms: AtomicU64::new(0),
+            reactor_stopped: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            max_connections: AtomicU64::new(u64::MAX),
+            digests: Mutex::new(VecDeque::with_capacity(DIGEST_HISTORY)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn set_sync_status(&self, s: SyncStatus) {
+        self.sync_status.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn sync_status(&self) -> SyncStatus {
+        match self.sync_status.load(Ordering::Relaxed) {
+            2 => SyncStatus::InSync,
+            1 => SyncStatus::ResyncInProgress,
+            _ => SyncStatus::WaitingForDatastore,
+        }
+    }
+
+    pub fn reactor_beat(&self) {
+        self.reactor_beat_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn datastore_beat(&self) {
+        self.datastore_beat_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn set_reactor_stopped(&self) {
+        self.reactor_stopped.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_connections(&self, n: usize, max: usize) {
+        self.connections.store(n as u64, Ordering::Relaxed);
+        self.max_connections.store(max as u64, Ordering::Relaxed);
+    }
+
+    fn age(&self, beat: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(beat.load(Ordering::Relaxed)))
+    }
+
+    /// Live while both threads have made progress within `stall`.
+    pub fn liveness(&self, stall: Duration) -> Result<(), String> {
+        if self.reactor_stopped.load(Ordering::Relaxed) {
+            return Err("reactor stopped".into());
+        }
+        let r = self.age(&self.reactor_beat_ms);
+        if r > stall {
+            return Err(format!("reactor made no progress for {r:?}"));
+        }
+        let d = self.age(&self.datastore_beat_ms);
+        if d > stall {
+            return Err(format!("datastore thread made no progress for {d:?}"));
+        }
+        Ok(())
+    }
+
+    /// Ready while in sync with the datastore and below the connection limit.
+    pub fn readiness(&self) -> Result<(), String> {
+        let s = self.sync_status();
+        if s != SyncStatus::InSync {
+            return Err(format!("datastore status is {}", s.as_str()));
+        }
+        let (n, max) = (
+            self.connections.load(Ordering::Relaxed),
+            self.max_connections.load(Ordering::Relaxed),
+        );
+        if n >= max {
+            return Err(format!("at the connection limit ({n}/{max})"));
+        }
+        Ok(())
+    }
+
+    pub fn record_digests(&self, rec: DigestRecord) {
+        let mut d = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        if d.len() == DIGEST_HISTORY {
+            d.pop_front();
+        }
+        d.push_back(rec);
+    }
+
+    /// The newest record, or the one for `seq` if it is still held. A sequence number between
+    /// two records (a status-only batch is still recorded, so none are skipped) is not found.
+    pub fn digests(&self, seq: Option<u64>) -> Option<DigestRecord> {
+        let d = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        match seq {
+            None => d.back().copied(),
+            Some(s) => {
+                let first = d.front()?.seq;
+                let idx = usize::try_from(s.checked_sub(first)?).ok()?;
+                d.get(idx).filter(|r| r.seq == s).copied()
+            }
+        }
+    }
+}
