@@ -6,9 +6,12 @@
 //! to every client. `client` is the receiving side, used by tests and the loadtest harness.
 
 pub mod client;
+// pub mod config; (pending sim+http)
+// pub mod daemon;
 pub mod datastore;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod server;
 pub mod status;

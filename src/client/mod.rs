@@ -1,1 +1,27 @@
-//! Client side of the protocol (filled in by the client-library work).
+//! Client side of the protocol: the receiving end used by tests and the loadtest harness.
+//!
+//! Three layers, each usable on its own:
+//!
+//! * [`SyncState`] applies decoded [`ServerMessage`](crate::proto::ServerMessage)s to a local
+//!   map, enforcing the message order and sequence rule of protocol v1 and checking the
+//!   snapshot's key count and digest. [`Tracking::SeqOnly`] keeps no map, for load tests with
+//!   thousands of clients.
+//! * [`ClientSession`] is "bytes in, events out": it does no I/O, so any event loop (mio, tokio,
+//!   a plain thread) can drive it. It queues the `Hello`, decodes frames, answers pings and
+//!   hands out [`ClientEvent`]s.
+//! * [`BlockingClient`] drives a session over a `std::net::TcpStream`.
+//!
+//! The sequence rule: after a snapshot at seq `S` and after each `Updates` frame, the client's
+//! `seq` is the last sequence number it has. An `Updates{first_seq, last_seq}` is accepted only
+//! if `first_seq <= seq + 1 <= last_seq`; then `seq = last_seq`. Anything else is a gap or a
+//! duplicate and fails the connection with [`ClientError::Protocol`].
+
+mod blocking;
+mod error;
+mod session;
+mod state;
+
+pub use blocking::BlockingClient;
+pub use error::ClientError;
+pub use session::{ClientOptions, ClientSession};
+pub use state::{ClientEntry, ClientEvent, SyncState, Tracking};

@@ -1,2 +1,521 @@
-pub struct BatchLimits;
-pub struct Batcher;
+//! The batcher: canonical map, no-op filter, sequence numbers, and encoding once per type.
+//!
+//! Updates are applied to the canonical map as they arrive; one that changes nothing is dropped
+//! and counted. The rest collect in a pending batch (one slot per key: a later update to a key
+//! replaces the earlier one, so the pending batch is bounded by the number of keys whatever the
+//! datastore does). The batch closes at a size or an age limit, or when the sync status
+//! changes, and is encoded once per syncer type into an immutable [`DeltaBatch`]. If the
+//! reactor's channel is full the batch stays open and keeps merging until there is room.
+
+use super::{BatchMessage, DeltaBatch};
+use crate::metrics::{key_kind, Metrics};
+use crate::model::{
+    now_unix_nanos, Entry, Key, KvUpdate, StateMap, SyncStatus, SyncerType, SyncerTypeSet,
+    Update, UpdateType,
+};
+use crate::proto::encode::{encode_batch_part, EncodeOptions, EncodedPart};
+use crate::status::{DigestRecord, StatusBoard, ViewDigest};
+use crossbeam_channel::{Sender, TrySendError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// When a pending batch closes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Close once this many distinct keys are pending (Typha's SnapshotCacheMaxBatchSize).
+    pub max_updates: usize,
+    /// Close once the oldest pending update is this old.
+    pub max_age: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_updates: 100,
+            max_age: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Outcome of an attempt to close and send the pending batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushOutcome {
+    Sent,
+    NothingPending,
+    /// The channel is full; the batch stays pending and keeps merging.
+    ChannelFull,
+    /// The reactor is gone.
+    Disconnected,
+}
+
+/// Receives the closed batches. The reactor's side is a bounded channel plus a `mio::Waker`;
+/// tests plug in whatever they like.
+pub trait BatchSink {
+    fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>>;
+}
+
+/// The reactor's end: a bounded crossbeam channel, woken through a `mio::Waker`.
+pub struct ReactorSink {
+    pub tx: Sender<BatchMessage>,
+    pub waker: Arc<mio::Waker>,
+}
+
+impl BatchSink for ReactorSink {
+    fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>> {
+        self.tx.try_send(msg)?;
+        // A failed wake means the poll instance is gone; the reactor is shutting down and the
+        // next send will see the disconnect.
+        let _ = self.waker.wake();
+        Ok(())
+    }
+}
+
+pub struct Batcher<S: BatchSink> {
+    state: StateMap,
+    seq: u64,
+    status: SyncStatus,
+    /// Status as of the last sent batch.
+    sent_status: SyncStatus,
+    pending: Vec<(Update, SyncerTypeSet)>,
+    pending_index: HashMap<Key, usize>,
+    /// When the oldest pending update (or status change) arrived.
+    pending_since: Option<(Instant, u64)>,
+    /// Last sequence number whose part for each syncer type carried updates.
+    last_part_seq: [u64; SyncerType::COUNT],
+    views: [ViewDigest; SyncerType::COUNT],
+    limits: BatchLimits,
+    encode: EncodeOptions,
+    sink: S,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+}
+
+impl<S: BatchSink> Batcher<S> {
+    pub fn new(
+        limits: BatchLimits,
+        encode: EncodeOptions,
+        sink: S,
+        metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
+    ) -> Self {
+        let b = Batcher {
+            state: StateMap::new(),
+            seq: 0,
+            status: SyncStatus::WaitingForDatastore,
+            sent_status: SyncStatus::WaitingForDatastore,
+            pending: Vec::new(),
+            pending_index: HashMap::new(),
+            pending_since: None,
+            last_part_seq: [0; SyncerType::COUNT],
+            views: [ViewDigest {
+                key_count: 0,
+                digest: Default::default(),
+            }; SyncerType::COUNT],
+            limits,
+            encode,
+            sink,
+            metrics,
+            board,
+        };
+        b.board.record_digests(DigestRecord {
+            seq: 0,
+            views: b.views,
+        });
+        b
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn state(&self) -> &StateMap {
+        &self.state
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn mark_pending(&mut self) {
+        if self.pending_since.is_none() {
+            self.pending_since = Some((Instant::now(), now_unix_nanos()));
+        }
+    }
+
+    /// Applies one update to the canonical map; a no-op is dropped and counted.
+    pub fn apply(&mut self, u: KvUpdate) {
+        self.metrics.updates_total.inc();
+        let old = self.state.get(&u.key).cloned();
+        let update_type = match (&u.value, &old) {
+            (Some(v), Some(o)) if o.value == *v => return self.skip(&u.key),
+            (None, None) => return self.skip(&u.key),
+            (Some(_), Some(_)) => UpdateType::Updated,
+            (Some(_), None) => UpdateType::New,
+            (None, Some(_)) => UpdateType::Deleted,
+        };
+        let types = SyncerTypeSet::of_key(&u.key);
+        for t in SyncerType::ALL {
+            if !types.contains(t) {
+                continue;
+            }
+            let view = &mut self.views[t.index()];
+            if let Some(o) = &old {
+                view.digest.remove(&u.key, &o.value);
+                view.key_count -= 1;
+            }
+            if let Some(v) = &u.value {
+                view.digest.add(&u.key, v);
+                view.key_count += 1;
+            }
+        }
+        match &u.value {
+            Some(v) => {
+                self.state.insert(
+                    u.key.clone(),
+                    Arc::new(Entry {
+                        value: v.clone(),
+                        revision: u.revision.clone(),
+                    }),
+                );
+            }
+            None => {
+                self.state.remove(&u.key);
+            }
+        }
+        let update = Update {
+            key: u.key,
+            value: u.value,
+            revision: u.revision,
+            update_type,
+        };
+        self.mark_pending();
+        match self.pending_index.get(&update.key) {
+            Some(&i) => {
+                // The key already changed in this batch: clients only need its final value.
+                let prev = &mut self.pending[i].0;
+                let update_type = match (prev.update_type, update.update_type) {
+                    (UpdateType::New, UpdateType::Updated) => UpdateType::New,
+                    (_, t) => t,
+                };
+                *prev = Update {
+                    update_type,
+                    ..update
+                };
+            }
+            None => {
+                self.pending_index
+                    .insert(update.key.clone(), self.pending.len());
+                self.pending.push((update, types));
+            }
+        }
+    }
+
+    fn skip(&mut self, key: &str) {
+        self.metrics.updates_skipped.inc();
+        self.metrics
+            .updates_skipped_by_prefix
+            .with_label_values(&[key_kind(key)])
+            .inc();
+    }
+
+    pub fn set_status(&mut self, s: SyncStatus) {
+        if s != self.status {
+            self.status = s;
+            self.board.set_sync_status(s);
+            self.mark_pending();
+        }
+    }
+
+    /// Whether the pending batch should close now.
+    pub fn due(&self, now: Instant) -> bool {
+        self.pending.len() >= self.limits.max_updates
+            || self.status != self.sent_status
+            || self
+                .pending_since
+                .is_some_and(|(t, _)| now.duration_since(t) >= self.limits.max_age)
+    }
+
+    /// When the pending batch reaches its age limit, if anything is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending_since.map(|(t, _)| t + self.limits.max_age)
+    }
+
+    /// Closes the pending batch, encodes it once per syncer type and hands it to the sink.
+    pub fn flush(&mut self) -> FlushOutcome {
+        let status_changed = self.status != self.sent_status;
+        if self.pending.is_empty() && !status_changed {
+            self.pending_since = None;
+            return FlushOutcome::NothingPending;
+        }
+        let seq = self.seq + 1;
+        let received_at = self.pending_since.map_or_else(now_unix_nanos, |(_, n)| n);
+        let status_change = status_changed.then_some(self.status);
+        let mut parts: [Option<EncodedPart>; SyncerType::COUNT] = Default::default();
+        let mut for_type: Vec<&Update> = Vec::with_capacity(self.pending.len());
+        for t in SyncerType::ALL {
+            for_type.clear();
+            for_type.extend(
+                self.pending
+                    .iter()
+                    .filter(|(_, types)| types.contains(t))
+                    .map(|(u, _)| u),
+            );
+            if for_type.is_empty() && status_change.is_none() {
+                continue;
+            }
+            parts[t.index()] = Some(encode_batch_part(
+                self.last_part_seq[t.index()] + 1,
+                seq,
+                received_at,
+                &for_type,
+                status_change,
+                &self.encode,
+            ));
+        }
+        let batch = Arc::new(DeltaBatch {
+            seq,
+            received_at,
+            status: self.status,
+            update_count: self.pending.len(),
+            parts,
+        });
+        let msg = BatchMessage {
+            batch: batch.clone(),
+            state: self.state.clone(),
+        };
+        match self.sink.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics.channel_full.inc();
+                return FlushOutcome::ChannelFull;
+            }
+            Err(TrySendError::Disconnected(_)) => return FlushOutcome::Disconnected,
+        }
+        self.seq = seq;
+        self.sent_status = self.status;
+        // Only `Updates` frames carry sequence numbers; a status-only part must not move the
+        // chain, or the next `Updates` would look like it skipped a sequence.
+        for t in SyncerType::ALL {
+            if batch.parts[t.index()]
+                .as_ref()
+                .is_some_and(|p| p.update_count > 0)
+            {
+                self.last_part_seq[t.index()] = seq;
+            }
+        }
+        self.metrics.kvs_per_msg.observe(self.pending.len() as f64);
+        self.metrics.batches_sent.inc();
+        self.metrics.sequence.set(seq as i64);
+        for t in SyncerType::ALL {
+            self.metrics
+                .keys
+                .with_label_values(&[t.as_str()])
+                .set(self.views[t.index()].key_count as i64);
+        }
+        self.board.record_digests(DigestRecord {
+            seq,
+            views: self.views,
+        });
+        self.pending.clear();
+        self.pending_index.clear();
+        self.pending_since = None;
+        FlushOutcome::Sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{decode_server_message, FrameDecoder, ServerMessage, MAX_SERVER_FRAME};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Collects batches; can pretend to be full.
+    #[derive(Default, Clone)]
+    struct VecSink(Rc<RefCell<SinkState>>);
+
+    #[derive(Default)]
+    struct SinkState {
+        got: Vec<BatchMessage>,
+        full: bool,
+    }
+
+    impl BatchSink for VecSink {
+        fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>> {
+            let mut s = self.0.borrow_mut();
+            if s.full {
+                return Err(TrySendError::Full(msg));
+            }
+            s.got.push(msg);
+            Ok(())
+        }
+    }
+
+    impl VecSink {
+        fn got(&self) -> std::cell::Ref<'_, Vec<BatchMessage>> {
+            std::cell::Ref::map(self.0.borrow(), |s| &s.got)
+        }
+        fn set_full(&self, full: bool) {
+            self.0.borrow_mut().full = full;
+        }
+    }
+
+    fn batcher(sink: &VecSink, max_updates: usize) -> (Batcher<VecSink>, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        let b = Batcher::new(
+            BatchLimits {
+                max_updates,
+                max_age: Duration::from_secs(3600),
+            },
+            EncodeOptions::default(),
+            sink.clone(),
+            m.clone(),
+            Arc::new(StatusBoard::new()),
+        );
+        (b, m)
+    }
+
+    fn decode_updates(frames: &[u8]) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        let mut d = FrameDecoder::new(MAX_SERVER_FRAME);
+        d.feed(frames, |p| {
+            out.push(decode_server_message(p, MAX_SERVER_FRAME).map_err(|e| e.to_string())?);
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        out
+    }
+
+    const WEP: &str = "/calico/v1/host/n1/workload/k8s/ns%2fp/endpoint/eth0";
+    const NODE: &str = "/calico/resources/v3/projectcalico.org/nodes/n1";
+
+    #[test]
+    fn noops_are_dropped_and_counted() {
+        let sink = VecSink::default();
+        let (mut b, m) = batcher(&sink, 100);
+        b.apply(KvUpdate::set(WEP, &b"{\"a\":1}"[..], "1"));
+        b.apply(KvUpdate::set(WEP, &b"{\"a\":1}"[..], "2"));
+        b.apply(KvUpdate::delete("/calico/v1/unknown", "3"));
+        assert_eq!(b.pending_len(), 1);
+        assert_eq!(m.updates_total.get(), 3);
+        assert_eq!(m.updates_skipped.get(), 2);
+        // The kept entry still has the first revision: clients were never told about "2".
+        assert_eq!(b.state().get(WEP).unwrap().revision, "1");
+    }
+
+    #[test]
+    fn batches_close_at_size_and_carry_per_type_chains() {
+        let sink = VecSink::default();
+        let (mut b, _) = batcher(&sink, 2);
+        b.apply(KvUpdate::set(WEP, &b"1"[..], "1"));
+        assert!(!b.due(Instant::now()));
+        b.apply(KvUpdate::set(NODE, &b"n"[..], "2"));
+        assert!(b.due(Instant::now()));
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        b.apply(KvUpdate::set(WEP, &b"2"[..], "3"));
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        b.apply(KvUpdate::set(NODE, &b"m"[..], "4"));
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        drop(b);
+        let seqs: Vec<u64> = sink.got().iter().map(|m| m.batch.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        // bgp saw only the node: its parts are seq 1 and seq 3, chained 1..=1 then 2..=3.
+        let bgp: Vec<(u64, u64)> = sink
+            .got()
+            .iter()
+            .filter_map(|m| m.batch.part(SyncerType::Bgp))
+            .map(|p| (p.first_seq, p.last_seq))
+            .collect();
+        assert_eq!(bgp, vec![(1, 1), (2, 3)]);
+        let felix: Vec<(u64, u64)> = sink
+            .got()
+            .iter()
+            .filter_map(|m| m.batch.part(SyncerType::Felix))
+            .map(|p| (p.first_seq, p.last_seq))
+            .collect();
+        assert_eq!(felix, vec![(1, 1), (2, 2), (3, 3)]);
+        match &decode_updates(sink.got()[1].batch.part(SyncerType::Felix).unwrap().frames(false))[..]
+        {
+            [ServerMessage::Updates { updates, .. }] => {
+                assert_eq!(updates.len(), 1);
+                assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
+                assert_eq!(updates[0].update_type, UpdateType::Updated);
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+        // The state travelling with batch 1 is the map as of seq 1, not later.
+        assert_eq!(sink.got()[0].state.get(WEP).unwrap().value, &b"1"[..]);
+    }
+
+    #[test]
+    fn full_channel_merges_and_keeps_the_sequence() {
+        let sink = VecSink::default();
+        sink.set_full(true);
+        let (mut b, m) = batcher(&sink, 1);
+        b.apply(KvUpdate::set(WEP, &b"1"[..], "1"));
+        assert_eq!(b.flush(), FlushOutcome::ChannelFull);
+        b.apply(KvUpdate::set(WEP, &b"2"[..], "2"));
+        b.apply(KvUpdate::set(NODE, &b"n"[..], "3"));
+        assert_eq!(b.pending_len(), 2, "same key merged, not queued twice");
+        assert_eq!(m.channel_full.get(), 1);
+        sink.set_full(false);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        assert_eq!(b.seq(), 1);
+        drop(b);
+        let got = sink.got();
+        let p = got[0].batch.part(SyncerType::Felix).unwrap();
+        match &decode_updates(p.frames(false))[..] {
+            [ServerMessage::Updates { updates, .. }] => {
+                assert_eq!(updates.len(), 2);
+                assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
+                // New then Updated within one batch is still New to the clients.
+                assert_eq!(updates[0].update_type, UpdateType::New);
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_change_alone_makes_a_batch_for_every_type() {
+        let sink = VecSink::default();
+        let (mut b, _) = batcher(&sink, 100);
+        b.set_status(SyncStatus::InSync);
+        assert!(b.due(Instant::now()));
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        assert_eq!(b.flush(), FlushOutcome::NothingPending);
+        drop(b);
+        for t in SyncerType::ALL {
+            let got = sink.got();
+            let p = got[0].batch.part(t).unwrap();
+            assert_eq!(
+                decode_updates(p.frames(true)),
+                vec![ServerMessage::SyncStatus(SyncStatus::InSync)]
+            );
+        }
+    }
+
+    #[test]
+    fn digests_track_the_map() {
+        let sink = VecSink::default();
+        let board = Arc::new(StatusBoard::new());
+        let mut b = Batcher::new(
+            BatchLimits::default(),
+            EncodeOptions::default(),
+            sink.clone(),
+            Arc::new(Metrics::new()),
+            board.clone(),
+        );
+        b.apply(KvUpdate::set(WEP, &b"1"[..], "1"));
+        b.apply(KvUpdate::set(NODE, &b"n"[..], "2"));
+        b.apply(KvUpdate::delete(WEP, "3"));
+        b.flush();
+        let rec = board.digests(Some(1)).unwrap();
+        let mut expect = crate::model::Digest::default();
+        expect.add(NODE, b"n");
+        assert_eq!(rec.views[SyncerType::Felix.index()].digest, expect);
+        assert_eq!(rec.views[SyncerType::Felix.index()].key_count, 1);
+        assert_eq!(rec.views[SyncerType::NodeStatus.index()].key_count, 0);
+        assert!(board.digests(Some(0)).is_some());
+    }
+}

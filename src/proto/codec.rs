@@ -15,6 +15,12 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// configurable limit can be lower, never higher. Decoding never claims more memory than this.
 pub const MAX_CLIENT_FRAME: usize = 1 << 20;
 
+/// What decoding one client message may claim. bincode reserves a container's full length up
+/// front but later charges elements less than they hold, so real allocation can reach about
+/// 1.7 times the claim limit; a quarter of [`MAX_CLIENT_FRAME`] keeps it under that frame
+/// limit. A `Hello` needs a few hundred bytes.
+const CLIENT_DECODE_CLAIM: usize = MAX_CLIENT_FRAME / 4;
+
 /// Hard ceiling on a server→client payload after decompression. The server's own frames stay
 /// far below it (snapshot chunks are ~256 KiB); a receiver refuses anything larger.
 pub const MAX_SERVER_FRAME: usize = 64 << 20;
@@ -240,7 +246,7 @@ pub fn decode_client_message(payload: &[u8]) -> Result<ClientMessage, ProtoError
             max: MAX_CLIENT_FRAME,
         });
     }
-    decode_exact::<ClientMessage, MAX_CLIENT_FRAME>(payload)
+    decode_exact::<ClientMessage, CLIENT_DECODE_CLAIM>(payload)
 }
 
 /// Reads the protocol version of a payload that claims to be a `Hello`, whatever follows it.
@@ -265,7 +271,7 @@ pub fn decode_server_message(payload: &[u8], max: usize) -> Result<ServerMessage
             max,
         });
     }
-    match decode_exact::<ServerMessage, MAX_SERVER_FRAME>(payload)? {
+    match decode_server_bounded(payload, max)? {
         ServerMessage::Compressed {
             codec,
             uncompressed_len,
@@ -273,12 +279,25 @@ pub fn decode_server_message(payload: &[u8], max: usize) -> Result<ServerMessage
         } => {
             let inner = decompress(codec, &data, uncompressed_len as usize, max)?;
             drop(data);
-            match decode_exact::<ServerMessage, MAX_SERVER_FRAME>(&inner)? {
+            match decode_server_bounded(&inner, max)? {
                 ServerMessage::Compressed { .. } => Err(ProtoError::NestedCompression),
                 m => Ok(m),
             }
         }
         m => Ok(m),
+    }
+}
+
+/// Decodes with the smallest claim limit that covers `max`, so a receiver that set a small
+/// frame limit is not made to reserve memory for a large one.
+fn decode_server_bounded(payload: &[u8], max: usize) -> Result<ServerMessage, ProtoError> {
+    const MIB: usize = 1 << 20;
+    if max <= MIB {
+        decode_exact::<ServerMessage, MIB>(payload)
+    } else if max <= 16 * MIB {
+        decode_exact::<ServerMessage, { 16 * MIB }>(payload)
+    } else {
+        decode_exact::<ServerMessage, MAX_SERVER_FRAME>(payload)
     }
 }
 

@@ -143,7 +143,7 @@ pub fn encode_snapshot(
     };
     let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::new();
     let mut chunk_size = 0;
-    let mut flush = |chunk: &mut Vec<(&Key, &Arc<Entry>)>, out: &mut EncodedSnapshot| {
+    let flush = |chunk: &mut Vec<(&Key, &Arc<Entry>)>, out: &mut EncodedSnapshot| {
         if chunk.is_empty() {
             return;
         }

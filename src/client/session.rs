@@ -1,0 +1,855 @@
+//! A protocol session with no I/O: bytes in, events and bytes out.
+
+use super::state::{ClientEvent, SyncState, Tracking};
+use super::ClientError;
+use crate::model::{now_unix_nanos, SyncerType};
+use crate::proto::{self, ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How a client identifies itself and what it checks.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub hostname: String,
+    pub client_info: String,
+    pub syncer_type: SyncerType,
+    /// Codecs offered in the `Hello`. A `ServerHello` choosing another is a protocol error.
+    pub accept_compression: Vec<Codec>,
+    /// Largest server payload accepted, before and after decompression (clamped to
+    /// [`proto::MAX_SERVER_FRAME`] after decompression).
+    pub max_frame: usize,
+    /// Queue a `Pong` for every `Ping`.
+    pub answer_pings: bool,
+    pub tracking: Tracking,
+    /// For [`BlockingClient`](super::BlockingClient): socket read and write timeout.
+    pub read_timeout: Option<Duration>,
+    /// For [`BlockingClient`](super::BlockingClient).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            hostname: "typha-rs-client".to_owned(),
+            client_info: concat!("typha-rs client ", env!("CARGO_PKG_VERSION")).to_owned(),
+            syncer_type: SyncerType::Felix,
+            accept_compression: Codec::ALL.to_vec(),
+            max_frame: proto::MAX_SERVER_FRAME,
+            answer_pings: true,
+            tracking: Tracking::Full,
+            read_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The `Hello` these options send.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            protocol_version: proto::PROTOCOL_VERSION,
+            hostname: self.hostname.clone(),
+            client_info: self.client_info.clone(),
+            syncer_type: self.syncer_type.as_str().to_owned(),
+            accepts_compression: self
+                .accept_compression
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// One connection's protocol state, driven by whoever owns the socket: hand it the bytes read
+/// with [`feed`](Self::feed), write what [`take_output`](Self::take_output) returns, and consume
+/// [`poll_event`](Self::poll_event). The `Hello` is queued on creation.
+///
+/// Errors are final: after `feed` fails once, every later call fails too. After a `Goodbye`
+/// any further frame is a [`ClientError::Protocol`] error (the server must close after it).
+/// [`state`](Self::state) reflects every frame fed so far, possibly ahead of the events not yet
+/// polled.
+#[derive(Debug)]
+pub struct ClientSession {
+    opts: ClientOptions,
+    decoder: FrameDecoder,
+    state: SyncState,
+    events: VecDeque<ClientEvent>,
+    out: BytesMut,
+    failed: Option<String>,
+    frames_received: u64,
+    bytes_received: u64,
+}
+
+impl ClientSession {
+    pub fn new(opts: ClientOptions) -> Self {
+        let hello = proto::encode_frame(&ClientMessage::Hello(opts.hello()));
+        let mut out = BytesMut::with_capacity(hello.len());
+        out.extend_from_slice(&hello);
+        ClientSession {
+            decoder: FrameDecoder::new(opts.max_frame),
+            state: SyncState::new(opts.tracking),
+            events: VecDeque::new(),
+            out,
+            failed: None,
+            frames_received: 0,
+            bytes_received: 0,
+            opts,
+        }
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    /// Feeds bytes read from the connection, in any split. Events are timestamped with the
+    /// current clock.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(), ClientError> {
+        self.feed_with(input, now_unix_nanos)
+    }
+
+    /// As [`feed`](Self::feed), with a fixed receive time (Unix nanoseconds) for the lag of
+    /// `Updates` events.
+    pub fn feed_at(&mut self, input: &[u8], now_unix_nanos: u64) -> Result<(), ClientError> {
+        self.feed_with(input, || now_unix_nanos)
+    }
+
+    fn feed_with(
+        &mut self,
+        input: &[u8],
+        mut clock: impl FnMut() -> u64,
+    ) -> Result<(), ClientError> {
+        if let Some(why) = &self.failed {
+            return Err(ClientError::protocol(format!(
+                "session already failed: {why}"
+            )));
+        }
+        self.bytes_received += input.len() as u64;
+        let ClientSession {
+            opts,
+            decoder,
+            state,
+            events,
+            out,
+            frames_received,
+            ..
+        } = self;
+        let res = decoder.feed(input, |payload| -> Result<(), ClientError> {
+            *frames_received += 1;
+            let msg = proto::decode_server_message(payload, opts.max_frame)?;
+            tracing::trace!(len = payload.len(), ?msg, "frame");
+            let Some(ev) = state.apply(msg, clock())? else {
+                return Ok(());
+            };
+            match &ev {
+                ClientEvent::ServerHello(h) => {
+                    if let Some(c) = h.compression {
+                        if !opts.accept_compression.contains(&c) {
+                            return Err(ClientError::protocol(format!(
+                                "server chose compression {} which was not offered",
+                                c.as_str()
+                            )));
+                        }
+                    }
+                    tracing::debug!(
+                        server_id = %h.server_id,
+                        connection_id = h.connection_id,
+                        syncer_type = %h.syncer_type,
+                        compression = ?h.compression,
+                        "server hello"
+                    );
+                }
+                ClientEvent::Ping { id } if opts.answer_pings => {
+                    out.extend_from_slice(&proto::encode_frame(&ClientMessage::Pong { id: *id }));
+                }
+                _ => {}
+            }
+            events.push_back(ev);
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = match e {
+                    FeedError::Frame(p) => ClientError::Proto(p),
+                    FeedError::Handler(e) => e,
+                };
+                tracing::debug!(error = %e, "client session failed");
+                self.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// All bytes waiting to be written (the `Hello`, `Pong`s), or `None`.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.split().freeze())
+        }
+    }
+
+    /// The bytes waiting to be written; after writing some, call
+    /// [`advance_output`](Self::advance_output).
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Drops the first `n` bytes of pending output (clamped to what is pending).
+    pub fn advance_output(&mut self, n: usize) {
+        let n = n.min(self.out.len());
+        let _ = self.out.split_to(n);
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Appends arbitrary bytes to the output (for tests that send garbage).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Drops all pending output, e.g. the `Hello` for a test that sends its own first frame.
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+    }
+
+    pub fn state(&self) -> &SyncState {
+        &self.state
+    }
+
+    /// Bytes held of an incomplete frame.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    pub fn goodbye(&self) -> Option<(GoodbyeReason, &str)> {
+        self.state.goodbye()
+    }
+
+    /// Whether `feed` has failed (the session is then unusable).
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// The error for a peer that closed the connection now.
+    pub fn closed_error(&self) -> ClientError {
+        ClientError::Closed {
+            buffered: self.buffered(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, Update, UpdateType};
+    use crate::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions};
+    use crate::proto::{ProtoError, ServerHello, ServerMessage, PROTOCOL_VERSION};
+    use std::sync::Arc;
+
+    fn is_too_large(e: &ClientError) -> bool {
+        matches!(e, ClientError::Proto(ProtoError::FrameTooLarge { .. }))
+    }
+
+    const RECEIVED_AT: u64 = 1_700_000_000_000_000_000;
+
+    fn server_hello(compression: Option<Codec>) -> Bytes {
+        proto::encode_frame(&ServerMessage::ServerHello(ServerHello {
+            protocol_version: PROTOCOL_VERSION,
+            server_id: "srv".into(),
+            connection_id: 7,
+            syncer_type: "felix".into(),
+            compression,
+        }))
+    }
+
+    fn state_map() -> StateMap {
+        let mut m = StateMap::new();
+        for i in 0..20 {
+            let k: Key = format!("/calico/v1/host/node-{i:02}/config/IpInIpTunnelAddr").into();
+            let v = format!("{{\"addr\":\"10.0.0.{i}\",\"pad\":\"{}\"}}", "x".repeat(64));
+            m.insert(
+                k,
+                Arc::new(Entry {
+                    value: v.into(),
+                    revision: format!("{i}"),
+                }),
+            );
+        }
+        // Not a felix key: must not reach a felix client.
+        m.insert(
+            "/calico/resources/v3/projectcalico.org/caliconodestatuses/n1".into(),
+            Arc::new(Entry {
+                value: "status".into(),
+                revision: "1".into(),
+            }),
+        );
+        m
+    }
+
+    fn upd(k: &str, v: Option<&str>, rev: &str) -> Update {
+        Update {
+            key: k.into(),
+            value: v.map(|v| bytes::Bytes::copy_from_slice(v.as_bytes())),
+            revision: rev.into(),
+            update_type: if v.is_some() {
+                UpdateType::Updated
+            } else {
+                UpdateType::Deleted
+            },
+        }
+    }
+
+    fn batch1() -> Vec<Update> {
+        vec![
+            upd(
+                "/calico/v1/host/node-00/config/IpInIpTunnelAddr",
+                Some(&format!("changed-{}", "y".repeat(200))),
+                "100",
+            ),
+            upd(
+                "/calico/v1/host/node-01/config/IpInIpTunnelAddr",
+                None,
+                "101",
+            ),
+            upd("/calico/v1/host/node-99/config/unknown", None, "102"),
+            upd(
+                "/calico/v1/policy/NetworkPolicy/default/p",
+                Some(&"z".repeat(300)),
+                "103",
+            ),
+        ]
+    }
+
+    fn batch2() -> Vec<Update> {
+        vec![upd(
+            "/calico/v1/host/node-02/config/IpInIpTunnelAddr",
+            Some(&"w".repeat(100)),
+            "104",
+        )]
+    }
+
+    /// The expected map after snapshot + batches, with its digest.
+    fn expected() -> (HashMapT, Digest) {
+        let mut m = HashMapT::new();
+        for (k, e) in state_map().iter() {
+            if SyncerType::Felix.wants(k) {
+                m.insert(k.to_string(), (e.value.to_vec(), e.revision.clone()));
+            }
+        }
+        for u in batch1().iter().chain(batch2().iter()) {
+            match &u.value {
+                Some(v) => {
+                    m.insert(u.key.to_string(), (v.to_vec(), u.revision.clone()));
+                }
+                None => {
+                    m.remove(&*u.key);
+                }
+            }
+        }
+        let mut d = Digest::default();
+        for (k, (v, _)) in &m {
+            d.add(k, v);
+        }
+        (m, d)
+    }
+
+    type HashMapT = std::collections::HashMap<String, (Vec<u8>, String)>;
+
+    struct Stream {
+        bytes: Vec<u8>,
+        snapshot_digest: Digest,
+        snapshot_keys: u64,
+    }
+
+    /// ServerHello, snapshot at seq 10, Ping 77, Updates 11..=12 + SyncStatus(InSync),
+    /// Updates 13..=13, Goodbye.
+    fn stream(codec: Option<Codec>) -> Stream {
+        let opts = EncodeOptions {
+            codec,
+            compress_min_bytes: 16,
+            snapshot_chunk_bytes: 300,
+        };
+        let mut bytes = server_hello(codec).to_vec();
+        let snap = encode_snapshot(
+            &state_map(),
+            10,
+            SyncStatus::ResyncInProgress,
+            SyncerType::Felix,
+            codec,
+            opts.snapshot_chunk_bytes,
+        );
+        assert!(snap.frames.len() > 3, "want several chunks");
+        if codec.is_some() {
+            assert!(
+                snap.wire_bytes < snap.raw_bytes,
+                "snapshot was not compressed"
+            );
+        }
+        for f in &snap.frames {
+            bytes.extend_from_slice(f);
+        }
+        bytes.extend_from_slice(&proto::ping_frame(77, 0));
+        let b1 = batch1();
+        let refs: Vec<&Update> = b1.iter().collect();
+        let p1 = encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts);
+        let b2 = batch2();
+        let refs: Vec<&Update> = b2.iter().collect();
+        let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts);
+        if codec.is_some() {
+            assert!(p1.compressed.is_some() && p2.compressed.is_some());
+        }
+        bytes.extend_from_slice(p1.frames(codec.is_some()));
+        bytes.extend_from_slice(p2.frames(codec.is_some()));
+        bytes.extend_from_slice(&proto::goodbye_frame(GoodbyeReason::Shutdown, "bye"));
+        Stream {
+            bytes,
+            snapshot_digest: snap.digest,
+            snapshot_keys: snap.key_count,
+        }
+    }
+
+    fn hello_frame(opts: &ClientOptions) -> Bytes {
+        proto::encode_frame(&ClientMessage::Hello(opts.hello()))
+    }
+
+    fn events(s: &mut ClientSession) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn check_full_stream(s: &mut ClientSession, st: &Stream) {
+        let (want, want_digest) = expected();
+        let state = s.state();
+        assert_eq!(state.len(), want.len());
+        for (k, (v, rev)) in &want {
+            let e = state.get(k).unwrap_or_else(|| panic!("missing {k}"));
+            assert_eq!(&e.value, v, "{k}");
+            assert_eq!(&e.revision, rev, "{k}");
+        }
+        assert_eq!(state.iter().count(), want.len());
+        assert_eq!(state.digest(), want_digest);
+        assert_eq!(state.seq(), 13);
+        assert_eq!(state.status(), Some(SyncStatus::InSync));
+        assert!(state.is_in_sync());
+        assert_eq!(state.goodbye(), Some((GoodbyeReason::Shutdown, "bye")));
+
+        let ev = events(s);
+        assert_eq!(ev.len(), 7, "{ev:#?}");
+        assert!(matches!(&ev[0], ClientEvent::ServerHello(h) if h.connection_id == 7));
+        assert_eq!(
+            ev[1],
+            ClientEvent::SnapshotComplete {
+                seq: 10,
+                key_count: st.snapshot_keys,
+                digest: st.snapshot_digest,
+                status: SyncStatus::ResyncInProgress,
+            }
+        );
+        assert_eq!(st.snapshot_keys, 20);
+        assert_eq!(ev[2], ClientEvent::Ping { id: 77 });
+        assert_eq!(
+            ev[3],
+            ClientEvent::Updates {
+                first_seq: 11,
+                last_seq: 12,
+                count: 4,
+                received_at: RECEIVED_AT,
+                lag: Duration::from_millis(5),
+            }
+        );
+        assert_eq!(ev[4], ClientEvent::Status(SyncStatus::InSync));
+        assert!(matches!(
+            ev[5],
+            ClientEvent::Updates { first_seq: 13, last_seq: 13, count: 1, lag, .. }
+                if lag == Duration::from_millis(5) - Duration::from_nanos(1000)
+        ));
+        assert_eq!(
+            ev[6],
+            ClientEvent::Goodbye {
+                reason: GoodbyeReason::Shutdown,
+                message: "bye".into()
+            }
+        );
+    }
+
+    fn now() -> u64 {
+        RECEIVED_AT + 5_000_000
+    }
+
+    #[test]
+    fn whole_stream_in_one_chunk() {
+        let opts = ClientOptions::default();
+        let mut s = ClientSession::new(opts.clone());
+        let st = stream(None);
+        s.feed_at(&st.bytes, now()).unwrap();
+        check_full_stream(&mut s, &st);
+        let mut want_out = hello_frame(&opts).to_vec();
+        want_out.extend_from_slice(&proto::encode_frame(&ClientMessage::Pong { id: 77 }));
+        assert_eq!(s.take_output().unwrap(), want_out);
+        assert!(s.take_output().is_none());
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn whole_stream_byte_by_byte() {
+        let opts = ClientOptions {
+            hostname: "node-1".into(),
+            syncer_type: SyncerType::Felix,
+            accept_compression: vec![Codec::Lz4],
+            ..Default::default()
+        };
+        let mut s = ClientSession::new(opts.clone());
+        // The Hello is out before anything is read.
+        assert_eq!(s.take_output().unwrap(), hello_frame(&opts));
+        let hello = proto::decode_client_message(&hello_frame(&opts)[4..]).unwrap();
+        assert!(matches!(hello, ClientMessage::Hello(h)
+            if h.hostname == "node-1" && h.accepts_compression == ["lz4"]
+                && h.syncer_type == "felix" && h.protocol_version == PROTOCOL_VERSION));
+        let st = stream(None);
+        let mut pong_at = None;
+        for (i, b) in st.bytes.iter().enumerate() {
+            s.feed_at(std::slice::from_ref(b), now()).unwrap();
+            if pong_at.is_none() && s.has_output() {
+                pong_at = Some(i);
+            }
+        }
+        // The Pong is queued as soon as the Ping's last byte arrives, not before.
+        let ping = proto::ping_frame(77, 0);
+        let ping_end = st
+            .bytes
+            .windows(ping.len())
+            .position(|w| w == &ping[..])
+            .unwrap()
+            + ping.len()
+            - 1;
+        assert_eq!(pong_at, Some(ping_end));
+        assert_eq!(
+            s.take_output().unwrap(),
+            proto::encode_frame(&ClientMessage::Pong { id: 77 })
+        );
+        check_full_stream(&mut s, &st);
+    }
+
+    #[test]
+    fn compressed_stream_decodes_to_the_same_map() {
+        for codec in Codec::ALL {
+            let plain = stream(None);
+            let comp = stream(Some(codec));
+            assert!(comp.bytes.len() < plain.bytes.len(), "{codec:?}");
+            let mut a = ClientSession::new(ClientOptions::default());
+            a.feed_at(&plain.bytes, now()).unwrap();
+            let mut b = ClientSession::new(ClientOptions::default());
+            for c in comp.bytes.chunks(7) {
+                b.feed_at(c, now()).unwrap();
+            }
+            assert_eq!(a.state().map(), b.state().map(), "{codec:?}");
+            assert_eq!(a.state().digest(), b.state().digest());
+            check_full_stream(&mut b, &comp);
+        }
+    }
+
+    #[test]
+    fn unoffered_compression_is_refused() {
+        let mut s = ClientSession::new(ClientOptions {
+            accept_compression: vec![Codec::Lz4],
+            ..Default::default()
+        });
+        let e = s.feed(&server_hello(Some(Codec::Zstd))).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Protocol(m) if m.contains("zstd")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_pong_when_pings_are_not_answered() {
+        let mut s = ClientSession::new(ClientOptions {
+            answer_pings: false,
+            ..Default::default()
+        });
+        s.discard_output();
+        s.feed(&proto::ping_frame(3, 0)).unwrap();
+        assert_eq!(s.poll_event(), Some(ClientEvent::Ping { id: 3 }));
+        assert!(s.take_output().is_none());
+    }
+
+    #[test]
+    fn seq_only_tracks_sequence_without_a_map() {
+        let mut s = ClientSession::new(ClientOptions {
+            tracking: Tracking::SeqOnly,
+            ..Default::default()
+        });
+        let st = stream(None);
+        s.feed_at(&st.bytes, now()).unwrap();
+        assert_eq!(s.state().len(), 0);
+        assert_eq!(s.state().seq(), 13);
+        assert_eq!(s.state().updates_received(), 5);
+        assert_eq!(s.state().snapshot_entries(), 20);
+        assert_eq!(events(&mut s).len(), 7);
+    }
+
+    /// Hello + snapshot (seq 10) of the plain stream, and the snapshot's frames.
+    fn prefix() -> (Vec<u8>, Vec<Bytes>) {
+        let snap = encode_snapshot(
+            &state_map(),
+            10,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            300,
+        );
+        let mut b = server_hello(None).to_vec();
+        for f in &snap.frames {
+            b.extend_from_slice(f);
+        }
+        (b, snap.frames)
+    }
+
+    fn updates_frame(first: u64, last: u64) -> Bytes {
+        let u = batch2();
+        let refs: Vec<&Update> = u.iter().collect();
+        let opts = EncodeOptions {
+            codec: None,
+            ..Default::default()
+        };
+        encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts).plain
+    }
+
+    fn feed_err(bytes: &[u8]) -> ClientError {
+        let mut s = ClientSession::new(ClientOptions::default());
+        let e = s.feed(bytes).unwrap_err();
+        // Errors are final.
+        assert!(s.is_failed());
+        assert!(s.feed(&proto::ping_frame(1, 0)).is_err());
+        e
+    }
+
+    fn assert_protocol(e: ClientError, needle: &str) {
+        assert!(
+            matches!(&e, ClientError::Protocol(m) if m.contains(needle)),
+            "want Protocol(..{needle}..), got {e:?}"
+        );
+    }
+
+    #[test]
+    fn in_order_updates_are_accepted() {
+        let (mut b, _) = prefix();
+        b.extend_from_slice(&updates_frame(11, 11));
+        b.extend_from_slice(&updates_frame(12, 15));
+        let mut s = ClientSession::new(ClientOptions::default());
+        s.feed(&b).unwrap();
+        assert_eq!(s.state().seq(), 15);
+    }
+
+    #[test]
+    fn gap_is_an_error() {
+        let (mut b, _) = prefix();
+        b.extend_from_slice(&updates_frame(12, 12));
+        assert_protocol(feed_err(&b), "gap");
+    }
+
+    #[test]
+    fn duplicate_is_an_error() {
+        let (mut b, _) = prefix();
+        b.extend_from_slice(&updates_frame(11, 11));
+        b.extend_from_slice(&updates_frame(11, 11));
+        assert_protocol(feed_err(&b), "duplicate");
+        let (mut b, _) = prefix();
+        b.extend_from_slice(&updates_frame(10, 10));
+        assert_protocol(feed_err(&b), "duplicate");
+    }
+
+    #[test]
+    fn updates_before_snapshot_end_is_an_error() {
+        let (_, frames) = prefix();
+        let mut b = server_hello(None).to_vec();
+        b.extend_from_slice(&frames[0]);
+        b.extend_from_slice(&updates_frame(11, 11));
+        assert_protocol(feed_err(&b), "before SnapshotEnd");
+        let mut b = server_hello(None).to_vec();
+        b.extend_from_slice(&proto::sync_status_frame(SyncStatus::InSync));
+        assert_protocol(feed_err(&b), "before SnapshotEnd");
+    }
+
+    #[test]
+    fn snapshot_before_server_hello_or_second_hello_is_an_error() {
+        let (_, frames) = prefix();
+        assert_protocol(feed_err(&frames[0]), "before ServerHello");
+        let mut b = server_hello(None).to_vec();
+        b.extend_from_slice(&server_hello(None));
+        assert_protocol(feed_err(&b), "second ServerHello");
+    }
+
+    #[test]
+    fn chunk_of_another_snapshot_is_an_error() {
+        let mut b = server_hello(None).to_vec();
+        let other = encode_snapshot(
+            &state_map(),
+            11,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            300,
+        );
+        let (_, frames) = prefix();
+        b.extend_from_slice(&frames[0]);
+        b.extend_from_slice(&other.frames[1]);
+        assert_protocol(feed_err(&b), "seq 11");
+    }
+
+    fn tampered_end(key_count: u64, digest: [u8; 16]) -> Vec<u8> {
+        let (_, frames) = prefix();
+        let mut b = server_hello(None).to_vec();
+        for f in &frames[..frames.len() - 1] {
+            b.extend_from_slice(f);
+        }
+        b.extend_from_slice(&proto::encode_frame(&ServerMessage::SnapshotEnd {
+            seq: 10,
+            status: SyncStatus::InSync,
+            key_count,
+            digest,
+        }));
+        b
+    }
+
+    #[test]
+    fn digest_mismatch_is_an_error() {
+        let snap = encode_snapshot(
+            &state_map(),
+            10,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            300,
+        );
+        // The untampered end passes.
+        let mut s = ClientSession::new(ClientOptions::default());
+        s.feed(&tampered_end(20, snap.digest.to_bytes())).unwrap();
+        let mut bad = snap.digest.to_bytes();
+        bad[3] ^= 1;
+        assert_protocol(feed_err(&tampered_end(20, bad)), "digest mismatch");
+        assert_protocol(
+            feed_err(&tampered_end(19, snap.digest.to_bytes())),
+            "key count mismatch",
+        );
+        // SeqOnly skips the digest.
+        let mut s = ClientSession::new(ClientOptions {
+            tracking: Tracking::SeqOnly,
+            ..Default::default()
+        });
+        s.feed(&tampered_end(20, bad)).unwrap();
+        assert!(s.state().snapshot_complete());
+    }
+
+    #[test]
+    fn oversized_frame_is_an_error() {
+        // A header alone is refused as soon as it arrives.
+        let mut s = ClientSession::new(ClientOptions {
+            max_frame: 100,
+            ..Default::default()
+        });
+        let e = s.feed(&101u32.to_le_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::Proto(ProtoError::FrameTooLarge { len: 101, max: 100 })
+            ),
+            "{e:?}"
+        );
+        assert!(is_too_large(&e));
+        // A real snapshot chunk above the limit.
+        let (b, _) = prefix();
+        let mut s = ClientSession::new(ClientOptions {
+            max_frame: 200,
+            ..Default::default()
+        });
+        let e = s.feed(&b).unwrap_err();
+        assert!(is_too_large(&e), "{e:?}");
+        // A compressed frame whose content expands beyond the limit.
+        let big = proto::encode_frame(&ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "a".repeat(10_000),
+        });
+        let z = proto::compress_frame(&big, Codec::Zstd).unwrap();
+        assert!(z.len() < 1000);
+        let mut s = ClientSession::new(ClientOptions {
+            max_frame: 1000,
+            ..Default::default()
+        });
+        let e = s.feed(&z).unwrap_err();
+        assert!(is_too_large(&e), "{e:?}");
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let mut f = vec![3, 0, 0, 0];
+        f.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(feed_err(&f), ClientError::Proto(_)));
+    }
+
+    #[test]
+    fn frames_after_goodbye_are_an_error() {
+        let mut b = proto::goodbye_frame(GoodbyeReason::TooSlow, "slow").to_vec();
+        b.extend_from_slice(&proto::ping_frame(1, 0));
+        let mut s = ClientSession::new(ClientOptions::default());
+        assert_protocol(s.feed(&b).unwrap_err(), "after Goodbye");
+        // The Goodbye itself was still delivered.
+        assert_eq!(
+            s.poll_event(),
+            Some(ClientEvent::Goodbye {
+                reason: GoodbyeReason::TooSlow,
+                message: "slow".into()
+            })
+        );
+        assert_eq!(s.goodbye(), Some((GoodbyeReason::TooSlow, "slow")));
+    }
+
+    #[test]
+    fn partial_frame_is_reported_as_buffered() {
+        let f = server_hello(None);
+        let mut s = ClientSession::new(ClientOptions::default());
+        s.feed(&f[..f.len() - 2]).unwrap();
+        assert_eq!(s.buffered(), f.len() - 2);
+        assert!(
+            matches!(s.closed_error(), ClientError::Closed { buffered } if buffered == f.len() - 2)
+        );
+        assert!(s.poll_event().is_none());
+        s.feed(&f[f.len() - 2..]).unwrap();
+        assert_eq!(s.buffered(), 0);
+        assert!(matches!(s.poll_event(), Some(ClientEvent::ServerHello(_))));
+    }
+
+    #[test]
+    fn advance_output_consumes_partially() {
+        let opts = ClientOptions::default();
+        let mut s = ClientSession::new(opts.clone());
+        let h = hello_frame(&opts);
+        assert_eq!(s.pending_output(), &h[..]);
+        s.advance_output(3);
+        assert_eq!(s.pending_output(), &h[3..]);
+        s.advance_output(usize::MAX);
+        assert!(!s.has_output());
+        s.queue_raw(b"junk");
+        assert_eq!(s.take_output().unwrap(), &b"junk"[..]);
+    }
+}

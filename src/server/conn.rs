@@ -1,0 +1,302 @@
+//! One client connection: its phase, its inbound decoder, and its position in the shared output.
+//!
+//! A connection owns no copies of batch or snapshot data. What it still has to write is, in
+//! order: the unwritten rest of a frame it started (`in_flight`), its own small control frames
+//! (ServerHello, pings, Goodbye), the rest of a shared snapshot, and the ring's batches from
+//! its cursor on. `gather` lays these out as iovecs for one vectored write; `advance` moves past
+//! whatever the kernel took. A partly written frame is kept whole in `in_flight`, so control
+//! frames queued meanwhile go after it, never inside it.
+
+use super::ring::Ring;
+use crate::metrics::Metrics;
+use crate::model::{now_unix_nanos, SyncerType};
+use crate::proto::encode::EncodedSnapshot;
+use crate::proto::{Codec, FrameDecoder};
+use bytes::Bytes;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Most iovecs handed to one `writev`.
+pub const MAX_IOV: usize = 64;
+
+/// The connection lifecycle; see `docs/protocol.md` ("Connection lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; waiting for the client's Hello.
+    Handshake,
+    /// Hello accepted; waiting for the shared snapshot, then writing it.
+    Snapshot,
+    /// Snapshot written; writing batches from the ring as they arrive.
+    Streaming,
+    /// Writing a last Goodbye (if any), then closing, by `deadline` at the latest.
+    Closing { deadline: Instant },
+}
+
+/// What finishing a frame means, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Completion {
+    None,
+    Batch { received_at: u64, arrived: Instant },
+    SnapshotEnd,
+}
+
+#[derive(Debug)]
+pub struct InFlight {
+    pub bytes: Bytes,
+    pub offset: usize,
+    pub done: Completion,
+}
+
+/// What a connection still has to write, as positions in shared buffers. Independent of the
+/// socket, so tests and benchmarks can drive it with any writer.
+#[derive(Debug)]
+pub struct Outbox {
+    pub syncer: SyncerType,
+    /// Whether this client takes the compressed variant of shared frames.
+    pub compressed: bool,
+    pub in_flight: Option<InFlight>,
+    pub control: VecDeque<Bytes>,
+    /// The shared snapshot being written and the index of its next frame.
+    pub snapshot: Option<(Arc<EncodedSnapshot>, usize)>,
+    /// Ring cursor: the next sequence number to write. `None` until a snapshot is assigned.
+    pub next_seq: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique for the life of the process; a slab slot is reused, this is not.
+    pub id: u64,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    pub codec: Option<Codec>,
+    pub hostname: Box<str>,
+    pub decoder: FrameDecoder,
+    pub out: Outbox,
+    /// WRITABLE interest is registered: the socket filled up and a backlog remains.
+    pub writable_interest: bool,
+    pub dirty: bool,
+    pub accepted_at: Instant,
+    pub handshake_done_at: Option<Instant>,
+    pub last_pong: Instant,
+    pub next_ping: Instant,
+    pub last_ping_id: u64,
+    /// Last time bytes were written or the output was found empty.
+    pub last_progress: Instant,
+}
+
+impl Connection {
+    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, max_frame: usize, now: Instant) -> Self {
+        Connection {
+            id,
+            stream,
+            peer,
+            phase: Phase::Handshake,
+            codec: None,
+            hostname: "".into(),
+            decoder: FrameDecoder::new(max_frame),
+            out: Outbox::new(SyncerType::Felix, false),
+            writable_interest: false,
+            dirty: false,
+            accepted_at: now,
+            handshake_done_at: None,
+            last_pong: now,
+            next_ping: now,
+            last_ping_id: 0,
+            last_progress: now,
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// Switches to closing: drops everything but a frame already started, then queues `last`.
+    pub fn begin_closing(&mut self, last: Option<Bytes>, deadline: Instant) {
+        self.phase = Phase::Closing { deadline };
+        self.out.stop_after_current(last);
+    }
+}
+
+impl Outbox {
+    pub fn new(syncer: SyncerType, compressed: bool) -> Self {
+        Outbox {
+            syncer,
+            compressed,
+            in_flight: None,
+            control: VecDeque::new(),
+            snapshot: None,
+            next_seq: None,
+        }
+    }
+
+    /// Drops everything not yet started, keeping a frame already started, then queues `last`.
+    pub fn stop_after_current(&mut self, last: Option<Bytes>) {
+        self.snapshot = None;
+        self.next_seq = None;
+        self.control.clear();
+        self.control.extend(last);
+    }
+
+    /// Starts writing `snap`, then the ring from the sequence after it.
+    pub fn assign_snapshot(&mut self, snap: Arc<EncodedSnapshot>) {
+        self.next_seq = Some(snap.seq + 1);
+        self.snapshot = Some((snap, 0));
+    }
+
+    /// Fills `iov` with what is left to write, in order; returns the count and total bytes.
+    pub fn gather<'a>(&'a self, ring: &'a Ring, iov: &mut [IoSlice<'a>; MAX_IOV]) -> (usize, usize) {
+        let mut n = 0;
+        let mut total = 0;
+        let mut push = |b: &'a [u8], n: &mut usize| -> bool {
+            if *n == MAX_IOV {
+                return false;
+            }
+            iov[*n] = IoSlice::new(b);
+            *n += 1;
+            total += b.len();
+            true
+        };
+        if let Some(f) = &self.in_flight {
+            push(&f.bytes[f.offset..], &mut n);
+        }
+        for c in &self.control {
+            if !push(c, &mut n) {
+                return (n, total);
+            }
+        }
+        if let Some((snap, idx)) = &self.snapshot {
+            for f in &snap.frames[*idx..] {
+                if !push(f, &mut n) {
+                    return (n, total);
+                }
+            }
+        }
+        if let Some(next) = self.next_seq {
+            for (_, b) in ring.parts_from(next, self.syncer, self.compressed) {
+                if !push(b, &mut n) {
+                    break;
+                }
+            }
+        }
+        (n, total)
+    }
+
+    /// Moves past `n` written bytes. Returns true when the snapshot's last frame completed.
+    pub fn advance(&mut self, mut n: usize, ring: &Ring, metrics: &Metrics) -> bool {
+        let mut snapshot_done = false;
+        if let Some(f) = &mut self.in_flight {
+            let rest = f.bytes.len() - f.offset;
+            if n < rest {
+                f.offset += n;
+                return false;
+            }
+            n -= rest;
+            snapshot_done |= complete(f.done, metrics);
+            self.in_flight = None;
+        }
+        while n > 0 {
+            let Some(front) = self.control.pop_front() else {
+                break;
+            };
+            if n < front.len() {
+                self.in_flight = Some(InFlight {
+                    bytes: front,
+                    offset: n,
+                    done: Completion::None,
+                });
+                return snapshot_done;
+            }
+            n -= front.len();
+        }
+        if let Some((snap, idx)) = &mut self.snapshot {
+            while n > 0 && *idx < snap.frames.len() {
+                let frame = &snap.frames[*idx];
+                *idx += 1;
+                let last = *idx == snap.frames.len();
+                if n < frame.len() {
+                    self.in_flight = Some(InFlight {
+                        bytes: frame.clone(),
+                        offset: n,
+                        done: if last {
+                            Completion::SnapshotEnd
+                        } else {
+                            Completion::None
+                        },
+                    });
+                    n = 0;
+                    break;
+                }
+                n -= frame.len();
+                snapshot_done |= last;
+            }
+            if *idx == snap.frames.len() {
+                self.snapshot = None;
+            }
+        }
+        if n == 0 {
+            return snapshot_done;
+        }
+        if let Some(next) = self.next_seq {
+            let mut next_seq = next;
+            for (e, b) in ring.parts_from(next, self.syncer, self.compressed) {
+                if n == 0 {
+                    break;
+                }
+                next_seq = e.batch.seq + 1;
+                let done = Completion::Batch {
+                    received_at: e.batch.received_at,
+                    arrived: e.arrived,
+                };
+                if n < b.len() {
+                    self.in_flight = Some(InFlight {
+                        bytes: b.clone(),
+                        offset: n,
+                        done,
+                    });
+                    break;
+                }
+                n -= b.len();
+                complete(done, metrics);
+            }
+            self.next_seq = Some(next_seq);
+        }
+        snapshot_done
+    }
+
+    /// Called when `gather` found nothing to write: the cursor may skip batches that had
+    /// nothing for this syncer type, so it never points at data that could be evicted.
+    pub fn caught_up(&mut self, ring: &Ring) {
+        if let Some(n) = &mut self.next_seq {
+            *n = (*n).max(ring.last_seq() + 1);
+        }
+    }
+
+    /// Whether anything is queued besides what the ring holds.
+    pub fn has_private_output(&self) -> bool {
+        self.in_flight.is_some() || !self.control.is_empty() || self.snapshot.is_some()
+    }
+}
+
+fn complete(done: Completion, metrics: &Metrics) -> bool {
+    match done {
+        Completion::None => false,
+        Completion::SnapshotEnd => true,
+        Completion::Batch {
+            received_at,
+            arrived,
+        } => {
+            metrics.frames_written.inc();
+            let lag = now_unix_nanos().saturating_sub(received_at);
+            metrics.fanout_latency_secs.observe(lag as f64 / 1e9);
+            metrics
+                .client_write_latency_secs
+                .observe(arrived.elapsed().as_secs_f64());
+            false
+        }
+    }
+}

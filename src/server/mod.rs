@@ -1,0 +1,988 @@
+//! The reactor: one thread, a hand-written mio event loop owning every client socket.
+//!
+//! Each iteration: poll; accept new connections; read and decode what clients sent; on a wake,
+//! take every batch the datastore thread queued (appending to the ring) and every finished
+//! snapshot; then write to each connection that has something new, once, with one vectored
+//! write covering everything it is owed (batches that arrived together merge into one syscall
+//! per client); then, every tick, check timers. Nothing here blocks and nothing is encoded per
+//! client except its ServerHello and Goodbye: batches, snapshots and pings are shared frames.
+
+mod conn;
+mod ring;
+mod snapshot;
+
+pub use conn::{Completion, Connection, InFlight, Outbox, Phase, MAX_IOV};
+pub use ring::Ring;
+pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
+
+use crate::datastore::BatchMessage;
+use crate::metrics::Metrics;
+use crate::model::{now_unix_nanos, StateMap, SyncStatus, SyncerType};
+use crate::proto::{
+    self, decode_client_message, encode_frame, goodbye_frame, peek_hello_version, ClientMessage,
+    Codec, FeedError, GoodbyeReason, Hello, ServerHello, ServerMessage, PROTOCOL_VERSION,
+};
+use crate::status::StatusBoard;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Connections beyond the limit are still accepted, told `Goodbye(ServerFull)` and closed;
+/// past this many extra, they are closed without a word.
+const REJECT_SLACK: usize = 256;
+
+/// How long a closing connection may take to accept its Goodbye.
+const GOODBYE_GRACE: Duration = Duration::from_secs(5);
+
+/// Read buffer shared by all connections: clients send only Hellos and Pongs.
+const READ_SCRATCH: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub listen_backlog: i32,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_fall_behind: Duration,
+    pub max_connections: usize,
+    pub max_input_frame: usize,
+    /// Ring bounds: a client further behind than this is dropped as too slow.
+    pub max_backlog_batches: usize,
+    pub max_backlog_bytes: usize,
+    pub snapshot_reuse: Duration,
+    pub snapshot_chunk_bytes: usize,
+    /// The codec for shared compressed frames; `None` disables compression.
+    pub codec: Option<Codec>,
+    /// Timer resolution.
+    pub tick: Duration,
+    pub server_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5473)),
+            listen_backlog: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(120),
+            max_fall_behind: Duration::from_secs(300),
+            max_connections: 10_000,
+            max_input_frame: 64 * 1024,
+            max_backlog_batches: 10_000,
+            max_backlog_bytes: 256 << 20,
+            snapshot_reuse: Duration::from_secs(1),
+            snapshot_chunk_bytes: 256 * 1024,
+            codec: Some(Codec::Zstd),
+            tick: Duration::from_millis(100),
+            server_id: "typha-rs".into(),
+        }
+    }
+}
+
+/// Asks a running reactor to shut down gracefully; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shutdown: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ServerHandle {
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Why the server closed a connection; the `reason` label of the drop metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropReason {
+    Goodbye(GoodbyeReason),
+    HandshakeTimeout,
+    PongTimeout,
+    WriteTimeout,
+    IoError,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Goodbye(r) => r.as_str(),
+            DropReason::HandshakeTimeout => "handshake-timeout",
+            DropReason::PongTimeout => "pong-timeout",
+            DropReason::WriteTimeout => "write-timeout",
+            DropReason::IoError => "io-error",
+        }
+    }
+}
+
+enum Housekeeping {
+    Ping,
+    Drop(DropReason, &'static str),
+    Close,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    waker: Arc<Waker>,
+    shutdown: Arc<AtomicBool>,
+    shutting_down: bool,
+    conns: Slab<Connection>,
+    next_conn_id: u64,
+    rx: Receiver<BatchMessage>,
+    datastore_gone: bool,
+    ring: Ring,
+    state: StateMap,
+    status: SyncStatus,
+    cache: SnapshotCache,
+    cfg: ServerConfig,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    dirty: Vec<usize>,
+    scratch: Box<[u8]>,
+    inbox: Vec<Result<ClientMessage, (GoodbyeReason, String)>>,
+    actions: Vec<(usize, Housekeeping)>,
+    next_tick: Instant,
+    ping_id: u64,
+    ping_frame: Option<(u64, Bytes)>,
+    recent_pings: VecDeque<(u64, Instant)>,
+}
+
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too on a wildcard IPv6 address, as most daemons do.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+fn configure_client_socket(stream: &TcpStream, cfg: &ServerConfig) {
+    use socket2::{SockRef, TcpKeepalive};
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let ka = ka.with_retries(3);
+    let _ = sock.set_tcp_keepalive(&ka);
+    // Unacknowledged data older than the write timeout means the peer is gone.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(cfg.write_timeout));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = cfg;
+}
+
+impl Server {
+    /// Binds the listener and sets up the poll instance. The datastore thread gets
+    /// [`Server::waker`] to wake the reactor after sending on `rx`'s channel.
+    pub fn bind(
+        cfg: ServerConfig,
+        rx: Receiver<BatchMessage>,
+        metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
+    ) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = bind_listener(cfg.listen, cfg.listen_backlog)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let w = waker.clone();
+        let cache = SnapshotCache::new(
+            cfg.snapshot_reuse,
+            cfg.snapshot_chunk_bytes,
+            metrics.clone(),
+            move || {
+                let _ = w.wake();
+            },
+        )?;
+        board.set_connections(0, cfg.max_connections);
+        board.reactor_beat();
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            waker,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            shutting_down: false,
+            conns: Slab::with_capacity(1024),
+            next_conn_id: 1,
+            rx,
+            datastore_gone: false,
+            ring: Ring::new(cfg.max_backlog_batches, cfg.max_backlog_bytes),
+            state: StateMap::new(),
+            status: SyncStatus::WaitingForDatastore,
+            cache,
+            metrics,
+            board,
+            dirty: Vec::with_capacity(1024),
+            scratch: vec![0u8; READ_SCRATCH].into_boxed_slice(),
+            inbox: Vec::new(),
+            actions: Vec::new(),
+            next_tick: Instant::now(),
+            ping_id: 0,
+            ping_frame: None,
+            recent_pings: VecDeque::new(),
+            cfg,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shutdown: self.shutdown.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs until a graceful shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        info!(addr = %self.local_addr, "reactor listening");
+        loop {
+            let now = Instant::now();
+            let timeout = self.next_tick.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut woken = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => woken = true,
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(slot);
+                        }
+                        if ev.is_writable() {
+                            self.mark_dirty(slot);
+                        }
+                    }
+                }
+            }
+            if woken {
+                if self.shutdown.load(Ordering::SeqCst) && !self.shutting_down {
+                    self.begin_shutdown();
+                }
+                self.drain_batches();
+                self.drain_snapshots();
+            }
+            self.flush_dirty();
+            if Instant::now() >= self.next_tick {
+                self.housekeeping();
+                self.flush_dirty();
+                self.next_tick = Instant::now() + self.cfg.tick;
+            }
+            if self.shutting_down && self.conns.is_empty() {
+                info!("all connections closed; reactor exiting");
+                self.board.set_reactor_stopped();
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- accepting -------------------------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.on_accept(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the pending connection stays in the backlog and the
+                    // next accept event retries it; spinning here would not help.
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        self.metrics.connections_accepted.inc();
+        if self.conns.len() >= self.cfg.max_connections + REJECT_SLACK {
+            self.count_drop(DropReason::Goodbye(GoodbyeReason::ServerFull));
+            debug!(%peer, "over the connection limit and its slack; closed without goodbye");
+            return;
+        }
+        configure_client_socket(&stream, &self.cfg);
+        let now = Instant::now();
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(slot + FIRST_CONN), Interest::READABLE)
+        {
+            warn!(%peer, error = %e, "cannot register connection");
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        entry.insert(Connection::new(
+            id,
+            stream,
+            peer,
+            self.cfg.max_input_frame,
+            now,
+        ));
+        self.metrics.connections_active.inc();
+        debug!(%peer, conn = id, "accepted");
+        if self.shutting_down {
+            self.close_with_goodbye(slot, GoodbyeReason::Shutdown, "server shutting down", false);
+        } else if self.conns.len() > self.cfg.max_connections {
+            self.close_with_goodbye(
+                slot,
+                GoodbyeReason::ServerFull,
+                "server at its connection limit",
+                false,
+            );
+        }
+        self.board
+            .set_connections(self.conns.len(), self.cfg.max_connections);
+    }
+
+    // ---- reading ---------------------------------------------------------------------------
+
+    fn on_readable(&mut self, slot: usize) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        inbox.clear();
+        let mut eof = false;
+        let mut read_error = None;
+        {
+            let Some(c) = self.conns.get_mut(slot) else {
+                self.inbox = inbox;
+                return;
+            };
+            let closing = c.is_closing();
+            loop {
+                match (&c.stream).read(&mut self.scratch) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        if closing {
+                            continue;
+                        }
+                        let r = c.decoder.feed(&self.scratch[..n], |payload| {
+                            inbox.push(decode_payload(payload));
+                            Ok::<(), ()>(())
+                        });
+                        if let Err(FeedError::Frame(e)) = r {
+                            inbox.push(Err((GoodbyeReason::ProtocolError, e.to_string())));
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for msg in inbox.drain(..) {
+            if !self.conns.contains(slot) || self.conns[slot].is_closing() {
+                break;
+            }
+            match msg {
+                Ok(m) => self.on_message(slot, m),
+                Err((reason, text)) => {
+                    warn!(peer = %self.conns[slot].peer, error = %text, "bad frame; closing connection");
+                    self.close_with_goodbye(slot, reason, &text, true);
+                }
+            }
+        }
+        self.inbox = inbox;
+        if let Some(e) = read_error {
+            if let Some(c) = self.conns.get(slot) {
+                info!(peer = %c.peer, error = %e, "read failed; closing connection");
+            }
+            self.close_now(slot, Some(DropReason::IoError));
+        } else if eof {
+            if let Some(c) = self.conns.get(slot) {
+                let buffered = c.decoder.buffered();
+                if buffered > 0 && !c.is_closing() {
+                    info!(peer = %c.peer, buffered, "peer closed mid-frame");
+                } else {
+                    debug!(peer = %c.peer, "peer closed");
+                }
+            }
+            self.close_now(slot, None);
+        }
+    }
+
+    fn on_message(&mut self, slot: usize, msg: ClientMessage) {
+        let now = Instant::now();
+        match msg {
+            ClientMessage::Hello(h) => {
+                if self.conns[slot].phase != Phase::Handshake {
+                    self.close_with_goodbye(
+                        slot,
+                        GoodbyeReason::ProtocolError,
+                        "Hello after the handshake",
+                        true,
+                    );
+                    return;
+                }
+                self.on_hello(slot, h, now);
+            }
+            ClientMessage::Pong { id } => {
+                let c = &mut self.conns[slot];
+                if c.phase == Phase::Handshake {
+                    self.close_with_goodbye(
+                        slot,
+                        GoodbyeReason::ProtocolError,
+                        "Pong before Hello",
+                        true,
+                    );
+                    return;
+                }
+                if id == 0 || id > c.last_ping_id {
+                    self.close_with_goodbye(
+                        slot,
+                        GoodbyeReason::ProtocolError,
+                        "Pong for a ping never sent",
+                        true,
+                    );
+                    return;
+                }
+                c.last_pong = now;
+                if let Some((_, sent)) = self.recent_pings.iter().find(|(p, _)| *p == id) {
+                    self.metrics
+                        .ping_latency
+                        .observe(now.duration_since(*sent).as_secs_f64());
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, slot: usize, h: Hello, now: Instant) {
+        if h.protocol_version.major != PROTOCOL_VERSION.major {
+            let text = format!(
+                "server speaks protocol {PROTOCOL_VERSION}, client sent {}",
+                h.protocol_version
+            );
+            self.close_with_goodbye(slot, GoodbyeReason::UnsupportedVersion, &text, true);
+            return;
+        }
+        let Some(syncer) = SyncerType::parse(&h.syncer_type) else {
+            let text = format!("unknown syncer type {:?}", truncate(&h.syncer_type, 64));
+            self.close_with_goodbye(slot, GoodbyeReason::ProtocolError, &text, true);
+            return;
+        };
+        let codec = self
+            .cfg
+            .codec
+            .filter(|c| h.accepts_compression.iter().any(|n| n == c.as_str()));
+        let c = &mut self.conns[slot];
+        c.out.syncer = syncer;
+        c.out.compressed = codec.is_some();
+        c.codec = codec;
+        c.hostname = truncate(&h.hostname, 253).into();
+        c.phase = Phase::Snapshot;
+        c.handshake_done_at = Some(now);
+        c.last_pong = now;
+        c.next_ping = now + self.cfg.ping_interval;
+        c.out.control.push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
+            protocol_version: PROTOCOL_VERSION,
+            server_id: self.cfg.server_id.clone(),
+            connection_id: c.id,
+            syncer_type: syncer.as_str().to_owned(),
+            compression: codec,
+        })));
+        info!(
+            peer = %c.peer,
+            conn = c.id,
+            hostname = %c.hostname,
+            syncer = syncer.as_str(),
+            client_info = %truncate(&h.client_info, 128),
+            compression = codec.map_or("none", Codec::as_str),
+            "client connected"
+        );
+        self.metrics
+            .connections_by_syncer
+            .with_label_values(&[syncer.as_str()])
+            .inc();
+        self.mark_dirty(slot);
+        self.request_snapshot(slot);
+    }
+
+    fn request_snapshot(&mut self, slot: usize) {
+        let c = &self.conns[slot];
+        let key = (c.out.syncer, c.codec);
+        let waiter = Waiter {
+            slot,
+            conn_id: c.id,
+        };
+        if let Lookup::Ready(snap) =
+            self.cache
+                .request(key, waiter, &self.ring, &self.state, self.status)
+        {
+            self.assign_snapshot(slot, snap);
+        }
+    }
+
+    fn assign_snapshot(&mut self, slot: usize, snap: Arc<proto::encode::EncodedSnapshot>) {
+        self.conns[slot].out.assign_snapshot(snap);
+        self.mark_dirty(slot);
+    }
+
+    // ---- batches and snapshots -------------------------------------------------------------
+
+    /// Takes the batches the datastore thread queued. A burst larger than the ring is taken in
+    /// slices with a write round between them, so a client that keeps up is never pushed off
+    /// the ring just because many batches arrived at once.
+    fn drain_batches(&mut self) {
+        let slice = (self.cfg.max_backlog_batches / 4).max(1);
+        loop {
+            let got = self.take_batches(slice);
+            if got == 0 {
+                return;
+            }
+            self.after_batches();
+            if got < slice {
+                return;
+            }
+            self.flush_dirty();
+        }
+    }
+
+    fn take_batches(&mut self, max: usize) -> usize {
+        let now = Instant::now();
+        let mut got = 0;
+        while got < max {
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    self.status = msg.batch.status;
+                    self.ring.push(msg.batch, now);
+                    self.state = msg.state;
+                    got += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if !self.datastore_gone && !self.shutting_down {
+                        warn!("datastore thread has gone; shutting down");
+                        self.begin_shutdown();
+                    }
+                    self.datastore_gone = true;
+                    break;
+                }
+            }
+        }
+        got
+    }
+
+    /// Drops clients the ring no longer serves; marks the others for a write.
+    fn after_batches(&mut self) {
+        self.metrics.ring_batches.set(self.ring.len() as i64);
+        self.metrics.ring_bytes.set(self.ring.bytes() as i64);
+        let first = self.ring.first_seq();
+        for (slot, c) in self.conns.iter_mut() {
+            let Some(next) = c.out.next_seq else { continue };
+            if next < first {
+                self.actions.push((
+                    slot,
+                    Housekeeping::Drop(DropReason::Goodbye(GoodbyeReason::TooSlow), "fell off the ring"),
+                ));
+            } else if !c.writable_interest && !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+        self.apply_actions();
+    }
+
+    fn drain_snapshots(&mut self) {
+        while let Some((snap, waiters)) = self.cache.poll_finished() {
+            for w in waiters {
+                let ok = self.conns.get(w.slot).is_some_and(|c| {
+                    c.id == w.conn_id && c.phase == Phase::Snapshot && c.out.next_seq.is_none()
+                });
+                if !ok {
+                    continue;
+                }
+                if self.ring.holds_from(snap.seq + 1) {
+                    self.assign_snapshot(w.slot, snap.clone());
+                } else {
+                    // The ring moved on while this one was being built: build a newer one.
+                    self.request_snapshot(w.slot);
+                }
+            }
+        }
+    }
+
+    // ---- writing ---------------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.dirty = false;
+                self.flush(slot);
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Writes what `slot` is owed with one vectored write (more only past `MAX_IOV` frames).
+    fn flush(&mut self, slot: usize) {
+        loop {
+            let c = &mut self.conns[slot];
+            let (result, total) = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let (n, total) = c.out.gather(&self.ring, &mut iov);
+                if n == 0 {
+                    (None, 0)
+                } else {
+                    (Some((&c.stream).write_vectored(&iov[..n])), total)
+                }
+            };
+            let now = Instant::now();
+            match result {
+                None => {
+                    c.out.caught_up(&self.ring);
+                    c.last_progress = now;
+                    if c.writable_interest {
+                        c.writable_interest = false;
+                        let _ = self.poll.registry().reregister(
+                            &mut c.stream,
+                            Token(slot + FIRST_CONN),
+                            Interest::READABLE,
+                        );
+                    }
+                    if c.is_closing() {
+                        self.close_now(slot, None);
+                    }
+                    return;
+                }
+                Some(Ok(0)) => {
+                    self.close_now(slot, Some(DropReason::IoError));
+                    return;
+                }
+                Some(Ok(n)) => {
+                    self.metrics.write_calls.inc();
+                    self.metrics.bytes_written.inc_by(n as u64);
+                    c.last_progress = now;
+                    if c.out.advance(n, &self.ring, &self.metrics) {
+                        c.phase = Phase::Streaming;
+                        if let Some(t) = c.handshake_done_at {
+                            self.metrics
+                                .client_snapshot_send_secs
+                                .observe(now.duration_since(t).as_secs_f64());
+                        }
+                    }
+                    if n < total {
+                        self.want_writable(slot);
+                        return;
+                    }
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.want_writable(slot);
+                    return;
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => {
+                    debug!(peer = %c.peer, error = %e, "write failed");
+                    self.close_now(slot, Some(DropReason::IoError));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn want_writable(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if !c.writable_interest {
+            c.writable_interest = true;
+            if let Err(e) = self.poll.registry().reregister(
+                &mut c.stream,
+                Token(slot + FIRST_CONN),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(peer = %c.peer, error = %e, "reregister failed");
+                self.close_now(slot, Some(DropReason::IoError));
+            }
+        }
+    }
+
+    // ---- closing ---------------------------------------------------------------------------
+
+    fn count_drop(&self, d: DropReason) {
+        self.metrics.connections_dropped.inc();
+        self.metrics
+            .connections_dropped_by_reason
+            .with_label_values(&[d.label()])
+            .inc();
+    }
+
+    /// Sends a Goodbye (after any frame already started), then closes.
+    fn close_with_goodbye(&mut self, slot: usize, reason: GoodbyeReason, text: &str, log: bool) {
+        self.close_with_goodbye_as(slot, reason, text, log, DropReason::Goodbye(reason));
+    }
+
+    /// As `close_with_goodbye`, counted under `drop` (a timeout's own label, say).
+    fn close_with_goodbye_as(
+        &mut self,
+        slot: usize,
+        reason: GoodbyeReason,
+        text: &str,
+        log: bool,
+        drop: DropReason,
+    ) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.is_closing() {
+            return;
+        }
+        if log {
+            info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, reason = reason.as_str(), detail = text, "dropping client");
+        }
+        let frame = match reason {
+            GoodbyeReason::Shutdown => shared_goodbye_shutdown(),
+            _ => goodbye_frame(reason, text),
+        };
+        let was_streaming = c.handshake_done_at.is_some();
+        let syncer = c.out.syncer;
+        c.begin_closing(Some(frame), Instant::now() + GOODBYE_GRACE);
+        if was_streaming {
+            self.metrics
+                .connections_by_syncer
+                .with_label_values(&[syncer.as_str()])
+                .dec();
+        }
+        self.count_drop(drop);
+        self.mark_dirty(slot);
+    }
+
+    /// Closes at once. `reason` is set when the server decided (for the drop metric).
+    fn close_now(&mut self, slot: usize, reason: Option<DropReason>) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        let mut c = self.conns.remove(slot);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if !c.is_closing() {
+            if c.handshake_done_at.is_some() {
+                self.metrics
+                    .connections_by_syncer
+                    .with_label_values(&[c.out.syncer.as_str()])
+                    .dec();
+            }
+            if let Some(r) = reason {
+                self.count_drop(r);
+            }
+        }
+        self.metrics.connections_active.dec();
+        self.board
+            .set_connections(self.conns.len(), self.cfg.max_connections);
+        debug!(peer = %c.peer, conn = c.id, "closed");
+    }
+
+    fn begin_shutdown(&mut self) {
+        info!(
+            connections = self.conns.len(),
+            "shutting down: no new connections, saying goodbye to every client"
+        );
+        self.shutting_down = true;
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            self.close_with_goodbye(slot, GoodbyeReason::Shutdown, "server shutting down", false);
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------------------------
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.board.reactor_beat();
+        self.board
+            .set_connections(self.conns.len(), self.cfg.max_connections);
+        while self
+            .recent_pings
+            .front()
+            .is_some_and(|(_, t)| now.duration_since(*t) > self.cfg.pong_timeout)
+        {
+            self.recent_pings.pop_front();
+        }
+        self.ping_frame = None;
+        let cfg = &self.cfg;
+        for (slot, c) in self.conns.iter() {
+            let action = match c.phase {
+                Phase::Handshake => (now.duration_since(c.accepted_at) > cfg.handshake_timeout)
+                    .then_some(Housekeeping::Drop(DropReason::HandshakeTimeout, "no Hello in time")),
+                Phase::Snapshot | Phase::Streaming => {
+                    if c.writable_interest && now.duration_since(c.last_progress) > cfg.write_timeout
+                    {
+                        Some(Housekeeping::Drop(DropReason::WriteTimeout, "accepted no bytes in time"))
+                    } else if now.duration_since(c.last_pong) > cfg.pong_timeout {
+                        Some(Housekeeping::Drop(DropReason::PongTimeout, "no pong in time"))
+                    } else if c.writable_interest && self.fell_behind(c) {
+                        Some(Housekeeping::Drop(
+                            DropReason::Goodbye(GoodbyeReason::TooSlow),
+                            "fell too far behind",
+                        ))
+                    } else if c.next_ping <= now {
+                        Some(Housekeeping::Ping)
+                    } else {
+                        None
+                    }
+                }
+                Phase::Closing { deadline } => (now >= deadline).then_some(Housekeeping::Close),
+            };
+            if let Some(a) = action {
+                self.actions.push((slot, a));
+            }
+        }
+        self.apply_actions();
+        self.cache.trim(&self.ring);
+    }
+
+    fn fell_behind(&self, c: &Connection) -> bool {
+        let Some(next) = c.out.next_seq else {
+            return false;
+        };
+        self.ring.get(next).is_some_and(|e| {
+            let age = now_unix_nanos().saturating_sub(e.batch.received_at);
+            Duration::from_nanos(age) > self.cfg.max_fall_behind
+        })
+    }
+
+    fn apply_actions(&mut self) {
+        let mut actions = std::mem::take(&mut self.actions);
+        for (slot, a) in actions.drain(..) {
+            if !self.conns.contains(slot) {
+                continue;
+            }
+            match a {
+                Housekeeping::Ping => {
+                    let (id, frame) = self.current_ping();
+                    let c = &mut self.conns[slot];
+                    c.out.control.push_back(frame);
+                    c.last_ping_id = id;
+                    c.next_ping = Instant::now() + self.cfg.ping_interval;
+                    self.mark_dirty(slot);
+                }
+                Housekeeping::Drop(DropReason::Goodbye(reason), text) => {
+                    self.close_with_goodbye(slot, reason, text, true);
+                }
+                Housekeeping::Drop(d, text) => {
+                    let c = &self.conns[slot];
+                    info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, reason = d.label(), detail = text, "dropping client");
+                    if d == DropReason::WriteTimeout {
+                        // It reads nothing: a Goodbye would never arrive.
+                        self.close_now(slot, Some(d));
+                    } else {
+                        self.close_with_goodbye_as(slot, GoodbyeReason::Timeout, text, false, d);
+                    }
+                }
+                Housekeeping::Close => {
+                    debug!(peer = %self.conns[slot].peer, "goodbye not accepted in time; closing");
+                    self.close_now(slot, None);
+                }
+            }
+        }
+        self.actions = actions;
+    }
+
+    /// The ping frame of this tick: one id and one encoding shared by every client due a ping.
+    fn current_ping(&mut self) -> (u64, Bytes) {
+        if let Some(p) = &self.ping_frame {
+            return p.clone();
+        }
+        self.ping_id += 1;
+        let frame = proto::ping_frame(self.ping_id, now_unix_nanos());
+        self.recent_pings.push_back((self.ping_id, Instant::now()));
+        self.ping_frame = Some((self.ping_id, frame.clone()));
+        (self.ping_id, frame)
+    }
+}
+
+fn shared_goodbye_shutdown() -> Bytes {
+    use std::sync::OnceLock;
+    static FRAME: OnceLock<Bytes> = OnceLock::new();
+    FRAME
+        .get_or_init(|| goodbye_frame(GoodbyeReason::Shutdown, "server shutting down"))
+        .clone()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Decodes one inbound payload; a payload that does not decode but names another major
+/// protocol version is reported as such.
+fn decode_payload(payload: &[u8]) -> Result<ClientMessage, (GoodbyeReason, String)> {
+    decode_client_message(payload).map_err(|e| match peek_hello_version(payload) {
+        Some(v) if v.major != PROTOCOL_VERSION.major => (
+            GoodbyeReason::UnsupportedVersion,
+            format!("server speaks protocol {PROTOCOL_VERSION}, client sent {v}"),
+        ),
+        _ => (GoodbyeReason::ProtocolError, e.to_string()),
+    })
+}
