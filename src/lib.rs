@@ -6,8 +6,8 @@
 //! to every client. `client` is the receiving side, used by tests and the loadtest harness.
 
 pub mod client;
-// pub mod config; (pending sim+http)
-// pub mod daemon;
+pub mod config;
+pub mod daemon;
 pub mod datastore;
 pub mod http;
 pub mod metrics;

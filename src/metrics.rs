@@ -5,8 +5,8 @@
 //! Each daemon instance has its own registry, so several can run in one process (tests).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -269,7 +269,10 @@ pub fn key_kind(key: &str) -> &'static str {
         ("/calico/v1/ipam/", "ippool"),
         ("/calico/ipam/v2/", "ipam"),
         ("/calico/resources/v3/projectcalico.org/nodes/", "node"),
-        ("/calico/resources/v3/projectcalico.org/profiles/", "profile"),
+        (
+            "/calico/resources/v3/projectcalico.org/profiles/",
+            "profile",
+        ),
         (
             "/calico/resources/v3/projectcalico.org/kubernetesservice/",
             "service",

@@ -83,7 +83,8 @@ impl StatusBoard {
     }
 
     pub fn datastore_beat(&self) {
-        self.datastore_beat_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.datastore_beat_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn set_reactor_stopped(&self) {

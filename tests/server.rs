@@ -93,7 +93,8 @@ impl Harness {
 
     fn delete(&mut self, key: &str) {
         self.rev += 1;
-        self.batcher.apply(KvUpdate::delete(key, self.rev.to_string()));
+        self.batcher
+            .apply(KvUpdate::delete(key, self.rev.to_string()));
     }
 
     fn flush(&mut self) {
@@ -203,7 +204,9 @@ fn read_until_closed(mut s: TcpStream) -> Vec<ServerMessage> {
             Ok(0) => return out,
             Ok(n) => dec
                 .feed(&buf[..n], |p| {
-                    out.push(decode_server_message(p, MAX_SERVER_FRAME).map_err(|e| e.to_string())?);
+                    out.push(
+                        decode_server_message(p, MAX_SERVER_FRAME).map_err(|e| e.to_string())?,
+                    );
                     Ok::<(), String>(())
                 })
                 .unwrap(),
@@ -271,7 +274,10 @@ fn hundreds_of_clients_converge_under_churn() {
             0 => h.set(&wep(i % 2500), format!("{{\"ep\":{i},\"v\":1}}").as_bytes()),
             1 => h.set(&node(i % 40), format!("{{\"n\":{i}}}").as_bytes()),
             2 => h.delete(&wep((i * 7) % 2500)),
-            _ => h.set(&wep(i % 2000), format!("{{\"ep\":{},\"v\":0}}", i % 2000).as_bytes()),
+            _ => h.set(
+                &wep(i % 2000),
+                format!("{{\"ep\":{},\"v\":0}}", i % 2000).as_bytes(),
+            ),
         }
         if i % 25 == 0 {
             h.flush();
@@ -343,25 +349,24 @@ fn stalled_client_is_dropped_and_others_keep_up() {
         s.set_recv_buffer_size(4096).unwrap();
         s.connect(&h.addr.into()).unwrap();
         let mut s: TcpStream = s.into();
-        s.write_all(&hello_frame(PROTOCOL_VERSION, "felix")).unwrap();
+        s.write_all(&hello_frame(PROTOCOL_VERSION, "felix"))
+            .unwrap();
         s
     };
     let mut good = h.client(SyncerType::Felix);
     good.run_until_in_sync(Duration::from_secs(20)).unwrap();
     let max_lag = Arc::new(AtomicU64::new(0));
     let lag = max_lag.clone();
-    let reader = std::thread::spawn(move || {
-        loop {
-            match good.next_event() {
-                Ok(ClientEvent::Updates { lag: l, .. }) => {
-                    lag.fetch_max(l.as_millis() as u64, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => panic!("good client failed: {e}"),
+    let reader = std::thread::spawn(move || loop {
+        match good.next_event() {
+            Ok(ClientEvent::Updates { lag: l, .. }) => {
+                lag.fetch_max(l.as_millis() as u64, Ordering::Relaxed);
             }
-            if good.state().get(DONE).is_some() {
-                return good;
-            }
+            Ok(_) => {}
+            Err(e) => panic!("good client failed: {e}"),
+        }
+        if good.state().get(DONE).is_some() {
+            return good;
         }
     });
     let big = vec![b'x'; 8 * 1024];
@@ -422,7 +427,10 @@ fn garbage_oversized_and_truncated_frames_close_only_that_connection() {
     let s = raw(h.addr, &hello[..hello.len() - 3]);
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let msgs = read_until_closed(s);
-    assert!(msgs.is_empty(), "nothing is sent to a half-received Hello: {msgs:?}");
+    assert!(
+        msgs.is_empty(),
+        "nothing is sent to a half-received Hello: {msgs:?}"
+    );
 
     // A Pong before any Hello.
     let pong = encode_frame(&ClientMessage::Pong { id: 1 });
@@ -452,7 +460,10 @@ fn garbage_oversized_and_truncated_frames_close_only_that_connection() {
 #[test]
 fn other_major_version_gets_a_clear_goodbye() {
     let h = Harness::start(test_config());
-    let s = raw(h.addr, &hello_frame(ProtocolVersion { major: 2, minor: 7 }, "felix"));
+    let s = raw(
+        h.addr,
+        &hello_frame(ProtocolVersion { major: 2, minor: 7 }, "felix"),
+    );
     let (reason, msg) = goodbye_of(&read_until_closed(s)).expect("goodbye");
     assert_eq!(reason, GoodbyeReason::UnsupportedVersion);
     assert!(msg.contains("1.0") && msg.contains("2.7"), "{msg}");
@@ -497,7 +508,13 @@ fn connections_beyond_the_limit_get_server_full() {
     let mut c = BlockingClient::connect(h.addr, ClientOptions::default()).unwrap();
     let err = c.run_until_in_sync(Duration::from_secs(20)).unwrap_err();
     assert!(
-        matches!(err, ClientError::Goodbye { reason: GoodbyeReason::ServerFull, .. }),
+        matches!(
+            err,
+            ClientError::Goodbye {
+                reason: GoodbyeReason::ServerFull,
+                ..
+            }
+        ),
         "{err}"
     );
     h.stop();
@@ -530,13 +547,20 @@ fn client_that_ignores_pings_is_dropped_one_that_answers_is_not() {
     let started = Instant::now();
     let mut pings = 0;
     while started.elapsed() < Duration::from_millis(1200) {
-        if let Ok(ClientEvent::Ping { .. }) = polite.next_event_timeout(Duration::from_millis(100)) {
+        if let Ok(ClientEvent::Ping { .. }) = polite.next_event_timeout(Duration::from_millis(100))
+        {
             pings += 1;
         }
     }
     let err = deaf_result.join().unwrap();
     assert!(
-        matches!(err, ClientError::Goodbye { reason: GoodbyeReason::Timeout, .. }),
+        matches!(
+            err,
+            ClientError::Goodbye {
+                reason: GoodbyeReason::Timeout,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(pings >= 5, "the polite client kept getting pings ({pings})");
@@ -562,7 +586,13 @@ fn shutdown_says_goodbye_to_everyone_and_the_reactor_exits() {
     for c in &mut clients {
         let err = c.run_until(Duration::from_secs(20), |_| false).unwrap_err();
         assert!(
-            matches!(err, ClientError::Goodbye { reason: GoodbyeReason::Shutdown, .. }),
+            matches!(
+                err,
+                ClientError::Goodbye {
+                    reason: GoodbyeReason::Shutdown,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -576,7 +606,9 @@ fn status_changes_reach_clients_in_order_with_the_data() {
     let first = c.next_event_timeout(Duration::from_secs(10)).unwrap();
     assert!(matches!(first, ClientEvent::ServerHello(_)));
     match c.next_event_timeout(Duration::from_secs(10)).unwrap() {
-        ClientEvent::SnapshotComplete { status, key_count, .. } => {
+        ClientEvent::SnapshotComplete {
+            status, key_count, ..
+        } => {
             assert_eq!(status, SyncStatus::WaitingForDatastore);
             assert_eq!(key_count, 0);
         }

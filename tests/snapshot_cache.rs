@@ -52,7 +52,10 @@ impl Rng {
 fn key(rng: &mut Rng) -> String {
     let i = rng.below(12);
     match rng.below(4) {
-        0 => format!("/calico/v1/host/n{i}/workload/k8s/ns%2fp{}/endpoint/eth0", rng.below(5)),
+        0 => format!(
+            "/calico/v1/host/n{i}/workload/k8s/ns%2fp{}/endpoint/eth0",
+            rng.below(5)
+        ),
         1 => format!("/calico/resources/v3/projectcalico.org/nodes/n{i}"),
         2 => format!("/calico/ipam/v2/host/n{i}/ipv4/block/10.0.{i}.0-26"),
         _ => format!("/calico/v1/ipam/v4/pool/10.{i}.0.0-16"),
@@ -148,8 +151,11 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
             }
             67..=72 => {
                 // A client joins at the ring's newest sequence, from the map as of it.
-                let syncer = [SyncerType::Felix, SyncerType::Bgp, SyncerType::TunnelIpAllocation]
-                    [rng.below(3) as usize];
+                let syncer = [
+                    SyncerType::Felix,
+                    SyncerType::Bgp,
+                    SyncerType::TunnelIpAllocation,
+                ][rng.below(3) as usize];
                 let compressed = codec.is_some() && rng.below(2) == 0;
                 let snap = encode_snapshot(
                     &state,
@@ -160,13 +166,14 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
                     512,
                 );
                 let mut out = Outbox::new(syncer, compressed);
-                out.control.push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
-                    protocol_version: PROTOCOL_VERSION,
-                    server_id: "test".into(),
-                    connection_id: clients.len() as u64,
-                    syncer_type: syncer.as_str().into(),
-                    compression: if compressed { codec } else { None },
-                })));
+                out.control
+                    .push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
+                        protocol_version: PROTOCOL_VERSION,
+                        server_id: "test".into(),
+                        connection_id: clients.len() as u64,
+                        syncer_type: syncer.as_str().into(),
+                        compression: if compressed { codec } else { None },
+                    })));
                 out.assign_snapshot(Arc::new(snap));
                 let mut session = ClientSession::new(ClientOptions {
                     syncer_type: syncer,
@@ -213,7 +220,11 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
             })
             .max()
             .unwrap_or(c.joined_at);
-        assert_eq!(st.seq(), last_with_updates, "client did not reach the newest batch");
+        assert_eq!(
+            st.seq(),
+            last_with_updates,
+            "client did not reach the newest batch"
+        );
         let expect: Vec<(String, Vec<u8>)> = final_state
             .iter()
             .filter(|(k, _)| c.syncer.wants(k))
@@ -224,7 +235,11 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
             .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect();
         got.sort();
-        assert_eq!(got, expect, "{} client map differs from the server's view", c.syncer);
+        assert_eq!(
+            got, expect,
+            "{} client map differs from the server's view",
+            c.syncer
+        );
         let rec = board.digests(None).expect("digest record");
         assert_eq!(st.digest(), rec.views[c.syncer.index()].digest);
     }

@@ -10,8 +10,8 @@
 use super::{BatchMessage, DeltaBatch};
 use crate::metrics::{key_kind, Metrics};
 use crate::model::{
-    now_unix_nanos, Entry, Key, KvUpdate, StateMap, SyncStatus, SyncerType, SyncerTypeSet,
-    Update, UpdateType,
+    now_unix_nanos, Entry, Key, KvUpdate, StateMap, SyncStatus, SyncerType, SyncerTypeSet, Update,
+    UpdateType,
 };
 use crate::proto::encode::{encode_batch_part, EncodeOptions, EncodedPart};
 use crate::status::{DigestRecord, StatusBoard, ViewDigest};
@@ -435,7 +435,13 @@ mod tests {
             .map(|p| (p.first_seq, p.last_seq))
             .collect();
         assert_eq!(felix, vec![(1, 1), (2, 2), (3, 3)]);
-        match &decode_updates(sink.got()[1].batch.part(SyncerType::Felix).unwrap().frames(false))[..]
+        match &decode_updates(
+            sink.got()[1]
+                .batch
+                .part(SyncerType::Felix)
+                .unwrap()
+                .frames(false),
+        )[..]
         {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates.len(), 1);

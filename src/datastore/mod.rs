@@ -4,10 +4,10 @@
 
 mod batcher;
 pub mod sim;
-// mod thread;
+mod thread;
 
 pub use batcher::{BatchLimits, BatchSink, Batcher, FlushOutcome, ReactorSink};
-// pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig};
+pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig};
 
 use crate::model::{KvUpdate, StateMap, SyncStatus, SyncerType};
 use crate::proto::encode::EncodedPart;

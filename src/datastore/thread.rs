@@ -1,4 +1,211 @@
-pub struct DatastoreHandle;
-pub struct DatastoreThreadConfig;
-pub struct DriverConfig;
-pub fn spawn_datastore_thread() {}
+//! The datastore thread: a current-thread tokio runtime running the datastore driver, the
+//! batcher loop and the HTTP listeners.
+
+use super::batcher::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
+use super::{sim, BatchMessage, DriverEvent};
+use crate::http::{self, HttpContext};
+use crate::metrics::Metrics;
+use crate::proto::encode::EncodeOptions;
+use crate::status::StatusBoard;
+use crossbeam_channel::Sender;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+/// Which datastore to watch.
+#[derive(Debug, Clone)]
+pub enum DriverConfig {
+    Sim(sim::SimConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct DatastoreThreadConfig {
+    pub driver: DriverConfig,
+    pub limits: BatchLimits,
+    pub encode: EncodeOptions,
+    /// Where to serve `/liveness` and `/readiness` (and everything else); `None` disables.
+    pub health_listen: Option<SocketAddr>,
+    /// Where to serve `/metrics` and `/digest` (and everything else); `None` disables.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A thread that has not made progress for this long fails `/liveness`.
+    pub liveness_stall: Duration,
+}
+
+/// The running datastore thread.
+pub struct DatastoreHandle {
+    thread: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    pub health_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl DatastoreHandle {
+    /// Stops the driver and the listeners and waits for the thread.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DatastoreHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_http(addr: Option<SocketAddr>) -> std::io::Result<Option<std::net::TcpListener>> {
+    addr.map(|a| {
+        let l = std::net::TcpListener::bind(a)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+    .transpose()
+}
+
+/// Starts the datastore thread. Listeners are bound before it returns, so a port conflict is
+/// reported here and the bound addresses are known.
+pub fn spawn_datastore_thread(
+    cfg: DatastoreThreadConfig,
+    tx: Sender<BatchMessage>,
+    waker: Arc<mio::Waker>,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+) -> std::io::Result<DatastoreHandle> {
+    let health = bind_http(cfg.health_listen)?;
+    let metrics_l = bind_http(cfg.metrics_listen)?;
+    let health_addr = health.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_addr = metrics_l.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("typha-datastore".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let ctx = Arc::new(HttpContext {
+                    metrics: metrics.clone(),
+                    status: board.clone(),
+                    liveness_stall: cfg.liveness_stall,
+                });
+                for l in [health, metrics_l].into_iter().flatten() {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(http::serve(l, ctx.clone()));
+                        }
+                        Err(e) => error!(error = %e, "cannot serve HTTP"),
+                    }
+                }
+                let sink = ReactorSink { tx, waker };
+                let batcher = Batcher::new(cfg.limits, cfg.encode, sink, metrics, board.clone());
+                run_pipeline(cfg.driver, batcher, board, stop_rx).await;
+            });
+        })?;
+    Ok(DatastoreHandle {
+        thread: Some(thread),
+        stop: stop_tx,
+        health_addr,
+        metrics_addr,
+    })
+}
+
+/// Driver → batcher loop, until stopped or the reactor goes away.
+async fn run_pipeline(
+    driver: DriverConfig,
+    mut batcher: Batcher<ReactorSink>,
+    board: Arc<StatusBoard>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (dtx, mut drx) = mpsc::channel::<DriverEvent>(64);
+    let driver_task = match driver {
+        DriverConfig::Sim(c) => {
+            info!(
+                nodes = c.nodes,
+                endpoints = c.endpoints,
+                churn_rate = c.churn_rate,
+                "starting the sim datastore"
+            );
+            tokio::spawn(sim::run(c, dtx))
+        }
+    };
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While the reactor's channel is full, retry on this timer rather than spinning.
+    let retry = Duration::from_millis(2);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut driver_open = true;
+    loop {
+        let deadline = match (retry_at, batcher.deadline()) {
+            (Some(r), _) => Some(r),
+            (None, Some(d)) => Some(tokio::time::Instant::from_std(d)),
+            (None, None) => None,
+        };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = beat.tick() => board.datastore_beat(),
+            ev = drx.recv(), if driver_open => match ev {
+                Some(DriverEvent::Updates(us)) => {
+                    for u in us {
+                        batcher.apply(u);
+                        if retry_at.is_none() && batcher.due(std::time::Instant::now())
+                            && !flush(&mut batcher, &mut retry_at, retry) {
+                            return;
+                        }
+                    }
+                }
+                Some(DriverEvent::Status(s)) => {
+                    batcher.set_status(s);
+                    if retry_at.is_none() && !flush(&mut batcher, &mut retry_at, retry) {
+                        return;
+                    }
+                }
+                None => {
+                    info!("datastore driver finished");
+                    driver_open = false;
+                }
+            },
+            _ = sleep_until(deadline) => {
+                retry_at = None;
+                if !flush(&mut batcher, &mut retry_at, retry) {
+                    return;
+                }
+            }
+        }
+    }
+    driver_task.abort();
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Flushes; returns false when the reactor is gone.
+fn flush(
+    batcher: &mut Batcher<ReactorSink>,
+    retry_at: &mut Option<tokio::time::Instant>,
+    retry: Duration,
+) -> bool {
+    match batcher.flush() {
+        FlushOutcome::Sent | FlushOutcome::NothingPending => true,
+        FlushOutcome::ChannelFull => {
+            *retry_at = Some(tokio::time::Instant::now() + retry);
+            true
+        }
+        FlushOutcome::Disconnected => {
+            info!("reactor has gone; datastore thread stopping");
+            false
+        }
+    }
+}

@@ -87,7 +87,10 @@ impl SyncerType {
                 }
             }
             SyncerType::TunnelIpAllocation => {
-                is_ip_pool(key) || key.strip_prefix(V3).is_some_and(|r| r.starts_with("nodes/"))
+                is_ip_pool(key)
+                    || key
+                        .strip_prefix(V3)
+                        .is_some_and(|r| r.starts_with("nodes/"))
             }
             SyncerType::NodeStatus => key
                 .strip_prefix(V3)

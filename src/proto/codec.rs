@@ -30,9 +30,11 @@ pub fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn config_limited<const N: usize>(
-) -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<N>>
-{
+fn config_limited<const N: usize>() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<N>,
+> {
     bincode::config::standard().with_limit::<N>()
 }
 
@@ -205,7 +207,9 @@ pub fn decompress(
         });
     }
     let out = match codec {
-        Codec::Zstd => zstd::bulk::decompress(data, expected_len).map_err(|e| err(e.to_string()))?,
+        Codec::Zstd => {
+            zstd::bulk::decompress(data, expected_len).map_err(|e| err(e.to_string()))?
+        }
         Codec::Lz4 => {
             lz4_flex::block::decompress(data, expected_len).map_err(|e| err(e.to_string()))?
         }

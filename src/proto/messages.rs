@@ -101,7 +101,9 @@ pub struct HelloPrefix {
 pub enum ClientMessage {
     Hello(Hello),
     /// Answers the `Ping` with the same id.
-    Pong { id: u64 },
+    Pong {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]

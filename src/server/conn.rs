@@ -90,7 +90,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, max_frame: usize, now: Instant) -> Self {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_frame: usize,
+        now: Instant,
+    ) -> Self {
         Connection {
             id,
             stream,
@@ -149,7 +155,11 @@ impl Outbox {
     }
 
     /// Fills `iov` with what is left to write, in order; returns the count and total bytes.
-    pub fn gather<'a>(&'a self, ring: &'a Ring, iov: &mut [IoSlice<'a>; MAX_IOV]) -> (usize, usize) {
+    pub fn gather<'a>(
+        &'a self,
+        ring: &'a Ring,
+        iov: &mut [IoSlice<'a>; MAX_IOV],
+    ) -> (usize, usize) {
         let mut n = 0;
         let mut total = 0;
         let mut push = |b: &'a [u8], n: &mut usize| -> bool {

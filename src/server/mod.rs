@@ -526,13 +526,15 @@ impl Server {
         c.handshake_done_at = Some(now);
         c.last_pong = now;
         c.next_ping = now + self.cfg.ping_interval;
-        c.out.control.push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
-            protocol_version: PROTOCOL_VERSION,
-            server_id: self.cfg.server_id.clone(),
-            connection_id: c.id,
-            syncer_type: syncer.as_str().to_owned(),
-            compression: codec,
-        })));
+        c.out
+            .control
+            .push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
+                protocol_version: PROTOCOL_VERSION,
+                server_id: self.cfg.server_id.clone(),
+                connection_id: c.id,
+                syncer_type: syncer.as_str().to_owned(),
+                compression: codec,
+            })));
         info!(
             peer = %c.peer,
             conn = c.id,
@@ -625,7 +627,10 @@ impl Server {
             if next < first {
                 self.actions.push((
                     slot,
-                    Housekeeping::Drop(DropReason::Goodbye(GoodbyeReason::TooSlow), "fell off the ring"),
+                    Housekeeping::Drop(
+                        DropReason::Goodbye(GoodbyeReason::TooSlow),
+                        "fell off the ring",
+                    ),
                 ));
             } else if !c.writable_interest && !c.dirty {
                 c.dirty = true;
@@ -867,14 +872,24 @@ impl Server {
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {
             let action = match c.phase {
-                Phase::Handshake => (now.duration_since(c.accepted_at) > cfg.handshake_timeout)
-                    .then_some(Housekeeping::Drop(DropReason::HandshakeTimeout, "no Hello in time")),
+                Phase::Handshake => {
+                    (now.duration_since(c.accepted_at) > cfg.handshake_timeout).then_some(
+                        Housekeeping::Drop(DropReason::HandshakeTimeout, "no Hello in time"),
+                    )
+                }
                 Phase::Snapshot | Phase::Streaming => {
-                    if c.writable_interest && now.duration_since(c.last_progress) > cfg.write_timeout
+                    if c.writable_interest
+                        && now.duration_since(c.last_progress) > cfg.write_timeout
                     {
-                        Some(Housekeeping::Drop(DropReason::WriteTimeout, "accepted no bytes in time"))
+                        Some(Housekeeping::Drop(
+                            DropReason::WriteTimeout,
+                            "accepted no bytes in time",
+                        ))
                     } else if now.duration_since(c.last_pong) > cfg.pong_timeout {
-                        Some(Housekeeping::Drop(DropReason::PongTimeout, "no pong in time"))
+                        Some(Housekeeping::Drop(
+                            DropReason::PongTimeout,
+                            "no pong in time",
+                        ))
                     } else if c.writable_interest && self.fell_behind(c) {
                         Some(Housekeeping::Drop(
                             DropReason::Goodbye(GoodbyeReason::TooSlow),

@@ -1,0 +1,48 @@
+# typha-rs. The two commands a fresh machine needs: `make run` and `make test`.
+
+CARGO ?= cargo
+# Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
+ARGS ?=
+
+.PHONY: run build test lint fmt bench bench-codecs doc clean deps
+
+## Build in release and run the daemon on the embedded sim datastore.
+run: deps
+	$(CARGO) build --release --bin typha
+	./target/release/typha --server-port 5473 --health-host 127.0.0.1 $(ARGS)
+
+build: deps
+	$(CARGO) build --release --workspace --all-targets
+
+## Everything CI checks: formatting, lints, every test.
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Criterion benchmarks (encode a batch, fan out to N sinks, snapshot encode+compress).
+bench: deps
+	$(CARGO) bench --bench fanout
+
+## The codec comparison table of docs/benchmarks.md.
+bench-codecs: deps
+	$(CARGO) run --release --example codecs
+
+doc:
+	$(CARGO) doc --no-deps --workspace
+
+clean:
+	$(CARGO) clean
+
+# A Rust toolchain is the only prerequisite; cargo fetches the crates. Nothing else is
+# installed for this part of the project.
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }

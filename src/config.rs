@@ -1,0 +1,623 @@
+//! Settings: each from a command-line flag, else an environment variable `TYPHA_<NAME>`, else
+//! the config file, else its default. Names follow Typha's where the meaning is the same
+//! (`TYPHA_SERVERPORT`, `TYPHA_SERVERPINGINTERVALSECS`, ...); `docs/configuration.md` tables
+//! them all. The config file uses Typha's format: `Name = value` lines, optionally under a
+//! `[global]` header, `#` or `;` comments, names matched case-insensitively without the
+//! `TYPHA_` prefix.
+
+use crate::datastore::sim::SimConfig;
+use crate::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
+use crate::proto::encode::EncodeOptions;
+use crate::proto::{Codec, MAX_CLIENT_FRAME};
+use crate::server::ServerConfig;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatastoreType {
+    /// The embedded synthetic cluster.
+    Sim,
+    /// The Kubernetes API server (not yet available in this build).
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionSetting {
+    Zstd,
+    Lz4,
+    Snappy,
+    None,
+}
+
+impl CompressionSetting {
+    pub fn codec(self) -> Option<Codec> {
+        match self {
+            CompressionSetting::Zstd => Some(Codec::Zstd),
+            CompressionSetting::Lz4 => Some(Codec::Lz4),
+            CompressionSetting::Snappy => Some(Codec::Snappy),
+            CompressionSetting::None => None,
+        }
+    }
+}
+
+/// typha-rs: fans Calico datastore updates out to many Felix agents.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "typha", version, args_override_self = true)]
+pub struct Config {
+    /// Config file (Typha's `Name = value` format); a missing default file is not an error.
+    #[arg(
+        long = "config-file",
+        short = 'c',
+        env = "TYPHA_CONFIGFILE",
+        default_value = "/etc/calico/typha.cfg"
+    )]
+    pub config_file: PathBuf,
+
+    /// Datastore to watch.
+    #[arg(
+        long = "datastore-type",
+        env = "TYPHA_DATASTORETYPE",
+        value_enum,
+        default_value = "sim"
+    )]
+    pub datastore_type: DatastoreType,
+
+    /// Log level for the screen: trace, debug, info, warning, error, or none.
+    #[arg(
+        long = "log-severity-screen",
+        env = "TYPHA_LOGSEVERITYSCREEN",
+        default_value = "info"
+    )]
+    pub log_severity_screen: String,
+
+    // ---- protocol listener ----
+    /// Address to listen on for clients; empty means all interfaces.
+    #[arg(long = "server-host", env = "TYPHA_SERVERHOST", default_value = "")]
+    pub server_host: String,
+    /// Port to listen on for clients; 0 means 5473, as in Typha.
+    #[arg(long = "server-port", env = "TYPHA_SERVERPORT", default_value_t = 5473)]
+    pub server_port: u16,
+    /// Listen backlog (capped by the kernel's somaxconn).
+    #[arg(
+        long = "server-listen-backlog",
+        env = "TYPHA_SERVERLISTENBACKLOG",
+        default_value_t = 4096
+    )]
+    pub server_listen_backlog: i32,
+    /// Time a new connection has to send its Hello.
+    #[arg(
+        long = "server-handshake-timeout-secs",
+        env = "TYPHA_SERVERHANDSHAKETIMEOUTSECS",
+        default_value_t = 10.0
+    )]
+    pub server_handshake_timeout_secs: f64,
+    /// Interval between pings to each client.
+    #[arg(
+        long = "server-ping-interval-secs",
+        env = "TYPHA_SERVERPINGINTERVALSECS",
+        default_value_t = 10.0
+    )]
+    pub server_ping_interval_secs: f64,
+    /// A client that answers no ping for this long is dropped.
+    #[arg(
+        long = "server-pong-timeout-secs",
+        env = "TYPHA_SERVERPONGTIMEOUTSECS",
+        default_value_t = 60.0
+    )]
+    pub server_pong_timeout_secs: f64,
+    /// A client that accepts no bytes for this long, while it has data pending, is dropped.
+    #[arg(
+        long = "server-write-timeout-secs",
+        env = "TYPHA_SERVERWRITETIMEOUTSECS",
+        default_value_t = 120.0
+    )]
+    pub server_write_timeout_secs: f64,
+    /// A client whose oldest unsent batch is older than this is dropped as too slow.
+    #[arg(
+        long = "server-max-fall-behind-secs",
+        env = "TYPHA_SERVERMAXFALLBEHINDSECS",
+        default_value_t = 300.0
+    )]
+    pub server_max_fall_behind_secs: f64,
+    /// Batches held for clients that are behind; a client further behind is dropped as too slow.
+    #[arg(
+        long = "server-max-backlog-batches",
+        env = "TYPHA_SERVERMAXBACKLOGBATCHES",
+        default_value_t = 10_000
+    )]
+    pub server_max_backlog_batches: usize,
+    /// Encoded bytes held for clients that are behind (bounds the ring's memory).
+    #[arg(long = "server-max-backlog-bytes", env = "TYPHA_SERVERMAXBACKLOGBYTES", default_value_t = 256 << 20)]
+    pub server_max_backlog_bytes: usize,
+    /// Largest frame a client may send, in bytes (at most 1 MiB).
+    #[arg(long = "server-max-input-frame-bytes", env = "TYPHA_SERVERMAXINPUTFRAMEBYTES", default_value_t = 64 * 1024)]
+    pub server_max_input_frame_bytes: usize,
+    /// Connections beyond this get Goodbye(ServerFull).
+    #[arg(
+        long = "max-connections-upper-limit",
+        env = "TYPHA_MAXCONNECTIONSUPPERLIMIT",
+        default_value_t = 10_000
+    )]
+    pub max_connections_upper_limit: usize,
+    /// Compression for snapshots and large batches (each shared frame compressed once).
+    #[arg(
+        long = "server-compression",
+        env = "TYPHA_SERVERCOMPRESSION",
+        value_enum,
+        default_value = "zstd"
+    )]
+    pub server_compression: CompressionSetting,
+    /// Batches smaller than this are sent uncompressed.
+    #[arg(
+        long = "server-compression-min-bytes",
+        env = "TYPHA_SERVERCOMPRESSIONMINBYTES",
+        default_value_t = 1024
+    )]
+    pub server_compression_min_bytes: usize,
+    /// Target size of a snapshot chunk before compression.
+    #[arg(long = "snapshot-chunk-bytes", env = "TYPHA_SNAPSHOTCHUNKBYTES", default_value_t = 256 * 1024)]
+    pub snapshot_chunk_bytes: usize,
+    /// An encoded snapshot is reused for new clients for this long after it was built.
+    #[arg(
+        long = "snapshot-reuse-secs",
+        env = "TYPHA_SNAPSHOTREUSESECS",
+        default_value_t = 1.0
+    )]
+    pub snapshot_reuse_secs: f64,
+
+    // ---- batching ----
+    /// Most updates in one delta batch.
+    #[arg(
+        long = "snapshot-cache-max-batch-size",
+        env = "TYPHA_SNAPSHOTCACHEMAXBATCHSIZE",
+        default_value_t = 100
+    )]
+    pub snapshot_cache_max_batch_size: usize,
+    /// Longest an update waits for its batch to fill.
+    #[arg(
+        long = "batch-max-age-secs",
+        env = "TYPHA_BATCHMAXAGESECS",
+        default_value_t = 0.01
+    )]
+    pub batch_max_age_secs: f64,
+    /// Batches queued between the datastore thread and the reactor.
+    #[arg(
+        long = "batch-channel-capacity",
+        env = "TYPHA_BATCHCHANNELCAPACITY",
+        default_value_t = 1024
+    )]
+    pub batch_channel_capacity: usize,
+
+    // ---- health and metrics ----
+    /// Serve /liveness and /readiness.
+    #[arg(long = "health-enabled", env = "TYPHA_HEALTHENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub health_enabled: bool,
+    #[arg(
+        long = "health-host",
+        env = "TYPHA_HEALTHHOST",
+        default_value = "localhost"
+    )]
+    pub health_host: String,
+    #[arg(long = "health-port", env = "TYPHA_HEALTHPORT", default_value_t = 9098)]
+    pub health_port: u16,
+    /// Serve /metrics (Prometheus) and /digest.
+    #[arg(long = "prometheus-metrics-enabled", env = "TYPHA_PROMETHEUSMETRICSENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prometheus_metrics_enabled: bool,
+    /// Empty means all interfaces.
+    #[arg(
+        long = "prometheus-metrics-host",
+        env = "TYPHA_PROMETHEUSMETRICSHOST",
+        default_value = ""
+    )]
+    pub prometheus_metrics_host: String,
+    #[arg(
+        long = "prometheus-metrics-port",
+        env = "TYPHA_PROMETHEUSMETRICSPORT",
+        default_value_t = 9093
+    )]
+    pub prometheus_metrics_port: u16,
+    /// /liveness fails when a thread has made no progress for this long.
+    #[arg(
+        long = "liveness-stall-secs",
+        env = "TYPHA_LIVENESSSTALLSECS",
+        default_value_t = 30.0
+    )]
+    pub liveness_stall_secs: f64,
+
+    // ---- sim datastore ----
+    /// Sim: nodes in the synthetic cluster.
+    #[arg(long = "sim-nodes", env = "TYPHA_SIMNODES", default_value_t = 100)]
+    pub sim_nodes: usize,
+    /// Sim: workload endpoints (pods).
+    #[arg(
+        long = "sim-endpoints",
+        env = "TYPHA_SIMENDPOINTS",
+        default_value_t = 3000
+    )]
+    pub sim_endpoints: usize,
+    /// Sim: namespaces.
+    #[arg(
+        long = "sim-namespaces",
+        env = "TYPHA_SIMNAMESPACES",
+        default_value_t = 20
+    )]
+    pub sim_namespaces: usize,
+    /// Sim: policies.
+    #[arg(
+        long = "sim-policies",
+        env = "TYPHA_SIMPOLICIES",
+        default_value_t = 200
+    )]
+    pub sim_policies: usize,
+    /// Sim: random seed; the same seed gives the same cluster and churn.
+    #[arg(long = "sim-seed", env = "TYPHA_SIMSEED", default_value_t = 1)]
+    pub sim_seed: u64,
+    /// Sim: updates per second after the initial sync (0 for none).
+    #[arg(
+        long = "sim-churn-rate",
+        env = "TYPHA_SIMCHURNRATE",
+        default_value_t = 100.0
+    )]
+    pub sim_churn_rate: f64,
+    /// Sim: fraction of churn that rewrites a value unchanged (exercises the no-op filter).
+    #[arg(
+        long = "sim-noop-fraction",
+        env = "TYPHA_SIMNOOPFRACTION",
+        default_value_t = 0.2
+    )]
+    pub sim_noop_fraction: f64,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    FileSyntax {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("invalid setting {name}: {msg}")]
+    Invalid { name: &'static str, msg: String },
+}
+
+const DEFAULT_CONFIG_FILE: &str = "/etc/calico/typha.cfg";
+
+/// Parses `Name = value` lines; returns (lower-cased name, value, line number).
+pub fn parse_config_file(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<Vec<(String, String, usize)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') && line.ends_with(']') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(ConfigError::FileSyntax {
+                path: path.to_owned(),
+                line: i + 1,
+                msg: "expected `Name = value`".into(),
+            });
+        };
+        let k = k.trim().to_ascii_lowercase();
+        let k = k.strip_prefix("typha_").unwrap_or(&k).to_owned();
+        out.push((k, v.trim().to_owned(), i + 1));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Loads the settings from `args` (the first being the program name), the environment and
+    /// the config file.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Config::command();
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+        let first = Config::from_arg_matches(&matches)?;
+        let path = first.config_file.clone();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && matches.value_source("config_file") == Some(ValueSource::DefaultValue)
+                    && path.as_os_str() == DEFAULT_CONFIG_FILE =>
+            {
+                return first.validated();
+            }
+            Err(source) => return Err(ConfigError::File { path, source }),
+        };
+        // Map the file's names onto flags and put them before the real arguments, only for
+        // settings that neither a flag nor the environment set.
+        let mut from_file: Vec<OsString> = Vec::new();
+        for (name, value, line) in parse_config_file(&text, &path)? {
+            let arg = cmd.get_arguments().find(|a| {
+                a.get_env()
+                    .and_then(|e| e.to_str())
+                    .and_then(|e| e.strip_prefix("TYPHA_"))
+                    .is_some_and(|e| e.eq_ignore_ascii_case(&name))
+            });
+            let Some(arg) = arg else {
+                return Err(ConfigError::FileSyntax {
+                    path,
+                    line,
+                    msg: format!("unknown setting {name:?}"),
+                });
+            };
+            let id = arg.get_id().as_str();
+            if id == "config_file" {
+                continue;
+            }
+            match matches.value_source(id) {
+                Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable) => {}
+                _ => {
+                    if let Some(long) = arg.get_long() {
+                        from_file.push(format!("--{long}={value}").into());
+                    }
+                }
+            }
+        }
+        let mut merged = vec![args.first().cloned().unwrap_or_else(|| "typha".into())];
+        merged.extend(from_file);
+        merged.extend(args.into_iter().skip(1));
+        let matches = cmd.try_get_matches_from(merged)?;
+        Config::from_arg_matches(&matches)?.validated()
+    }
+
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    fn validated(self) -> Result<Config, ConfigError> {
+        for (name, v) in [
+            (
+                "server-handshake-timeout-secs",
+                self.server_handshake_timeout_secs,
+            ),
+            ("server-ping-interval-secs", self.server_ping_interval_secs),
+            ("server-pong-timeout-secs", self.server_pong_timeout_secs),
+            ("server-write-timeout-secs", self.server_write_timeout_secs),
+            (
+                "server-max-fall-behind-secs",
+                self.server_max_fall_behind_secs,
+            ),
+            ("batch-max-age-secs", self.batch_max_age_secs),
+            ("liveness-stall-secs", self.liveness_stall_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    msg: format!("{v} is not a positive number of seconds"),
+                });
+            }
+        }
+        if !(self.snapshot_reuse_secs.is_finite() && self.snapshot_reuse_secs >= 0.0) {
+            return Err(ConfigError::Invalid {
+                name: "snapshot-reuse-secs",
+                msg: "must be zero or more".into(),
+            });
+        }
+        if self.server_max_input_frame_bytes == 0
+            || self.server_max_input_frame_bytes > MAX_CLIENT_FRAME
+        {
+            return Err(ConfigError::Invalid {
+                name: "server-max-input-frame-bytes",
+                msg: format!("must be between 1 and {MAX_CLIENT_FRAME}"),
+            });
+        }
+        if self.max_connections_upper_limit == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max-connections-upper-limit",
+                msg: "must be at least 1".into(),
+            });
+        }
+        if self.snapshot_cache_max_batch_size == 0 || self.batch_channel_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                name: "snapshot-cache-max-batch-size",
+                msg: "batch size and channel capacity must be at least 1".into(),
+            });
+        }
+        let sim_ok = (0.0..=1.0).contains(&self.sim_noop_fraction)
+            && self.sim_churn_rate.is_finite()
+            && self.sim_churn_rate >= 0.0;
+        if !sim_ok {
+            return Err(ConfigError::Invalid {
+                name: "sim-noop-fraction",
+                msg: "noop fraction must be in [0, 1] and churn rate non-negative".into(),
+            });
+        }
+        if self.datastore_type == DatastoreType::Kubernetes {
+            return Err(ConfigError::Invalid {
+                name: "datastore-type",
+                msg: "the kubernetes datastore is not part of this build yet; use sim".into(),
+            });
+        }
+        Ok(self)
+    }
+
+    fn resolve(host: &str, port: u16, name: &'static str) -> Result<SocketAddr, ConfigError> {
+        if host.is_empty() {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        if host == "localhost" {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        let ip: IpAddr = host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                name,
+                msg: format!("{host:?} is not an IP address"),
+            })?;
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let port = if self.server_port == 0 {
+            5473
+        } else {
+            self.server_port
+        };
+        let secs = Duration::from_secs_f64;
+        Ok(ServerConfig {
+            listen: Self::resolve(&self.server_host, port, "server-host")?,
+            listen_backlog: self.server_listen_backlog,
+            handshake_timeout: secs(self.server_handshake_timeout_secs),
+            ping_interval: secs(self.server_ping_interval_secs),
+            pong_timeout: secs(self.server_pong_timeout_secs),
+            write_timeout: secs(self.server_write_timeout_secs),
+            max_fall_behind: secs(self.server_max_fall_behind_secs),
+            max_connections: self.max_connections_upper_limit,
+            max_input_frame: self.server_max_input_frame_bytes,
+            max_backlog_batches: self.server_max_backlog_batches,
+            max_backlog_bytes: self.server_max_backlog_bytes,
+            snapshot_reuse: secs(self.snapshot_reuse_secs),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1024),
+            codec: self.server_compression.codec(),
+            tick: Duration::from_millis(100),
+            server_id: server_id(),
+        })
+    }
+
+    pub fn datastore_config(&self) -> Result<DatastoreThreadConfig, ConfigError> {
+        let driver = DriverConfig::Sim(SimConfig {
+            nodes: self.sim_nodes,
+            endpoints: self.sim_endpoints,
+            namespaces: self.sim_namespaces.max(1),
+            policies: self.sim_policies,
+            seed: self.sim_seed,
+            churn_rate: self.sim_churn_rate,
+            noop_fraction: self.sim_noop_fraction,
+        });
+        Ok(DatastoreThreadConfig {
+            driver,
+            limits: BatchLimits {
+                max_updates: self.snapshot_cache_max_batch_size,
+                max_age: Duration::from_secs_f64(self.batch_max_age_secs),
+            },
+            encode: EncodeOptions {
+                codec: self.server_compression.codec(),
+                compress_min_bytes: self.server_compression_min_bytes,
+                snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1024),
+            },
+            health_listen: self
+                .health_enabled
+                .then(|| Self::resolve(&self.health_host, self.health_port, "health-host"))
+                .transpose()?,
+            metrics_listen: self
+                .prometheus_metrics_enabled
+                .then(|| {
+                    Self::resolve(
+                        &self.prometheus_metrics_host,
+                        self.prometheus_metrics_port,
+                        "prometheus-metrics-host",
+                    )
+                })
+                .transpose()?,
+            liveness_stall: Duration::from_secs_f64(self.liveness_stall_secs),
+        })
+    }
+}
+
+/// Identifies this daemon to clients: host name and process id.
+fn server_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}/{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["typha"];
+        v.extend_from_slice(args);
+        Config::load_from(v)
+    }
+
+    #[test]
+    fn defaults_match_typha_where_shared() {
+        let c = load(&["--config-file", "/nonexistent/typha-rs-test.cfg"]);
+        assert!(
+            matches!(c, Err(ConfigError::File { .. })),
+            "an explicit missing file is an error"
+        );
+        let c = load(&[]).unwrap();
+        assert_eq!(c.server_port, 5473);
+        assert_eq!(c.server_ping_interval_secs, 10.0);
+        assert_eq!(c.server_pong_timeout_secs, 60.0);
+        assert_eq!(c.server_handshake_timeout_secs, 10.0);
+        assert_eq!(c.server_write_timeout_secs, 120.0);
+        assert_eq!(c.snapshot_cache_max_batch_size, 100);
+        assert_eq!(c.max_connections_upper_limit, 10_000);
+        assert_eq!(c.health_port, 9098);
+        assert_eq!(c.prometheus_metrics_port, 9093);
+        let s = c.server_config().unwrap();
+        assert_eq!(s.listen.port(), 5473);
+        assert!(s.listen.ip().is_unspecified());
+    }
+
+    #[test]
+    fn file_fills_in_below_flags() {
+        let dir = std::env::temp_dir().join(format!("typha-rs-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("typha.cfg");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "[global]\n# comment\nServerPort = 6000\nServerPingIntervalSecs = 3.5\nTYPHA_SIMNODES=7").unwrap();
+        drop(f);
+        let p = path.to_str().unwrap();
+        let c = load(&["-c", p, "--server-port", "7000"]).unwrap();
+        assert_eq!(c.server_port, 7000, "a flag beats the file");
+        assert_eq!(
+            c.server_ping_interval_secs, 3.5,
+            "the file beats the default"
+        );
+        assert_eq!(c.sim_nodes, 7);
+
+        std::fs::write(&path, "NoSuchSetting = 1\n").unwrap();
+        assert!(matches!(
+            load(&["-c", p]),
+            Err(ConfigError::FileSyntax { line: 1, .. })
+        ));
+        std::fs::write(&path, "just words\n").unwrap();
+        assert!(matches!(
+            load(&["-c", p]),
+            Err(ConfigError::FileSyntax { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(load(&["--server-ping-interval-secs", "0"]).is_err());
+        assert!(load(&["--server-ping-interval-secs", "abc"]).is_err());
+        assert!(load(&["--server-max-input-frame-bytes", "99999999"]).is_err());
+        assert!(load(&["--datastore-type", "kubernetes"]).is_err());
+        assert!(load(&["--server-host", "not-an-ip"])
+            .unwrap()
+            .server_config()
+            .is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Assembles the pipeline: datastore thread → bounded channel + waker → reactor thread.
+
+use crate::datastore::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig};
+use crate::metrics::Metrics;
+use crate::server::{Server, ServerConfig, ServerHandle};
+use crate::status::StatusBoard;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot listen for clients on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the datastore thread: {0}")]
+    Datastore(std::io::Error),
+    #[error("cannot start the reactor thread: {0}")]
+    Reactor(std::io::Error),
+    #[error("reactor failed: {0}")]
+    ReactorFailed(std::io::Error),
+    #[error("reactor thread panicked")]
+    ReactorPanicked,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub server: ServerConfig,
+    pub datastore: DatastoreThreadConfig,
+    pub batch_channel_capacity: usize,
+}
+
+/// A running daemon: the reactor thread and the datastore thread.
+pub struct Daemon {
+    pub protocol_addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusBoard>,
+    handle: ServerHandle,
+    reactor: Option<JoinHandle<std::io::Result<()>>>,
+    datastore: Option<DatastoreHandle>,
+}
+
+impl Daemon {
+    pub fn start(cfg: DaemonConfig) -> Result<Daemon, DaemonError> {
+        let metrics = Arc::new(Metrics::new());
+        let status = Arc::new(StatusBoard::new());
+        let (tx, rx) = crossbeam_channel::bounded(cfg.batch_channel_capacity.max(1));
+        let listen = cfg.server.listen;
+        let server =
+            Server::bind(cfg.server, rx, metrics.clone(), status.clone()).map_err(|source| {
+                DaemonError::Listen {
+                    addr: listen,
+                    source,
+                }
+            })?;
+        let protocol_addr = server.local_addr();
+        let handle = server.handle();
+        let datastore = spawn_datastore_thread(
+            cfg.datastore,
+            tx,
+            server.waker(),
+            metrics.clone(),
+            status.clone(),
+        )
+        .map_err(DaemonError::Datastore)?;
+        let reactor = std::thread::Builder::new()
+            .name("typha-reactor".into())
+            .spawn(move || server.run())
+            .map_err(DaemonError::Reactor)?;
+        Ok(Daemon {
+            protocol_addr,
+            health_addr: datastore.health_addr,
+            metrics_addr: datastore.metrics_addr,
+            metrics,
+            status,
+            handle,
+            reactor: Some(reactor),
+            datastore: Some(datastore),
+        })
+    }
+
+    /// A handle that starts a graceful shutdown from anywhere (a signal handler thread).
+    pub fn shutdown_handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for the reactor to finish (after a shutdown), then stops the datastore thread.
+    pub fn wait(mut self) -> Result<(), DaemonError> {
+        let result = match self.reactor.take().map(JoinHandle::join) {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(DaemonError::ReactorFailed(e)),
+            Some(Err(_)) => Err(DaemonError::ReactorPanicked),
+        };
+        if let Some(d) = self.datastore.take() {
+            d.stop();
+        }
+        result
+    }
+
+    /// Graceful shutdown, then wait.
+    pub fn stop(self) -> Result<(), DaemonError> {
+        self.handle.shutdown();
+        self.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(r) = self.reactor.take() {
+            self.handle.shutdown();
+            let _ = r.join();
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The `typha` binary as an operator runs it: sim datastore, real ports, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use typha::client::{BlockingClient, ClientError, ClientOptions};
+use typha::http::http_get;
+use typha::model::Digest;
+use typha::proto::GoodbyeReason;
+
+struct Running {
+    child: Child,
+    protocol: SocketAddr,
+    health: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn field(line: &str, name: &str) -> SocketAddr {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start(extra: &[&str]) -> Running {
+    let (p, h, m) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .args([
+            "--config-file",
+            "/dev/null",
+            "--server-host",
+            "127.0.0.1",
+            "--server-port",
+            &p.to_string(),
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            &h.to_string(),
+            "--prometheus-metrics-host",
+            "127.0.0.1",
+            "--prometheus-metrics-port",
+            &m.to_string(),
+            "--log-severity-screen",
+            "warning",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start typha");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
+    Running {
+        protocol: field(&line, "protocol"),
+        health: field(&line, "health"),
+        metrics: field(&line, "metrics"),
+        child,
+    }
+}
+
+fn wait_ready(r: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = http_get(r.health, "/readiness", Duration::from_secs(2)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn server_digest(r: &Running, seq: u64) -> (Digest, u64) {
+    let (code, body) = http_get(
+        r.metrics,
+        &format!("/digest?seq={seq}"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let felix = &v["syncers"]["felix"];
+    (
+        Digest::from_hex(felix["digest"].as_str().unwrap()).unwrap(),
+        felix["keys"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn sigterm_says_goodbye_and_exits_zero() {
+    let mut r = start(&["--sim-endpoints", "2000", "--sim-churn-rate", "500"]);
+    wait_ready(&r);
+    let mut clients: Vec<_> = (0..10)
+        .map(|_| BlockingClient::connect(r.protocol, ClientOptions::default()).unwrap())
+        .collect();
+    for c in &mut clients {
+        c.run_until_in_sync(Duration::from_secs(30)).unwrap();
+        // Let some churn through, then check against the daemon's own digest at that sequence.
+        let target = c.state().seq() + 5;
+        c.run_until(Duration::from_secs(30), |s| s.seq() >= target)
+            .unwrap();
+        let (digest, keys) = server_digest(&r, c.state().seq());
+        assert_eq!(c.state().digest(), digest);
+        assert_eq!(c.state().len() as u64, keys);
+    }
+    let (code, metrics) = http_get(r.metrics, "/metrics", Duration::from_secs(5)).unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("typha_connections_active 10"), "{metrics}");
+    assert!(
+        metrics.contains("typha_updates_skipped "),
+        "no-op filter metric present"
+    );
+
+    let pid = r.child.id() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    for c in &mut clients {
+        let err = c.run_until(Duration::from_secs(20), |_| false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Goodbye {
+                    reason: GoodbyeReason::Shutdown,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = r.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn bad_settings_fail_fast_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .args([
+            "--config-file",
+            "/dev/null",
+            "--server-ping-interval-secs=0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server-ping-interval-secs"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .args(["--config-file", "/nonexistent/typha.cfg"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/typha.cfg"));
+}
+
+#[test]
+fn occupied_port_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .args([
+            "--config-file",
+            "/dev/null",
+            "--server-host",
+            "127.0.0.1",
+            "--server-port",
+            &port,
+            "--health-enabled",
+            "false",
+            "--prometheus-metrics-enabled",
+            "false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for clients"), "{err}");
+}
