@@ -493,6 +493,7 @@ impl Config {
             snapshot_reuse: secs(self.snapshot_reuse_secs),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1024),
             codec: self.server_compression.codec(),
+            goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
             server_id: server_id(),
         })

@@ -36,6 +36,7 @@ fn test_config() -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tick: Duration::from_millis(20),
+        goodbye_grace: Duration::from_millis(300),
         ..ServerConfig::default()
     }
 }
@@ -194,14 +195,29 @@ fn hello_frame(version: ProtocolVersion, syncer: &str) -> Vec<u8> {
     .to_vec()
 }
 
-/// Reads server messages until the server closes the connection.
+/// Reads server messages until the server closes the connection. Like a polite client, it
+/// half-closes its side once it has the Goodbye; the server must then finish closing promptly
+/// (it waits for that EOF, up to its grace period, so the Goodbye cannot be lost to a reset).
 fn read_until_closed(mut s: TcpStream) -> Vec<ServerMessage> {
     let mut dec = FrameDecoder::new(MAX_SERVER_FRAME);
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
+    let mut shut_at = None;
     loop {
+        if shut_at.is_none() && goodbye_of(&out).is_some() {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            shut_at = Some(Instant::now());
+        }
         match s.read(&mut buf) {
-            Ok(0) => return out,
+            Ok(0) => {
+                if let Some(t) = shut_at {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(3),
+                        "server kept the connection open after the client's EOF"
+                    );
+                }
+                return out;
+            }
             Ok(n) => dec
                 .feed(&buf[..n], |p| {
                     out.push(

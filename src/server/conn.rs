@@ -77,6 +77,9 @@ pub struct Connection {
     pub hostname: Box<str>,
     pub decoder: FrameDecoder,
     pub out: Outbox,
+    /// Closing, and our side of the stream is shut: waiting for the peer's EOF so that closing
+    /// with its unread bytes pending cannot reset the connection before it reads the Goodbye.
+    pub write_shut: bool,
     /// WRITABLE interest is registered: the socket filled up and a backlog remains.
     pub writable_interest: bool,
     pub dirty: bool,
@@ -106,6 +109,7 @@ impl Connection {
             hostname: "".into(),
             decoder: FrameDecoder::new(max_frame),
             out: Outbox::new(SyncerType::Felix, false),
+            write_shut: false,
             writable_interest: false,
             dirty: false,
             accepted_at: now,

@@ -44,9 +44,6 @@ const FIRST_CONN: usize = 2;
 /// past this many extra, they are closed without a word.
 const REJECT_SLACK: usize = 256;
 
-/// How long a closing connection may take to accept its Goodbye.
-const GOODBYE_GRACE: Duration = Duration::from_secs(5);
-
 /// Read buffer shared by all connections: clients send only Hellos and Pongs.
 const READ_SCRATCH: usize = 16 * 1024;
 
@@ -68,6 +65,8 @@ pub struct ServerConfig {
     pub snapshot_chunk_bytes: usize,
     /// The codec for shared compressed frames; `None` disables compression.
     pub codec: Option<Codec>,
+    /// How long a closing connection may take to accept its Goodbye and hang up.
+    pub goodbye_grace: Duration,
     /// Timer resolution.
     pub tick: Duration,
     pub server_id: String,
@@ -90,6 +89,7 @@ impl Default for ServerConfig {
             snapshot_reuse: Duration::from_secs(1),
             snapshot_chunk_bytes: 256 * 1024,
             codec: Some(Codec::Zstd),
+            goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
             server_id: "typha-rs".into(),
         }
@@ -710,8 +710,13 @@ impl Server {
                             Interest::READABLE,
                         );
                     }
-                    if c.is_closing() {
-                        self.close_now(slot, None);
+                    if c.is_closing() && !c.write_shut {
+                        // Everything (the Goodbye included) is written: half-close and let the
+                        // peer's EOF, or the closing deadline, finish the job.
+                        c.write_shut = true;
+                        if c.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                            self.close_now(slot, None);
+                        }
                     }
                     return;
                 }
@@ -804,7 +809,7 @@ impl Server {
         };
         let was_streaming = c.handshake_done_at.is_some();
         let syncer = c.out.syncer;
-        c.begin_closing(Some(frame), Instant::now() + GOODBYE_GRACE);
+        c.begin_closing(Some(frame), Instant::now() + self.cfg.goodbye_grace);
         if was_streaming {
             self.metrics
                 .connections_by_syncer
