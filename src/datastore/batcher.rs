@@ -137,6 +137,11 @@ impl<S: BatchSink> Batcher<S> {
         self.pending.len()
     }
 
+    /// The updates of the open batch, in arrival order (each key once, with its final value).
+    pub fn pending(&self) -> impl Iterator<Item = &Update> {
+        self.pending.iter().map(|(u, _)| u)
+    }
+
     fn mark_pending(&mut self) {
         if self.pending_since.is_none() {
             self.pending_since = Some((Instant::now(), now_unix_nanos()));

@@ -81,6 +81,17 @@ pub struct SimConfig {
     pub noop_fraction: f64,
 }
 
+impl SimConfig {
+    /// The default cluster scaled to `endpoints` pods at the default 30 pods per node.
+    pub fn scaled(endpoints: usize) -> SimConfig {
+        SimConfig {
+            nodes: endpoints.div_ceil(30).max(1),
+            endpoints,
+            ..SimConfig::default()
+        }
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
@@ -506,6 +517,23 @@ impl SimCluster {
 
     /// The whole current map as updates, as a full list would return it. Right after `new`
     /// this is the initial state; calling it does not change anything.
+    /// The current state as the canonical map the batcher would hold.
+    pub fn state_map(&self) -> crate::model::StateMap {
+        self.initial_state()
+            .into_iter()
+            .filter_map(|u| {
+                let value = u.value?;
+                Some((
+                    u.key,
+                    std::sync::Arc::new(crate::model::Entry {
+                        value,
+                        revision: u.revision,
+                    }),
+                ))
+            })
+            .collect()
+    }
+
     pub fn initial_state(&self) -> Vec<KvUpdate> {
         self.entries
             .iter()
@@ -1288,6 +1316,52 @@ pub async fn run(cfg: SimConfig, tx: DriverSender) {
             }
         }
     }
+}
+
+/// A batch of `n` felix updates as the batcher would close it from this cluster's churn: no-ops
+/// dropped, one entry per key. For benchmarks and examples that need realistic batches.
+pub fn churn_batch(cfg: SimConfig, n: usize) -> Vec<crate::model::Update> {
+    use super::batcher::{BatchLimits, BatchSink, Batcher};
+    use super::BatchMessage;
+    use crossbeam_channel::TrySendError;
+
+    struct Discard;
+    impl BatchSink for Discard {
+        fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>> {
+            drop(msg);
+            Ok(())
+        }
+    }
+
+    let mut sim = SimCluster::new(cfg);
+    let mut batcher = Batcher::new(
+        BatchLimits {
+            max_updates: usize::MAX,
+            max_age: std::time::Duration::MAX,
+        },
+        crate::proto::encode::EncodeOptions::default(),
+        Discard,
+        std::sync::Arc::new(crate::metrics::Metrics::new()),
+        std::sync::Arc::new(crate::status::StatusBoard::new()),
+    );
+    for u in sim.initial_state() {
+        batcher.apply(u);
+    }
+    batcher.flush();
+    let felix = |b: &Batcher<Discard>| {
+        b.pending()
+            .filter(|u| crate::model::SyncerType::Felix.wants(&u.key))
+            .count()
+    };
+    while felix(&batcher) < n {
+        batcher.apply(sim.next_change());
+    }
+    batcher
+        .pending()
+        .filter(|u| crate::model::SyncerType::Felix.wants(&u.key))
+        .take(n)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

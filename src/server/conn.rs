@@ -20,6 +20,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The time of one write, read once and used for every frame that write completes (two clock
+/// reads per write rather than per frame per client).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteTime {
+    pub at: Instant,
+    pub unix_nanos: u64,
+}
+
+impl WriteTime {
+    pub fn now() -> Self {
+        WriteTime {
+            at: Instant::now(),
+            unix_nanos: now_unix_nanos(),
+        }
+    }
+}
+
 /// Most iovecs handed to one `writev`.
 pub const MAX_IOV: usize = 64;
 
@@ -201,7 +218,7 @@ impl Outbox {
     }
 
     /// Moves past `n` written bytes. Returns true when the snapshot's last frame completed.
-    pub fn advance(&mut self, mut n: usize, ring: &Ring, metrics: &Metrics) -> bool {
+    pub fn advance(&mut self, mut n: usize, ring: &Ring, metrics: &Metrics, t: WriteTime) -> bool {
         let mut snapshot_done = false;
         if let Some(f) = &mut self.in_flight {
             let rest = f.bytes.len() - f.offset;
@@ -210,7 +227,7 @@ impl Outbox {
                 return false;
             }
             n -= rest;
-            snapshot_done |= complete(f.done, metrics);
+            snapshot_done |= complete(f.done, metrics, t);
             self.in_flight = None;
         }
         while n > 0 {
@@ -275,7 +292,7 @@ impl Outbox {
                     break;
                 }
                 n -= b.len();
-                complete(done, metrics);
+                complete(done, metrics, t);
             }
             self.next_seq = Some(next_seq);
         }
@@ -296,7 +313,7 @@ impl Outbox {
     }
 }
 
-fn complete(done: Completion, metrics: &Metrics) -> bool {
+fn complete(done: Completion, metrics: &Metrics, t: WriteTime) -> bool {
     match done {
         Completion::None => false,
         Completion::SnapshotEnd => true,
@@ -305,11 +322,11 @@ fn complete(done: Completion, metrics: &Metrics) -> bool {
             arrived,
         } => {
             metrics.frames_written.inc();
-            let lag = now_unix_nanos().saturating_sub(received_at);
+            let lag = t.unix_nanos.saturating_sub(received_at);
             metrics.fanout_latency_secs.observe(lag as f64 / 1e9);
             metrics
                 .client_write_latency_secs
-                .observe(arrived.elapsed().as_secs_f64());
+                .observe(t.at.saturating_duration_since(arrived).as_secs_f64());
             false
         }
     }

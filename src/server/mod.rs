@@ -11,7 +11,7 @@ mod conn;
 mod ring;
 mod snapshot;
 
-pub use conn::{Completion, Connection, InFlight, Outbox, Phase, MAX_IOV};
+pub use conn::{Completion, Connection, InFlight, Outbox, Phase, WriteTime, MAX_IOV};
 pub use ring::Ring;
 pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
 
@@ -728,7 +728,15 @@ impl Server {
                     self.metrics.write_calls.inc();
                     self.metrics.bytes_written.inc_by(n as u64);
                     c.last_progress = now;
-                    if c.out.advance(n, &self.ring, &self.metrics) {
+                    if c.out.advance(
+                        n,
+                        &self.ring,
+                        &self.metrics,
+                        WriteTime {
+                            at: now,
+                            unix_nanos: now_unix_nanos(),
+                        },
+                    ) {
                         c.phase = Phase::Streaming;
                         if let Some(t) = c.handshake_done_at {
                             self.metrics
