@@ -42,6 +42,13 @@ pub struct Metrics {
     pub sequence: IntGauge,
     pub keys: IntGaugeVec,
     pub channel_full: IntCounter,
+    // Kubernetes datastore.
+    pub datastore_events: IntCounterVec,
+    pub datastore_updates_emitted: IntCounterVec,
+    pub datastore_translate_errors: IntCounterVec,
+    pub datastore_errors: IntCounterVec,
+    pub datastore_watch_restarts: IntCounterVec,
+    pub datastore_kind_absent: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -235,6 +242,42 @@ impl Metrics {
                 &r,
                 "typha_batch_channel_full_total",
                 "Times a closed batch could not be handed over because the reactor's channel was full.",
+            ),
+            datastore_events: counter_vec(
+                &r,
+                "typha_datastore_events_total",
+                "Watch events received from the datastore, by kind.",
+                &["kind"],
+            ),
+            datastore_updates_emitted: counter_vec(
+                &r,
+                "typha_datastore_updates_emitted_total",
+                "Model updates the translation produced (changed keys only), by kind.",
+                &["kind"],
+            ),
+            datastore_translate_errors: counter_vec(
+                &r,
+                "typha_datastore_translate_errors_total",
+                "Objects that could not be translated (treated as deleted), by kind.",
+                &["kind"],
+            ),
+            datastore_errors: counter_vec(
+                &r,
+                "typha_datastore_errors_total",
+                "Errors listing or watching the datastore, by kind.",
+                &["kind"],
+            ),
+            datastore_watch_restarts: counter_vec(
+                &r,
+                "typha_datastore_watch_restarts_total",
+                "Relists after a watch expired or the API server restarted, by kind.",
+                &["kind"],
+            ),
+            datastore_kind_absent: gauge_vec(
+                &r,
+                "typha_datastore_kind_absent",
+                "1 while the API server does not serve a watched kind (CRD not installed).",
+                &["kind"],
             ),
             registry: r,
         }

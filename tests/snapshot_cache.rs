@@ -18,7 +18,7 @@ use typha::metrics::Metrics;
 use typha::model::{KvUpdate, SyncStatus, SyncerType};
 use typha::proto::encode::{encode_snapshot, EncodeOptions};
 use typha::proto::{encode_frame, Codec, ServerHello, ServerMessage, PROTOCOL_VERSION};
-use typha::server::{Outbox, Ring, MAX_IOV};
+use typha::server::{Outbox, Ring, WriteTime, MAX_IOV};
 use typha::status::StatusBoard;
 
 #[derive(Clone, Default)]
@@ -86,7 +86,8 @@ impl TestClient {
             self.out.caught_up(ring);
             return 0;
         }
-        self.out.advance(taken.len(), ring, metrics);
+        self.out
+            .advance(taken.len(), ring, metrics, WriteTime::now());
         if let Err(e) = self.session.feed(&taken) {
             panic!("client ({}) rejected the stream: {e}", self.syncer);
         }

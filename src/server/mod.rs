@@ -438,7 +438,12 @@ impl Server {
         self.inbox = inbox;
         if let Some(e) = read_error {
             if let Some(c) = self.conns.get(slot) {
-                info!(peer = %c.peer, error = %e, "read failed; closing connection");
+                // A reset is how many clients leave; anything else is worth an operator's eye.
+                if e.kind() == io::ErrorKind::ConnectionReset {
+                    debug!(peer = %c.peer, "connection reset by peer");
+                } else {
+                    info!(peer = %c.peer, error = %e, "read failed; closing connection");
+                }
             }
             self.close_now(slot, Some(DropReason::IoError));
         } else if eof {
