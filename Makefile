@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
 ARGS ?=
 
-.PHONY: run build test lint fmt bench bench-codecs doc clean deps
+.PHONY: run build test lint fmt bench bench-codecs doc clean deps apiserver
 
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
@@ -14,8 +14,10 @@ run: deps
 build: deps
 	$(CARGO) build --release --workspace --all-targets
 
-## Everything CI checks: formatting, lints, every test.
-test: deps
+## Everything CI checks: formatting, lints, every test. The Kubernetes datastore tests need a
+## real kube-apiserver + etcd: `scripts/test-apiserver.sh install` installs Debian's packages and
+## builds kube-apiserver v1.20.2 once (about 4 minutes; cached under ~/.cache/typha-rs).
+test: deps apiserver
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --all-targets
@@ -42,7 +44,9 @@ doc:
 clean:
 	$(CARGO) clean
 
-# A Rust toolchain is the only prerequisite; cargo fetches the crates. Nothing else is
-# installed for this part of the project.
+apiserver:
+	bash scripts/test-apiserver.sh install
+
+# A Rust toolchain is the only prerequisite of the daemon itself; cargo fetches the crates.
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }

@@ -5,6 +5,7 @@
 //! `[global]` header, `#` or `;` comments, names matched case-insensitively without the
 //! `TYPHA_` prefix.
 
+use crate::datastore::k8s::KubernetesConfig;
 use crate::datastore::sim::SimConfig;
 use crate::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
 use crate::proto::encode::EncodeOptions;
@@ -22,7 +23,7 @@ use thiserror::Error;
 pub enum DatastoreType {
     /// The embedded synthetic cluster.
     Sim,
-    /// The Kubernetes API server (not yet available in this build).
+    /// The Kubernetes API server.
     Kubernetes,
 }
 
@@ -74,6 +75,19 @@ pub struct Config {
         default_value = "info"
     )]
     pub log_severity_screen: String,
+
+    /// Kubernetes: kubeconfig file; unset means KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// service account, in that order.
+    #[arg(long = "kubeconfig", env = "TYPHA_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: how often to look again for a kind the API server does not serve (a CRD
+    /// not installed).
+    #[arg(
+        long = "k8s-missing-api-retry-secs",
+        env = "TYPHA_K8SMISSINGAPIRETRYSECS",
+        default_value_t = 1800.0
+    )]
+    pub k8s_missing_api_retry_secs: f64,
 
     // ---- protocol listener ----
     /// Address to listen on for clients; empty means all interfaces.
@@ -445,10 +459,10 @@ impl Config {
                 msg: "noop fraction must be in [0, 1] and churn rate non-negative".into(),
             });
         }
-        if self.datastore_type == DatastoreType::Kubernetes {
+        if !(self.k8s_missing_api_retry_secs.is_finite() && self.k8s_missing_api_retry_secs > 0.0) {
             return Err(ConfigError::Invalid {
-                name: "datastore-type",
-                msg: "the kubernetes datastore is not part of this build yet; use sim".into(),
+                name: "k8s-missing-api-retry-secs",
+                msg: "must be a positive number of seconds".into(),
             });
         }
         Ok(self)
@@ -500,15 +514,22 @@ impl Config {
     }
 
     pub fn datastore_config(&self) -> Result<DatastoreThreadConfig, ConfigError> {
-        let driver = DriverConfig::Sim(SimConfig {
-            nodes: self.sim_nodes,
-            endpoints: self.sim_endpoints,
-            namespaces: self.sim_namespaces.max(1),
-            policies: self.sim_policies,
-            seed: self.sim_seed,
-            churn_rate: self.sim_churn_rate,
-            noop_fraction: self.sim_noop_fraction,
-        });
+        let driver = match self.datastore_type {
+            DatastoreType::Sim => DriverConfig::Sim(SimConfig {
+                nodes: self.sim_nodes,
+                endpoints: self.sim_endpoints,
+                namespaces: self.sim_namespaces.max(1),
+                policies: self.sim_policies,
+                seed: self.sim_seed,
+                churn_rate: self.sim_churn_rate,
+                noop_fraction: self.sim_noop_fraction,
+            }),
+            DatastoreType::Kubernetes => DriverConfig::Kubernetes(KubernetesConfig {
+                kubeconfig: self.kubeconfig.clone(),
+                missing_api_retry: Duration::from_secs_f64(self.k8s_missing_api_retry_secs),
+                ..KubernetesConfig::default()
+            }),
+        };
         Ok(DatastoreThreadConfig {
             driver,
             limits: BatchLimits {
@@ -615,7 +636,8 @@ mod tests {
         assert!(load(&["--server-ping-interval-secs", "0"]).is_err());
         assert!(load(&["--server-ping-interval-secs", "abc"]).is_err());
         assert!(load(&["--server-max-input-frame-bytes", "99999999"]).is_err());
-        assert!(load(&["--datastore-type", "kubernetes"]).is_err());
+        assert!(load(&["--datastore-type", "etcdv3"]).is_err());
+        assert!(load(&["--k8s-missing-api-retry-secs=0"]).is_err());
         assert!(load(&["--server-host", "not-an-ip"])
             .unwrap()
             .server_config()

@@ -3,6 +3,7 @@
 //! [`DeltaBatch`]es to the reactor. Everything here runs on the datastore thread's tokio runtime.
 
 mod batcher;
+pub mod k8s;
 pub mod sim;
 mod thread;
 

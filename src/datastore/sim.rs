@@ -286,7 +286,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// SHA-1, for the host-side interface names Calico derives from it (`cali` + 11 hex digits of
 /// `sha1("<ns>.<pod>")`). Not used for anything security-related.
-fn sha1(data: &[u8]) -> [u8; 20] {
+/// SHA-1, for Calico's interface names (`cali` + 11 hex digits of `sha1("<ns>.<pod>")`); the
+/// known-answer tests below cover it.
+pub(crate) fn sha1(data: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [
         0x6745_2301,
         0xEFCD_AB89,

@@ -2,7 +2,7 @@
 //! batcher loop and the HTTP listeners.
 
 use super::batcher::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
-use super::{sim, BatchMessage, DriverEvent};
+use super::{k8s, sim, BatchMessage, DriverEvent};
 use crate::http::{self, HttpContext};
 use crate::metrics::Metrics;
 use crate::proto::encode::EncodeOptions;
@@ -19,6 +19,7 @@ use tracing::{error, info};
 #[derive(Debug, Clone)]
 pub enum DriverConfig {
     Sim(sim::SimConfig),
+    Kubernetes(k8s::KubernetesConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -105,8 +106,9 @@ pub fn spawn_datastore_thread(
                     }
                 }
                 let sink = ReactorSink { tx, waker };
-                let batcher = Batcher::new(cfg.limits, cfg.encode, sink, metrics, board.clone());
-                run_pipeline(cfg.driver, batcher, board, stop_rx).await;
+                let batcher =
+                    Batcher::new(cfg.limits, cfg.encode, sink, metrics.clone(), board.clone());
+                run_pipeline(cfg.driver, batcher, board, metrics, stop_rx).await;
             });
         })?;
     Ok(DatastoreHandle {
@@ -122,6 +124,7 @@ async fn run_pipeline(
     driver: DriverConfig,
     mut batcher: Batcher<ReactorSink>,
     board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (dtx, mut drx) = mpsc::channel::<DriverEvent>(64);
@@ -134,6 +137,10 @@ async fn run_pipeline(
                 "starting the sim datastore"
             );
             tokio::spawn(sim::run(c, dtx))
+        }
+        DriverConfig::Kubernetes(c) => {
+            info!(kubeconfig = ?c.kubeconfig, "starting the Kubernetes datastore");
+            tokio::spawn(k8s::run(c, dtx, metrics))
         }
     };
     let mut beat = tokio::time::interval(Duration::from_secs(1));

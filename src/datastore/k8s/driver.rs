@@ -1,0 +1,650 @@
+//! The list+watch loop per kind, the per-object diff, and the sync status.
+
+use super::translate::{self, TranslateFn};
+use crate::datastore::{DriverEvent, DriverSender};
+use crate::metrics::Metrics;
+use crate::model::{entry_hash, KvUpdate, SyncStatus};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// How to reach the API server and how patiently.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// Explicit kubeconfig; otherwise found as `kube::Config::infer` does (KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// How often to look again for a kind the server does not serve.
+    pub missing_api_retry: Duration,
+    /// List page size.
+    pub page_size: u32,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            kubeconfig: None,
+            missing_api_retry: Duration::from_secs(30 * 60),
+            page_size: 500,
+        }
+    }
+}
+
+/// One watched kind.
+#[derive(Debug, Clone, Copy)]
+pub struct KindSpec {
+    /// Label for logs and metrics.
+    pub name: &'static str,
+    pub group: &'static str,
+    /// Versions to try, preferred first.
+    pub versions: &'static [&'static str],
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub translate: TranslateFn,
+}
+
+const CALICO: &str = "crd.projectcalico.org";
+
+/// Everything Calico's felix syncer reads in Kubernetes-datastore mode (which covers the bgp,
+/// tunnel-ip-allocation syncers' kinds too: each syncer type takes its keys by prefix).
+pub fn watched_kinds() -> Vec<KindSpec> {
+    use translate::*;
+    let k = |name, group, versions, kind, plural, translate| KindSpec {
+        name,
+        group,
+        versions,
+        kind,
+        plural,
+        translate,
+    };
+    vec![
+        k(
+            "node",
+            "",
+            &["v1"],
+            "Node",
+            "nodes",
+            translate_node as TranslateFn,
+        ),
+        k("pod", "", &["v1"], "Pod", "pods", translate_pod),
+        k(
+            "namespace",
+            "",
+            &["v1"],
+            "Namespace",
+            "namespaces",
+            translate_namespace,
+        ),
+        k(
+            "serviceaccount",
+            "",
+            &["v1"],
+            "ServiceAccount",
+            "serviceaccounts",
+            translate_service_account,
+        ),
+        k(
+            "service",
+            "",
+            &["v1"],
+            "Service",
+            "services",
+            translate_service,
+        ),
+        k(
+            "endpointslice",
+            "discovery.k8s.io",
+            &["v1", "v1beta1"],
+            "EndpointSlice",
+            "endpointslices",
+            translate_endpoint_slice,
+        ),
+        k(
+            "networkpolicy",
+            "networking.k8s.io",
+            &["v1"],
+            "NetworkPolicy",
+            "networkpolicies",
+            translate_k8s_network_policy,
+        ),
+        k(
+            "clusterinformation",
+            CALICO,
+            &["v1"],
+            "ClusterInformation",
+            "clusterinformations",
+            translate_cluster_information,
+        ),
+        k(
+            "felixconfiguration",
+            CALICO,
+            &["v1"],
+            "FelixConfiguration",
+            "felixconfigurations",
+            translate_felix_configuration,
+        ),
+        k(
+            "globalnetworkpolicy",
+            CALICO,
+            &["v1"],
+            "GlobalNetworkPolicy",
+            "globalnetworkpolicies",
+            translate_global_network_policy,
+        ),
+        k(
+            "stagedglobalnetworkpolicy",
+            CALICO,
+            &["v1"],
+            "StagedGlobalNetworkPolicy",
+            "stagedglobalnetworkpolicies",
+            translate_staged_global_network_policy,
+        ),
+        k(
+            "calico-networkpolicy",
+            CALICO,
+            &["v1"],
+            "NetworkPolicy",
+            "networkpolicies",
+            translate_calico_network_policy,
+        ),
+        k(
+            "stagednetworkpolicy",
+            CALICO,
+            &["v1"],
+            "StagedNetworkPolicy",
+            "stagednetworkpolicies",
+            translate_staged_network_policy,
+        ),
+        k(
+            "stagedkubernetesnetworkpolicy",
+            CALICO,
+            &["v1"],
+            "StagedKubernetesNetworkPolicy",
+            "stagedkubernetesnetworkpolicies",
+            translate_staged_k8s_network_policy,
+        ),
+        k(
+            "globalnetworkset",
+            CALICO,
+            &["v1"],
+            "GlobalNetworkSet",
+            "globalnetworksets",
+            translate_global_network_set,
+        ),
+        k(
+            "networkset",
+            CALICO,
+            &["v1"],
+            "NetworkSet",
+            "networksets",
+            translate_network_set,
+        ),
+        k("tier", CALICO, &["v1"], "Tier", "tiers", translate_tier),
+        k(
+            "hostendpoint",
+            CALICO,
+            &["v1"],
+            "HostEndpoint",
+            "hostendpoints",
+            translate_host_endpoint,
+        ),
+        k(
+            "ippool",
+            CALICO,
+            &["v1"],
+            "IPPool",
+            "ippools",
+            translate_ip_pool,
+        ),
+        k(
+            "bgpconfiguration",
+            CALICO,
+            &["v1"],
+            "BGPConfiguration",
+            "bgpconfigurations",
+            translate_bgp_configuration,
+        ),
+        k(
+            "bgppeer",
+            CALICO,
+            &["v1"],
+            "BGPPeer",
+            "bgppeers",
+            translate_bgp_peer,
+        ),
+        k(
+            "ipamblock",
+            CALICO,
+            &["v1"],
+            "IPAMBlock",
+            "ipamblocks",
+            translate_ipam_block,
+        ),
+        k(
+            "blockaffinity",
+            CALICO,
+            &["v1"],
+            "BlockAffinity",
+            "blockaffinities",
+            translate_block_affinity,
+        ),
+    ]
+}
+
+fn api_resource(spec: &KindSpec, version: &str) -> ApiResource {
+    ApiResource {
+        group: spec.group.to_owned(),
+        version: version.to_owned(),
+        api_version: if spec.group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{}/{version}", spec.group)
+        },
+        kind: spec.kind.to_owned(),
+        plural: spec.plural.to_owned(),
+    }
+}
+
+/// Tracks which kinds have listed, for the overall sync status. Status never goes backwards
+/// once in sync (Calico ≤ 3.32 semantics): a relist is diffed in place, not re-announced.
+struct SyncTracker {
+    pending: HashSet<&'static str>,
+    status: SyncStatus,
+}
+
+impl SyncTracker {
+    /// Records progress of `kind` (`synced` once its list is complete); returns the new overall
+    /// status if it changed.
+    fn progress(&mut self, kind: &'static str, synced: bool) -> Option<SyncStatus> {
+        if synced {
+            self.pending.remove(kind);
+        }
+        let next = if self.status == SyncStatus::InSync || self.pending.is_empty() {
+            SyncStatus::InSync
+        } else {
+            SyncStatus::ResyncInProgress
+        };
+        (next != self.status).then(|| {
+            self.status = next;
+            next
+        })
+    }
+}
+
+type Tracker = Arc<Mutex<SyncTracker>>;
+
+async fn report(tx: &DriverSender, tracker: &Tracker, kind: &'static str, synced: bool) -> bool {
+    let change = tracker
+        .lock()
+        .map(|mut t| t.progress(kind, synced))
+        .unwrap_or(None);
+    match change {
+        Some(s) => {
+            info!(status = s.as_str(), after = kind, "datastore status");
+            tx.send(DriverEvent::Status(s)).await.is_ok()
+        }
+        None => true,
+    }
+}
+
+async fn connect(cfg: &KubernetesConfig) -> Result<Client, String> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("invalid kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+    };
+    Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+}
+
+/// Runs the driver until `tx` closes.
+pub async fn run(cfg: KubernetesConfig, tx: DriverSender, metrics: Arc<Metrics>) {
+    if tx
+        .send(DriverEvent::Status(SyncStatus::WaitingForDatastore))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut backoff = Duration::from_millis(500);
+    let client = loop {
+        match connect(&cfg).await {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot set up the Kubernetes client");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let defaults: Vec<KvUpdate> = translate::default_allow_profile()
+        .into_iter()
+        .map(|(k, v)| KvUpdate::set(k, v, "1"))
+        .collect();
+    if tx.send(DriverEvent::Updates(defaults)).await.is_err() {
+        return;
+    }
+    let kinds = watched_kinds();
+    let tracker: Tracker = Arc::new(Mutex::new(SyncTracker {
+        pending: kinds.iter().map(|k| k.name).collect(),
+        status: SyncStatus::WaitingForDatastore,
+    }));
+    let mut tasks = Vec::new();
+    for spec in kinds {
+        tasks.push(tokio::spawn(watch_kind(
+            client.clone(),
+            spec,
+            cfg.clone(),
+            tx.clone(),
+            tracker.clone(),
+            metrics.clone(),
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// What one object yielded last: each key with the hash of its value.
+type Yielded = Vec<(String, u128)>;
+
+struct KindState {
+    spec: KindSpec,
+    objects: HashMap<String, Yielded>,
+    metrics: Arc<Metrics>,
+}
+
+fn object_id(obj: &DynamicObject) -> String {
+    match &obj.metadata.namespace {
+        Some(ns) => format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or("")),
+        None => obj.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+impl KindState {
+    /// The updates that bring the clients from what `id` yielded before to `now`.
+    fn diff(&mut self, id: &str, now: Vec<(String, bytes::Bytes)>, rev: &str) -> Vec<KvUpdate> {
+        let before = self.objects.remove(id).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut yielded: Yielded = Vec::with_capacity(now.len());
+        for (k, v) in now {
+            let h = entry_hash(&k, &v);
+            if !before.iter().any(|(bk, bh)| *bk == k && *bh == h) {
+                out.push(KvUpdate::set(k.as_str(), v, rev));
+            }
+            yielded.push((k, h));
+        }
+        for (k, _) in before {
+            if !yielded.iter().any(|(nk, _)| *nk == k) {
+                out.push(KvUpdate::delete(k.as_str(), rev));
+            }
+        }
+        if !yielded.is_empty() {
+            self.objects.insert(id.to_owned(), yielded);
+        }
+        out
+    }
+
+    fn apply(&mut self, obj: &DynamicObject) -> Vec<KvUpdate> {
+        let id = object_id(obj);
+        let rev = obj.metadata.resource_version.clone().unwrap_or_default();
+        let kvs = match serde_json::to_value(obj) {
+            Ok(v) => match (self.spec.translate)(&v) {
+                Ok(kvs) => kvs,
+                Err(e) => {
+                    // As Calico does: an object that does not convert yields nothing.
+                    warn!(kind = self.spec.name, object = %id, error = %e, "cannot translate; treating as deleted");
+                    self.metrics
+                        .datastore_translate_errors
+                        .with_label_values(&[self.spec.name])
+                        .inc();
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        self.diff(&id, kvs, &rev)
+    }
+
+    fn delete(&mut self, id: &str, rev: &str) -> Vec<KvUpdate> {
+        self.diff(id, Vec::new(), rev)
+    }
+}
+
+/// The served version of `spec`, or `None` when the server has none of them.
+async fn resolve(client: &Client, spec: &KindSpec) -> Result<Option<ApiResource>, kube::Error> {
+    for v in spec.versions {
+        let ar = api_resource(spec, v);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(Some(ar)),
+            Err(kube::Error::Api(s)) if s.is_not_found() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+async fn watch_kind(
+    client: Client,
+    spec: KindSpec,
+    cfg: KubernetesConfig,
+    tx: DriverSender,
+    tracker: Tracker,
+    metrics: Arc<Metrics>,
+) {
+    let mut state = KindState {
+        spec,
+        objects: HashMap::new(),
+        metrics: metrics.clone(),
+    };
+    let label = [spec.name];
+    let mut backoff = Duration::from_millis(500);
+    let ar = loop {
+        match resolve(&client, &spec).await {
+            Ok(Some(ar)) => break ar,
+            Ok(None) => {
+                // Not served (CRD not installed, or an old server): not fatal, counts as in
+                // sync so it cannot hold up the others, and is looked for again later.
+                info!(kind = spec.name, retry_in = ?cfg.missing_api_retry, "kind not served by the API server; will look again");
+                metrics
+                    .datastore_kind_absent
+                    .with_label_values(&label)
+                    .set(1);
+                if !report(&tx, &tracker, spec.name, true).await {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.missing_api_retry) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+            Err(e) => {
+                warn!(kind = spec.name, error = %e, retry_in = ?backoff, "cannot reach the API server");
+                metrics.datastore_errors.with_label_values(&label).inc();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    metrics
+        .datastore_kind_absent
+        .with_label_values(&label)
+        .set(0);
+    info!(kind = spec.name, api_version = %ar.api_version, "watching");
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let stream = watcher::watcher(api, watcher::Config::default().page_size(cfg.page_size))
+        .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listed_once = false;
+    let mut seen: HashSet<String> = HashSet::new();
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = tx.closed() => return,
+        };
+        let Some(ev) = ev else { return };
+        let updates = match ev {
+            Ok(Event::Init) => {
+                if listed_once {
+                    info!(kind = spec.name, "relisting (watch expired or restarted)");
+                    metrics
+                        .datastore_watch_restarts
+                        .with_label_values(&label)
+                        .inc();
+                } else if !report(&tx, &tracker, spec.name, false).await {
+                    return;
+                }
+                seen.clear();
+                continue;
+            }
+            Ok(Event::InitApply(obj)) => {
+                metrics.datastore_events.with_label_values(&label).inc();
+                seen.insert(object_id(&obj));
+                state.apply(&obj)
+            }
+            Ok(Event::InitDone) => {
+                let gone: Vec<String> = state
+                    .objects
+                    .keys()
+                    .filter(|id| !seen.contains(*id))
+                    .cloned()
+                    .collect();
+                let mut out = Vec::new();
+                for id in gone {
+                    debug!(kind = spec.name, object = %id, "gone while the watch was down");
+                    out.extend(state.delete(&id, ""));
+                }
+                seen.clear();
+                if !out.is_empty() {
+                    metrics
+                        .datastore_updates_emitted
+                        .with_label_values(&label)
+                        .inc_by(out.len() as u64);
+                    if tx.send(DriverEvent::Updates(out)).await.is_err() {
+                        return;
+                    }
+                }
+                listed_once = true;
+                if !report(&tx, &tracker, spec.name, true).await {
+                    return;
+                }
+                continue;
+            }
+            Ok(Event::Apply(obj)) => {
+                metrics.datastore_events.with_label_values(&label).inc();
+                state.apply(&obj)
+            }
+            Ok(Event::Delete(obj)) => {
+                metrics.datastore_events.with_label_values(&label).inc();
+                let rev = obj.metadata.resource_version.clone().unwrap_or_default();
+                state.delete(&object_id(&obj), &rev)
+            }
+            Err(e) => {
+                warn!(kind = spec.name, error = %e, "watch error; retrying");
+                metrics.datastore_errors.with_label_values(&label).inc();
+                continue;
+            }
+        };
+        if updates.is_empty() {
+            continue;
+        }
+        metrics
+            .datastore_updates_emitted
+            .with_label_values(&label)
+            .inc_by(updates.len() as u64);
+        if tx.send(DriverEvent::Updates(updates)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SyncerType;
+
+    fn state() -> KindState {
+        KindState {
+            spec: watched_kinds()[0],
+            objects: HashMap::new(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    fn kv(k: &str, v: &str) -> (String, bytes::Bytes) {
+        (k.to_owned(), bytes::Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    #[test]
+    fn diff_sends_changes_and_deletes_keys_no_longer_yielded() {
+        let mut s = state();
+        let first = s.diff("n1", vec![kv("/a", "1"), kv("/b", "2")], "10");
+        assert_eq!(first.len(), 2);
+        // Same content, new revision: nothing.
+        assert!(s
+            .diff("n1", vec![kv("/a", "1"), kv("/b", "2")], "11")
+            .is_empty());
+        // /b changes, /a disappears, /c appears.
+        let next = s.diff("n1", vec![kv("/b", "3"), kv("/c", "4")], "12");
+        let mut got: Vec<(String, Option<Vec<u8>>)> = next
+            .iter()
+            .map(|u| (u.key.to_string(), u.value.as_ref().map(|v| v.to_vec())))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("/a".into(), None),
+                ("/b".into(), Some(b"3".to_vec())),
+                ("/c".into(), Some(b"4".to_vec())),
+            ]
+        );
+        // The object goes: everything it yields is deleted, and it is forgotten.
+        assert_eq!(s.delete("n1", "13").len(), 2);
+        assert!(s.objects.is_empty());
+        assert!(s.delete("n1", "14").is_empty());
+    }
+
+    #[test]
+    fn tracker_goes_in_sync_once_every_kind_listed_and_stays() {
+        let mut t = SyncTracker {
+            pending: ["a", "b"].into_iter().collect(),
+            status: SyncStatus::WaitingForDatastore,
+        };
+        assert_eq!(t.progress("a", false), Some(SyncStatus::ResyncInProgress));
+        assert_eq!(t.progress("a", true), None);
+        assert_eq!(t.progress("b", true), Some(SyncStatus::InSync));
+        assert_eq!(
+            t.progress("a", false),
+            None,
+            "a relist does not leave InSync"
+        );
+    }
+
+    #[test]
+    fn every_kind_is_wanted_by_some_syncer_shape() {
+        let names: HashSet<_> = watched_kinds().iter().map(|k| k.name).collect();
+        assert_eq!(names.len(), watched_kinds().len(), "kind labels are unique");
+        assert!(SyncerType::Felix.wants("/calico/v1/policy/profile/kns.default/rules"));
+    }
+}

@@ -1,0 +1,416 @@
+//! The Kubernetes datastore against a real kube-apiserver v1.20.2 and etcd on loopback
+//! (`scripts/test-apiserver.sh`, which `make test` installs and builds once).
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use typha::client::{BlockingClient, ClientOptions};
+use typha::daemon::{Daemon, DaemonConfig};
+use typha::datastore::k8s::KubernetesConfig;
+use typha::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
+use typha::model::{Digest, SyncerType};
+use typha::proto::encode::EncodeOptions;
+use typha::server::ServerConfig;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-apiserver.sh");
+
+/// etcd + kube-apiserver in a private directory, stopped on drop.
+struct ApiServer {
+    dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+fn script(args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .expect("run test-apiserver.sh");
+    assert!(
+        out.status.success(),
+        "test-apiserver.sh {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl ApiServer {
+    fn start(name: &str) -> ApiServer {
+        let dir = std::env::temp_dir().join(format!("typha-k8s-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        script(&["start", d]);
+        script(&["crds", d]);
+        let env = std::fs::read_to_string(dir.join("env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("export ").unwrap_or(l);
+                let (k, v) = l.split_once('=')?;
+                Some((k.to_owned(), v.trim_matches(['"', '\'']).to_owned()))
+            })
+            .collect();
+        ApiServer { dir, env }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        PathBuf::from(&self.env["KUBECONFIG"])
+    }
+
+    fn run(&self, cmd: &str) {
+        script(&[cmd, self.dir.to_str().unwrap()]);
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["stop", self.dir.to_str().unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn kube_client(rt: &tokio::runtime::Runtime, kubeconfig: &Path) -> kube::Client {
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    })
+}
+
+fn start_daemon(kubeconfig: &Path) -> Daemon {
+    Daemon::start(DaemonConfig {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tick: Duration::from_millis(20),
+            ..ServerConfig::default()
+        },
+        datastore: DatastoreThreadConfig {
+            driver: DriverConfig::Kubernetes(KubernetesConfig {
+                kubeconfig: Some(kubeconfig.to_owned()),
+                missing_api_retry: Duration::from_secs(5),
+                ..KubernetesConfig::default()
+            }),
+            limits: BatchLimits::default(),
+            encode: EncodeOptions::default(),
+            health_listen: None,
+            metrics_listen: None,
+            liveness_stall: Duration::from_secs(30),
+        },
+        batch_channel_capacity: 1024,
+    })
+    .expect("daemon starts")
+}
+
+fn wait_in_sync(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.status.readiness().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon never got in sync: {:?}",
+            d.status.readiness()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn felix_view(d: &Daemon, seq: Option<u64>) -> (u64, Digest, u64) {
+    let rec = d.status.digests(seq).expect("digest record");
+    let v = rec.views[SyncerType::Felix.index()];
+    (rec.seq, v.digest, v.key_count)
+}
+
+fn client(d: &Daemon) -> BlockingClient {
+    let mut c = BlockingClient::connect(d.protocol_addr, ClientOptions::default()).unwrap();
+    c.run_until_in_sync(Duration::from_secs(60)).unwrap();
+    c
+}
+
+fn until(
+    c: &mut BlockingClient,
+    what: &str,
+    mut cond: impl FnMut(&typha::client::SyncState) -> bool,
+) {
+    if let Err(e) = c.run_until(Duration::from_secs(60), &mut cond) {
+        panic!("client never saw {what}: {e}");
+    }
+}
+
+const WEP: &str = "/calico/v1/host/node-1/workload/k8s/team-a%2fweb-1/endpoint/eth0";
+const NODE_V3: &str = "/calico/resources/v3/projectcalico.org/nodes/node-1";
+
+fn node() -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"},
+                     "annotations": {"projectcalico.org/IPv4Address": "10.0.0.1/24",
+                                     "projectcalico.org/IPv4IPIPTunnelAddr": "192.168.1.1"}},
+        "spec": {"podCIDR": "192.168.1.0/24"}
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a", "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "nginx"}]}
+    }))
+    .unwrap()
+}
+
+fn set_pod_ip(rt: &tokio::runtime::Runtime, pods: &Api<Pod>, name: &str, ip: &str) {
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+    rt.block_on(pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
+        .unwrap();
+}
+
+fn heartbeat(rt: &tokio::runtime::Runtime, nodes: &Api<Node>, n: u32) {
+    let now = format!("2026-01-01T00:00:{:02}Z", n % 60);
+    let status = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "lastHeartbeatTime": now, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    rt.block_on(nodes.patch_status("node-1", &PatchParams::default(), &Patch::Merge(&status)))
+        .unwrap();
+}
+
+/// Deletes at once: without a kubelet, a graceful delete of a scheduled pod only marks it
+/// terminating (and a terminating pod that still has its IP stays a live endpoint, as in Calico).
+fn now() -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    }
+}
+
+fn metric(d: &Daemon, name: &str, kind: &str) -> u64 {
+    let text = d.metrics.render();
+    let prefix = format!("{name}{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0))
+}
+
+#[test]
+fn objects_become_calico_keys_and_heartbeats_become_nothing() {
+    let api = ApiServer::start("translate");
+    let rt = rt();
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let daemon = start_daemon(&api.kubeconfig());
+    wait_in_sync(&daemon);
+    let mut c = client(&daemon);
+    assert!(
+        c.state()
+            .get("/calico/v1/policy/profile/projectcalico-default-allow/rules")
+            .is_some(),
+        "the synthetic default-allow profile is part of every snapshot"
+    );
+
+    let namespaces: Api<Namespace> = Api::all(kc.clone());
+    let nodes: Api<Node> = Api::all(kc.clone());
+    let pods: Api<Pod> = Api::namespaced(kc.clone(), "team-a");
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "team-a", "labels": {"tier": "frontend"}}}))
+    .unwrap();
+    rt.block_on(namespaces.create(&PostParams::default(), &ns))
+        .unwrap();
+    until(&mut c, "the namespace profile", |s| {
+        s.get("/calico/v1/policy/profile/kns.team-a/labels")
+            .is_some()
+    });
+    let labels: serde_json::Value = serde_json::from_slice(
+        &c.state()
+            .get("/calico/v1/policy/profile/kns.team-a/labels")
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(labels["pcns.tier"], "frontend");
+
+    rt.block_on(nodes.create(&PostParams::default(), &node()))
+        .unwrap();
+    until(&mut c, "the node", |s| s.get(NODE_V3).is_some());
+    assert_eq!(
+        c.state()
+            .get("/calico/v1/host/node-1/config/IpInIpTunnelAddr")
+            .map(|e| e.value.clone()),
+        Some(b"192.168.1.1".to_vec())
+    );
+
+    // A pod shows up only once it has an IP.
+    rt.block_on(pods.create(&PostParams::default(), &pod("web-1")))
+        .unwrap();
+    set_pod_ip(&rt, &pods, "web-1", "192.168.1.10");
+    until(&mut c, "the workload endpoint", |s| s.get(WEP).is_some());
+    let wep: serde_json::Value =
+        serde_json::from_slice(&c.state().get(WEP).unwrap().value).unwrap();
+    assert_eq!(wep["ipv4_nets"], json!(["192.168.1.10/32"]));
+    assert_eq!(wep["labels"]["app"], "web");
+
+    // Node heartbeats and pod status churn change nothing Felix reads: events arrive, no
+    // update is emitted, and the client's values stay byte-identical.
+    let node_before = c.state().get(NODE_V3).unwrap().value.clone();
+    let events_before = metric(&daemon, "typha_datastore_events_total", "node");
+    let emitted_before = metric(&daemon, "typha_datastore_updates_emitted_total", "node");
+    for i in 0..20 {
+        heartbeat(&rt, &nodes, i);
+    }
+    let cond = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    rt.block_on(pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&cond)))
+        .unwrap();
+    // A marker after the churn: once the client has it, the churn has been processed.
+    let marker: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "marker"}})).unwrap();
+    rt.block_on(namespaces.create(&PostParams::default(), &marker))
+        .unwrap();
+    until(&mut c, "the marker", |s| {
+        s.get("/calico/v1/policy/profile/kns.marker/rules")
+            .is_some()
+    });
+    let events = metric(&daemon, "typha_datastore_events_total", "node") - events_before;
+    let emitted = metric(&daemon, "typha_datastore_updates_emitted_total", "node") - emitted_before;
+    assert!(events >= 20, "heartbeats were received ({events})");
+    assert_eq!(
+        emitted, 0,
+        "{events} node heartbeat events emitted {emitted} updates"
+    );
+    assert_eq!(c.state().get(NODE_V3).unwrap().value, node_before);
+
+    // A Calico CRD object.
+    let gnp = ApiResource {
+        group: "crd.projectcalico.org".into(),
+        version: "v1".into(),
+        api_version: "crd.projectcalico.org/v1".into(),
+        kind: "GlobalNetworkPolicy".into(),
+        plural: "globalnetworkpolicies".into(),
+    };
+    let gnps: Api<DynamicObject> = Api::all_with(kc.clone(), &gnp);
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
+        "metadata": {"name": "deny-egress"},
+        "spec": {"order": 10, "selector": "app == 'web'", "types": ["Egress"], "egress": [{"action": "Deny"}]}
+    }))
+    .unwrap();
+    rt.block_on(gnps.create(&PostParams::default(), &obj))
+        .unwrap();
+    until(&mut c, "the global network policy", |s| {
+        s.get("/calico/v1/policy/GlobalNetworkPolicy//deny-egress")
+            .is_some()
+    });
+
+    // Deleting the pod deletes its endpoint.
+    rt.block_on(pods.delete("web-1", &now())).unwrap();
+    until(&mut c, "the endpoint's deletion", |s| s.get(WEP).is_none());
+
+    let (_, digest, keys) = felix_view(&daemon, Some(c.state().seq()));
+    assert_eq!(c.state().digest(), digest);
+    assert_eq!(c.state().len() as u64, keys);
+    drop(c);
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn restart_and_compaction_relist_without_disconnecting_clients() {
+    let api = ApiServer::start("relist");
+    let rt = rt();
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let namespaces: Api<Namespace> = Api::all(kc.clone());
+    let nodes: Api<Node> = Api::all(kc.clone());
+    let pods: Api<Pod> = Api::namespaced(kc.clone(), "team-a");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    rt.block_on(namespaces.create(&PostParams::default(), &ns))
+        .unwrap();
+    rt.block_on(nodes.create(&PostParams::default(), &node()))
+        .unwrap();
+    for i in 0..5 {
+        let name = format!("web-{i}");
+        rt.block_on(pods.create(&PostParams::default(), &pod(&name)))
+            .unwrap();
+        set_pod_ip(&rt, &pods, &name, &format!("192.168.1.{}", 10 + i));
+    }
+
+    let daemon = start_daemon(&api.kubeconfig());
+    wait_in_sync(&daemon);
+    let mut c = client(&daemon);
+    until(&mut c, "all five endpoints", |s| {
+        (0..5).all(|i| s.get(&WEP.replace("web-1", &format!("web-{i}"))).is_some())
+    });
+    let conn = c.state().server_hello().map(|h| h.connection_id);
+
+    // Restart the API server, compact etcd so old resource versions are gone (410 on resume),
+    // and change things in between.
+    api.run("restart-apiserver");
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let pods: Api<Pod> = Api::namespaced(kc.clone(), "team-a");
+    rt.block_on(pods.delete("web-0", &now())).unwrap();
+    set_pod_ip(&rt, &pods, "web-1", "192.168.1.99");
+    for i in 0..20 {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": format!("churn-{i}")}})).unwrap();
+        rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns))
+            .unwrap();
+    }
+    api.run("compact");
+    let marker: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "marker"}})).unwrap();
+    rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &marker))
+        .unwrap();
+    until(&mut c, "the marker after the restart", |s| {
+        s.get("/calico/v1/policy/profile/kns.marker/rules")
+            .is_some()
+    });
+    until(&mut c, "web-0's deletion and web-1's new IP", |s| {
+        s.get(&WEP.replace("web-1", "web-0")).is_none()
+            && s.get(WEP)
+                .is_some_and(|e| String::from_utf8_lossy(&e.value).contains("192.168.1.99/32"))
+    });
+    assert_eq!(
+        c.state().server_hello().map(|h| h.connection_id),
+        conn,
+        "the client stayed on its connection"
+    );
+
+    // A fresh daemon's translation of the API server's state is the reference.
+    let fresh = start_daemon(&api.kubeconfig());
+    wait_in_sync(&fresh);
+    let mut fc = client(&fresh);
+    until(&mut fc, "the marker", |s| {
+        s.get("/calico/v1/policy/profile/kns.marker/rules")
+            .is_some()
+    });
+    // Both have settled on the same state; compare the maps' digests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = c.run_until(Duration::from_millis(200), |_| false);
+        let _ = fc.run_until(Duration::from_millis(200), |_| false);
+        if c.state().digest() == fc.state().digest() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the relist the client ({} keys) differs from a fresh translation ({} keys)",
+            c.state().len(),
+            fc.state().len()
+        );
+    }
+    drop((c, fc));
+    fresh.stop().unwrap();
+    daemon.stop().unwrap();
+}
