@@ -414,3 +414,99 @@ fn restart_and_compaction_relist_without_disconnecting_clients() {
     fresh.stop().unwrap();
     daemon.stop().unwrap();
 }
+
+/// A kubeconfig like `admin`'s but authenticating with `token`.
+fn kubeconfig_with_token(admin: &Path, token: &str, out: &Path) {
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let users = kc["users"].as_sequence_mut().expect("users in kubeconfig");
+    for u in users {
+        u["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
+    }
+    std::fs::write(out, serde_yaml::to_string(&kc).unwrap()).unwrap();
+}
+
+#[test]
+fn syncs_with_the_read_only_service_account_of_deploy_rbac() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api = ApiServer::start("rbac");
+    api.run("rbac");
+    let rt = rt();
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let sas: Api<ServiceAccount> = Api::namespaced(kc.clone(), "kube-system");
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tr = rt
+        .block_on(sas.create_token_request("calico-typha", &PostParams::default(), &req))
+        .expect("token for the calico-typha service account");
+    let token = tr.status.expect("token status").token;
+    let sa_kubeconfig = api.dir.join("typha-sa.kubeconfig");
+    kubeconfig_with_token(&api.kubeconfig(), &token, &sa_kubeconfig);
+
+    // The token really is limited: it cannot write.
+    let sa_client = kube_client(&rt, &sa_kubeconfig);
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "nope"}})).unwrap();
+    let denied = rt.block_on(Api::<Namespace>::all(sa_client).create(&PostParams::default(), &ns));
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(s)) if s.code == 403),
+        "the service account must be read-only: {denied:?}"
+    );
+
+    // With it, every watched kind lists (a missing grant would keep the daemon out of sync).
+    let daemon = start_daemon(&sa_kubeconfig);
+    wait_in_sync(&daemon);
+    let mut c = client(&daemon);
+    let nodes: Api<Node> = Api::all(kc.clone());
+    rt.block_on(nodes.create(&PostParams::default(), &node()))
+        .unwrap();
+    until(&mut c, "the node, watched with the service account", |s| {
+        s.get(NODE_V3).is_some()
+    });
+    let text = daemon.metrics.render();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("typha_datastore_errors_total") && !l.ends_with(" 0")),
+        "no list/watch errors with the service account:\n{}",
+        text.lines()
+            .filter(|l| l.starts_with("typha_datastore_errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(c);
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn unreachable_api_server_at_start_is_retried_and_clients_wait() {
+    let api = ApiServer::start("unreachable");
+    let pid: i32 = api.env["APISERVER_PID"].parse().unwrap();
+    // SAFETY: signalling the API server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let daemon = start_daemon(&api.kubeconfig());
+    // A client may connect meanwhile: it gets a snapshot that says "waiting".
+    let mut c = BlockingClient::connect(daemon.protocol_addr, ClientOptions::default()).unwrap();
+    c.run_until(Duration::from_secs(30), |s| s.snapshot_complete())
+        .unwrap();
+    assert_eq!(
+        c.state().status(),
+        Some(typha::model::SyncStatus::WaitingForDatastore)
+    );
+    assert!(daemon.status.readiness().is_err());
+    api.run("restart-apiserver");
+    wait_in_sync(&daemon);
+    c.run_until_in_sync(Duration::from_secs(60)).unwrap();
+    assert!(c
+        .state()
+        .get("/calico/v1/policy/profile/kns.default/rules")
+        .is_some());
+    drop(c);
+    daemon.stop().unwrap();
+}
