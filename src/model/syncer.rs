@@ -76,7 +76,11 @@ impl SyncerType {
                 }
             }
             SyncerType::Bgp => {
-                if is_ip_pool(key) || key.starts_with("/calico/ipam/v2/host/") {
+                // Block affinities: `/calico/ipam/v2/<affinity type>/<host>/...`, where the type
+                // is usually `host` but can be e.g. `virtual`; blocks (`assignment/`) are felix's.
+                let affinity = key.starts_with("/calico/ipam/v2/")
+                    && !key.starts_with("/calico/ipam/v2/assignment/");
+                if is_ip_pool(key) || affinity {
                     return true;
                 }
                 match key.strip_prefix(V3) {
@@ -162,6 +166,8 @@ mod tests {
         assert!(b.wants("/calico/v1/ipam/v4/pool/10.0.0.0-16"));
         assert!(b.wants("/calico/resources/v3/projectcalico.org/nodes/n1"));
         assert!(b.wants("/calico/ipam/v2/host/n1/ipv4/block/10.0.0.0-26"));
+        assert!(b.wants("/calico/ipam/v2/virtual/vm-1/ipv4/block/10.0.0.64-26"));
+        assert!(!b.wants("/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26"));
         assert!(!b.wants("/calico/v1/host/n1/workload/k8s/ns%2fpod/endpoint/eth0"));
         assert!(!b.wants("/calico/v1/policy/NetworkPolicy/default/p"));
     }

@@ -161,6 +161,9 @@ pub struct Server {
     inbox: Vec<Result<ClientMessage, (GoodbyeReason, String)>>,
     actions: Vec<(usize, Housekeeping)>,
     next_tick: Instant,
+    /// An accept failed (EMFILE and the like): retry on the next tick, because the edge-
+    /// triggered listener reports nothing more until yet another connection arrives.
+    accept_retry: bool,
     ping_id: u64,
     ping_frame: Option<(u64, Bytes)>,
     recent_pings: VecDeque<(u64, Instant)>,
@@ -245,6 +248,7 @@ impl Server {
             inbox: Vec::new(),
             actions: Vec::new(),
             next_tick: Instant::now(),
+            accept_retry: false,
             ping_id: 0,
             ping_frame: None,
             recent_pings: VecDeque::new(),
@@ -329,9 +333,10 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the pending connection stays in the backlog and the
-                    // next accept event retries it; spinning here would not help.
-                    warn!(error = %e, "accept failed");
+                    // EMFILE and friends: the pending connections stay in the backlog; retry
+                    // on the next tick rather than spin.
+                    warn!(error = %e, "accept failed; retrying on the next tick");
+                    self.accept_retry = true;
                     return;
                 }
             }
@@ -395,6 +400,10 @@ impl Server {
                 return;
             };
             let closing = c.is_closing();
+            // Clients send a Hello and Pongs; more than a largest frame and change in one
+            // readiness event is a flood, and draining it would hold up every other client.
+            let budget = self.cfg.max_input_frame + 64 * 1024;
+            let mut total = 0usize;
             loop {
                 match (&c.stream).read(&mut self.scratch) {
                     Ok(0) => {
@@ -402,6 +411,18 @@ impl Server {
                         break;
                     }
                     Ok(n) => {
+                        total += n;
+                        if total > budget {
+                            if !closing {
+                                inbox.push(Err((
+                                    GoodbyeReason::ProtocolError,
+                                    format!("sent more than {budget} bytes at once"),
+                                )));
+                            }
+                            // Stop reading; the connection is closed below.
+                            eof = closing;
+                            break;
+                        }
                         if closing {
                             continue;
                         }
@@ -887,6 +908,9 @@ impl Server {
             self.recent_pings.pop_front();
         }
         self.ping_frame = None;
+        if std::mem::take(&mut self.accept_retry) {
+            self.accept_all();
+        }
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {
             let action = match c.phase {

@@ -235,6 +235,14 @@ pub fn watched_kinds() -> Vec<KindSpec> {
             "blockaffinities",
             translate_block_affinity,
         ),
+        k(
+            "caliconodestatus",
+            CALICO,
+            &["v1"],
+            "CalicoNodeStatus",
+            "caliconodestatuses",
+            translate_calico_node_status,
+        ),
     ]
 }
 

@@ -1386,6 +1386,17 @@ pub fn translate_bgp_peer(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     Ok(vec![raw_v3_resource("BGPPeer", "bgppeers", obj)?])
 }
 
+/// Translates a CalicoNodeStatus into the raw v3
+/// `/calico/resources/v3/projectcalico.org/caliconodestatuses/<name>` (the node-status syncer's
+/// only kind; as [`translate_bgp_configuration`]).
+pub fn translate_calico_node_status(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
+    Ok(vec![raw_v3_resource(
+        "CalicoNodeStatus",
+        "caliconodestatuses",
+        obj,
+    )?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::core::tests::{fixture, pairs, text, translate};
