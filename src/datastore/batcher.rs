@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 /// When a pending batch closes.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
-    /// Close once this many distinct keys are pending (Typha's SnapshotCacheMaxBatchSize).
+    /// Close once this many distinct keys are pending (Typha's SnapshotCacheMaxBatchSize),
+    /// checked at driver-event boundaries, so one object's keys are never split.
     pub max_updates: usize,
     /// Close once the oldest pending update is this old.
     pub max_age: Duration,

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 /// What a datastore driver reports to the batcher, in order.
 #[derive(Debug, Clone)]
 pub enum DriverEvent {
+    /// Updates that belong together (all the keys of one object): they always land in the
+    /// same batch, so clients never see part of an object.
     Updates(Vec<KvUpdate>),
     Status(SyncStatus),
 }

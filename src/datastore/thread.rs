@@ -160,18 +160,9 @@ async fn run_pipeline(
             _ = stop.changed() => break,
             _ = beat.tick() => board.datastore_beat(),
             ev = drx.recv(), if driver_open => match ev {
-                Some(DriverEvent::Updates(us)) => {
-                    for u in us {
-                        batcher.apply(u);
-                        if retry_at.is_none() && batcher.due(std::time::Instant::now())
-                            && !flush(&mut batcher, &mut retry_at, retry) {
-                            return;
-                        }
-                    }
-                }
-                Some(DriverEvent::Status(s)) => {
-                    batcher.set_status(s);
-                    if retry_at.is_none() && !flush(&mut batcher, &mut retry_at, retry) {
+                Some(ev) => {
+                    let flush_now = apply_event(&mut batcher, ev);
+                    if flush_now && retry_at.is_none() && !flush(&mut batcher, &mut retry_at, retry) {
                         return;
                     }
                 }
@@ -189,6 +180,24 @@ async fn run_pipeline(
         }
     }
     driver_task.abort();
+}
+
+/// Applies one driver event; returns whether the batch should close now. One `Updates` event
+/// is one object's keys (or one chunk of a list) and goes into one batch whole, so a client
+/// never sees half an object: the size limit is checked at event boundaries only.
+fn apply_event<S: super::BatchSink>(batcher: &mut Batcher<S>, ev: DriverEvent) -> bool {
+    match ev {
+        DriverEvent::Updates(us) => {
+            for u in us {
+                batcher.apply(u);
+            }
+            batcher.due(std::time::Instant::now())
+        }
+        DriverEvent::Status(s) => {
+            batcher.set_status(s);
+            true
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -214,5 +223,45 @@ fn flush(
             info!("reactor has gone; datastore thread stopping");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::{BatchMessage, BatchSink};
+    use crate::model::KvUpdate;
+    use crossbeam_channel::TrySendError;
+
+    struct Count(usize, Vec<usize>);
+    impl BatchSink for &mut Count {
+        fn try_send(&mut self, m: BatchMessage) -> Result<(), TrySendError<BatchMessage>> {
+            self.0 += 1;
+            self.1.push(m.batch.update_count);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_event_is_never_split_across_batches() {
+        let mut sink = Count(0, Vec::new());
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_updates: 3,
+                max_age: Duration::from_secs(3600),
+            },
+            EncodeOptions::default(),
+            &mut sink,
+            Arc::new(Metrics::new()),
+            Arc::new(StatusBoard::new()),
+        );
+        // One object yielding five keys, with a batch limit of three.
+        let node: Vec<KvUpdate> = (0..5)
+            .map(|i| KvUpdate::set(format!("/calico/v1/host/n1/config/K{i}"), vec![b'x'], "1"))
+            .collect();
+        assert!(apply_event(&mut b, DriverEvent::Updates(node)));
+        b.flush();
+        drop(b);
+        assert_eq!(sink.1, vec![5], "all five keys in one batch");
     }
 }
