@@ -15,3 +15,5 @@ pub mod model;
 pub mod proto;
 pub mod server;
 pub mod status;
+#[doc(hidden)]
+pub mod testing;

@@ -5,76 +5,25 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use typha::client::{BlockingClient, ClientOptions};
-use typha::daemon::{Daemon, DaemonConfig};
-use typha::datastore::k8s::KubernetesConfig;
-use typha::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
+use typha::daemon::Daemon;
 use typha::model::{Digest, SyncerType};
-use typha::proto::encode::EncodeOptions;
-use typha::server::ServerConfig;
+use typha::testing::{start_kubernetes_daemon, wait_ready, ApiServer};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-apiserver.sh");
-
-/// etcd + kube-apiserver in a private directory, stopped on drop.
-struct ApiServer {
-    dir: PathBuf,
-    env: HashMap<String, String>,
+/// A real API server for one test (panics with the script's output if it cannot start).
+fn apiserver(name: &str) -> ApiServer {
+    ApiServer::start(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn script(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .args(args)
-        .output()
-        .expect("run test-apiserver.sh");
-    assert!(
-        out.status.success(),
-        "test-apiserver.sh {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+trait Run {
+    fn run_ok(&self, cmd: &str);
 }
 
-impl ApiServer {
-    fn start(name: &str) -> ApiServer {
-        let dir = std::env::temp_dir().join(format!("typha-k8s-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.to_str().unwrap();
-        script(&["start", d]);
-        script(&["crds", d]);
-        let env = std::fs::read_to_string(dir.join("env"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| {
-                let l = l.strip_prefix("export ").unwrap_or(l);
-                let (k, v) = l.split_once('=')?;
-                Some((k.to_owned(), v.trim_matches(['"', '\'']).to_owned()))
-            })
-            .collect();
-        ApiServer { dir, env }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        PathBuf::from(&self.env["KUBECONFIG"])
-    }
-
-    fn run(&self, cmd: &str) {
-        script(&[cmd, self.dir.to_str().unwrap()]);
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["stop", self.dir.to_str().unwrap()])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl Run for ApiServer {
+    fn run_ok(&self, cmd: &str) {
+        self.run(cmd).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -96,39 +45,12 @@ fn kube_client(rt: &tokio::runtime::Runtime, kubeconfig: &Path) -> kube::Client 
 }
 
 fn start_daemon(kubeconfig: &Path) -> Daemon {
-    Daemon::start(DaemonConfig {
-        server: ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tick: Duration::from_millis(20),
-            ..ServerConfig::default()
-        },
-        datastore: DatastoreThreadConfig {
-            driver: DriverConfig::Kubernetes(KubernetesConfig {
-                kubeconfig: Some(kubeconfig.to_owned()),
-                missing_api_retry: Duration::from_secs(5),
-                ..KubernetesConfig::default()
-            }),
-            limits: BatchLimits::default(),
-            encode: EncodeOptions::default(),
-            health_listen: None,
-            metrics_listen: None,
-            liveness_stall: Duration::from_secs(30),
-        },
-        batch_channel_capacity: 1024,
-    })
-    .expect("daemon starts")
+    start_kubernetes_daemon(kubeconfig).expect("daemon starts")
 }
 
 fn wait_in_sync(d: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while d.status.readiness().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "daemon never got in sync: {:?}",
-            d.status.readiness()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ready(d, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("daemon never got in sync: {e}"));
 }
 
 fn felix_view(d: &Daemon, seq: Option<u64>) -> (u64, Digest, u64) {
@@ -210,7 +132,7 @@ fn metric(d: &Daemon, name: &str, kind: &str) -> u64 {
 
 #[test]
 fn objects_become_calico_keys_and_heartbeats_become_nothing() {
-    let api = ApiServer::start("translate");
+    let api = apiserver("translate");
     let rt = rt();
     let kc = kube_client(&rt, &api.kubeconfig());
     let daemon = start_daemon(&api.kubeconfig());
@@ -328,7 +250,7 @@ fn objects_become_calico_keys_and_heartbeats_become_nothing() {
 
 #[test]
 fn restart_and_compaction_relist_without_disconnecting_clients() {
-    let api = ApiServer::start("relist");
+    let api = apiserver("relist");
     let rt = rt();
     let kc = kube_client(&rt, &api.kubeconfig());
     let namespaces: Api<Namespace> = Api::all(kc.clone());
@@ -356,7 +278,7 @@ fn restart_and_compaction_relist_without_disconnecting_clients() {
 
     // Restart the API server, compact etcd so old resource versions are gone (410 on resume),
     // and change things in between.
-    api.run("restart-apiserver");
+    api.run_ok("restart-apiserver");
     let kc = kube_client(&rt, &api.kubeconfig());
     let pods: Api<Pod> = Api::namespaced(kc.clone(), "team-a");
     rt.block_on(pods.delete("web-0", &now())).unwrap();
@@ -367,7 +289,7 @@ fn restart_and_compaction_relist_without_disconnecting_clients() {
         rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns))
             .unwrap();
     }
-    api.run("compact");
+    api.run_ok("compact");
     let marker: Namespace =
         serde_json::from_value(json!({"metadata": {"name": "marker"}})).unwrap();
     rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &marker))
@@ -430,8 +352,8 @@ fn kubeconfig_with_token(admin: &Path, token: &str, out: &Path) {
 fn syncs_with_the_read_only_service_account_of_deploy_rbac() {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
-    let api = ApiServer::start("rbac");
-    api.run("rbac");
+    let api = apiserver("rbac");
+    api.run_ok("rbac");
     let rt = rt();
     let kc = kube_client(&rt, &api.kubeconfig());
     let sas: Api<ServiceAccount> = Api::namespaced(kc.clone(), "kube-system");
@@ -486,7 +408,7 @@ fn syncs_with_the_read_only_service_account_of_deploy_rbac() {
 
 #[test]
 fn unreachable_api_server_at_start_is_retried_and_clients_wait() {
-    let api = ApiServer::start("unreachable");
+    let api = apiserver("unreachable");
     let pid: i32 = api.env["APISERVER_PID"].parse().unwrap();
     // SAFETY: signalling the API server process this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -500,7 +422,7 @@ fn unreachable_api_server_at_start_is_retried_and_clients_wait() {
         Some(typha::model::SyncStatus::WaitingForDatastore)
     );
     assert!(daemon.status.readiness().is_err());
-    api.run("restart-apiserver");
+    api.run_ok("restart-apiserver");
     wait_in_sync(&daemon);
     c.run_until_in_sync(Duration::from_secs(60)).unwrap();
     assert!(c
@@ -576,7 +498,7 @@ fn holds_exactly(s: &typha::client::SyncState, keys: &[(String, Vec<u8>)]) -> bo
 
 #[test]
 fn every_sample_kind_is_created_updated_and_deleted_through_to_clients() {
-    let api = ApiServer::start("kinds");
+    let api = apiserver("kinds");
     let rt = rt();
     let kc = kube_client(&rt, &api.kubeconfig());
     let daemon = start_daemon(&api.kubeconfig());

@@ -6,7 +6,13 @@
 //! a full-map client whose digest differs from the daemon's, or no client could connect); 2 when
 //! it could not run (bad arguments, too few file descriptors, the daemon's process or metrics
 //! unreadable). Clients that did not reach in-sync within the duration are reported, not failed.
+//!
+//! `churn` drives writes through a Kubernetes API server on loopback (see `churn.rs`). Exit
+//! status: 0 when every write succeeded; 1 when some failed (counted in the summary); 2 when it
+//! could not run (bad arguments, a kubeconfig whose server is not on loopback, the API server
+//! unreachable, nothing to churn).
 
+mod churn;
 mod cli;
 mod daemon_http;
 mod driver;
@@ -18,36 +24,81 @@ use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run(args) => {
-            let cfg = match args.validate() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("typha-loadtest: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let json = cfg.json;
-            match run::run(cfg) {
-                Ok(report) => {
-                    if json {
-                        println!("{}", report.to_json());
-                    } else {
-                        print!("{}", report.render_text());
-                    }
-                    if report.passed() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("typha-loadtest: {e:#}");
-                    ExitCode::from(2)
-                }
+/// What both subcommands report at the end.
+trait Outcome {
+    fn to_json(&self) -> serde_json::Value;
+    fn render_text(&self) -> String;
+    fn passed(&self) -> bool;
+}
+
+impl Outcome for report::Report {
+    fn to_json(&self) -> serde_json::Value {
+        report::Report::to_json(self)
+    }
+    fn render_text(&self) -> String {
+        report::Report::render_text(self)
+    }
+    fn passed(&self) -> bool {
+        report::Report::passed(self)
+    }
+}
+
+impl Outcome for churn::ChurnReport {
+    fn to_json(&self) -> serde_json::Value {
+        churn::ChurnReport::to_json(self)
+    }
+    fn render_text(&self) -> String {
+        churn::ChurnReport::render_text(self)
+    }
+    fn passed(&self) -> bool {
+        churn::ChurnReport::passed(self)
+    }
+}
+
+/// Validates, runs, prints (text or one JSON object) and maps to the exit code: 0 passed,
+/// 1 failed, 2 could not run.
+fn execute<C, R: Outcome>(
+    name: &str,
+    cfg: Result<C, String>,
+    json: impl Fn(&C) -> bool,
+    run: impl FnOnce(C) -> anyhow::Result<R>,
+) -> ExitCode {
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let as_json = json(&cfg);
+    match run(cfg) {
+        Ok(report) => {
+            if as_json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render_text());
+            }
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => execute("typha-loadtest", args.validate(), |c| c.json, run::run),
+        Command::Churn(args) => execute(
+            "typha-loadtest churn",
+            args.validate(),
+            |c| c.json,
+            churn::run,
+        ),
     }
 }
