@@ -6,6 +6,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use typha::client::{BlockingClient, ClientOptions};
 use typha::daemon::Daemon;
@@ -645,6 +646,74 @@ fn every_sample_kind_is_created_updated_and_deleted_through_to_clients() {
     });
     let (_, digest, _) = felix_view(&daemon, Some(c.state().seq()));
     assert_eq!(c.state().digest(), digest);
+    drop(c);
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn a_delete_while_no_watch_could_see_it_is_found_by_the_relist() {
+    let api = apiserver("blind-delete");
+    let rt = rt();
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns))
+        .unwrap();
+    rt.block_on(Api::<Node>::all(kc.clone()).create(&PostParams::default(), &node()))
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(kc.clone(), "team-a");
+    for i in 0..3 {
+        let name = format!("web-{i}");
+        rt.block_on(pods.create(&PostParams::default(), &pod(&name)))
+            .unwrap();
+        set_pod_ip(&rt, &pods, &name, &format!("192.168.1.{}", 10 + i));
+    }
+    let daemon = start_daemon(&api.kubeconfig());
+    wait_in_sync(&daemon);
+    let mut c = client(&daemon);
+    let web0 = WEP.replace("web-1", "web-0");
+    until(&mut c, "three endpoints", |s| {
+        s.get(&web0).is_some() && s.get(WEP).is_some()
+    });
+    let conn = c.state().server_hello().map(|h| h.connection_id);
+
+    // With no API server running, remove web-0 straight from etcd, then compact so that no
+    // watch can resume from history: only a relist, diffed against what the daemon held,
+    // can notice that web-0 is gone.
+    let pid: i32 = api.env["APISERVER_PID"].parse().unwrap();
+    // SAFETY: signalling the API server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &api.env["ETCD_ENDPOINT"],
+            "del",
+            "/registry/pods/team-a/web-0",
+        ])
+        .output()
+        .expect("etcdctl (installed by test-apiserver.sh)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
+    api.run_ok("compact");
+    api.run_ok("restart-apiserver");
+
+    until(
+        &mut c,
+        "web-0's endpoint to be deleted after the relist",
+        |s| s.get(&web0).is_none(),
+    );
+    assert!(
+        c.state().get(WEP).is_some(),
+        "the other endpoints are untouched"
+    );
+    assert_eq!(c.state().server_hello().map(|h| h.connection_id), conn);
+    let restarts: u64 = daemon
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("typha_datastore_watch_restarts_total{kind=\"pod\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(restarts >= 1, "the pod watch relisted");
     drop(c);
     daemon.stop().unwrap();
 }
