@@ -115,6 +115,14 @@ pub fn watched_kinds() -> Vec<KindSpec> {
             translate_k8s_network_policy,
         ),
         k(
+            "clusternetworkpolicy",
+            "policy.networking.k8s.io",
+            &["v1alpha2"],
+            "ClusterNetworkPolicy",
+            "clusternetworkpolicies",
+            translate_k8s_cluster_network_policy,
+        ),
+        k(
             "clusterinformation",
             CALICO,
             &["v1"],
@@ -442,7 +450,9 @@ async fn resolve(client: &Client, spec: &KindSpec) -> Result<Option<ApiResource>
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => return Ok(Some(ar)),
-            Err(kube::Error::Api(s)) if s.is_not_found() => continue,
+            // A group the server does not serve at all answers with a plain-text 404 that kube
+            // cannot parse as a Status (its reason is then not "NotFound"): go by the code.
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => continue,
             Err(e) => return Err(e),
         }
     }

@@ -15,10 +15,12 @@ use serde_json::Value;
 use thiserror::Error;
 
 mod calico;
+mod cnp;
 mod core;
 mod policy;
 
 pub use self::calico::*;
+pub use self::cnp::*;
 pub use self::core::*;
 pub use self::policy::*;
 

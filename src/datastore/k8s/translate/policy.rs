@@ -510,7 +510,7 @@ fn endpoint_selector(
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Port {
+pub(super) enum Port {
     Range(u16, u16),
     Named(String),
 }
@@ -561,7 +561,7 @@ impl Port {
     }
 
     /// The v1 JSON form: a number, a `"min:max"` string or the name.
-    fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         match self {
             Port::Named(n) => Value::String(n.clone()),
             Port::Range(a, b) if a == b => Value::from(*a),
@@ -1235,7 +1235,7 @@ fn k8s_peer(
 }
 
 /// `SimplifyPorts`: named ports first, then the numeric ports merged into ranges.
-fn simplify_ports(ports: Vec<Port>) -> Vec<Port> {
+pub(super) fn simplify_ports(ports: Vec<Port>) -> Vec<Port> {
     if ports.len() <= 1 {
         return ports;
     }
