@@ -535,6 +535,13 @@ fn every_sample_kind_is_created_updated_and_deleted_through_to_clients() {
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": "web", "namespace": "typha-test"},
                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "protocol": "TCP"}]}}),
+        // v1.20 serves EndpointSlices only as v1beta1: the driver's version fallback.
+        json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-abc", "namespace": "typha-test",
+                            "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": ["192.168.1.0"], "conditions": {"ready": true}}],
+               "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                "metadata": {"name": "allow-web", "namespace": "typha-test"},
                "spec": {"podSelector": {"matchLabels": {"app": "web"}},
