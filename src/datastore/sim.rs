@@ -954,42 +954,33 @@ impl SimCluster {
         let peer = APPS[p.peer % APPS.len()];
         let port = Self::policy_port(p);
         let v = match p.kind {
-            PolicyKind::Calico => PolicyValue {
-                namespace: Some(ns.to_string()),
-                tier: "default",
-                order: p.order,
-                inbound_rules: vec![RuleValue {
-                    action: "allow",
-                    protocol: Some("TCP"),
-                    src_selector: Some(format!(
-                        "(app == '{peer}') && projectcalico.org/namespace == '{ns}'"
-                    )),
-                    dst_ports: Some(vec![port]),
-                    ..Default::default()
-                }],
-                outbound_rules: Vec::new(),
-                selector: format!("(app == '{app}') && projectcalico.org/namespace == '{ns}'"),
-                types: vec!["ingress"],
-            },
-            PolicyKind::Kubernetes => PolicyValue {
-                namespace: Some(ns.to_string()),
-                tier: "default",
-                order: p.order,
-                inbound_rules: vec![RuleValue {
-                    action: "allow",
-                    protocol: Some("TCP"),
-                    src_selector: Some(format!(
-                        "(projectcalico.org/orchestrator == 'k8s' && app == '{peer}') && projectcalico.org/namespace == '{ns}'"
-                    )),
-                    dst_ports: Some(vec![port]),
-                    ..Default::default()
-                }],
-                outbound_rules: Vec::new(),
-                selector: format!(
-                    "(projectcalico.org/orchestrator == 'k8s' && app == '{app}') && projectcalico.org/namespace == '{ns}'"
-                ),
-                types: vec!["ingress"],
-            },
+            PolicyKind::Calico | PolicyKind::Kubernetes => {
+                // A Kubernetes NetworkPolicy selects only Kubernetes endpoints.
+                let k8s = if matches!(p.kind, PolicyKind::Kubernetes) {
+                    "projectcalico.org/orchestrator == 'k8s' && "
+                } else {
+                    ""
+                };
+                PolicyValue {
+                    namespace: Some(ns.to_string()),
+                    tier: "default",
+                    order: p.order,
+                    inbound_rules: vec![RuleValue {
+                        action: "allow",
+                        protocol: Some("TCP"),
+                        src_selector: Some(format!(
+                            "({k8s}app == '{peer}') && projectcalico.org/namespace == '{ns}'"
+                        )),
+                        dst_ports: Some(vec![port]),
+                        ..Default::default()
+                    }],
+                    outbound_rules: Vec::new(),
+                    selector: format!(
+                        "({k8s}app == '{app}') && projectcalico.org/namespace == '{ns}'"
+                    ),
+                    types: vec!["ingress"],
+                }
+            }
             PolicyKind::Global => PolicyValue {
                 namespace: None,
                 tier: "default",
