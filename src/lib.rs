@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datastore;
+pub mod debug_client;
 pub mod http;
 pub mod metrics;
 pub mod model;

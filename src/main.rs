@@ -1,4 +1,4 @@
-//! The `typha` daemon binary.
+//! The `typha` daemon binary; `typha client ...` runs the debugging client instead.
 
 use anyhow::Context;
 use std::time::Duration;
@@ -22,7 +22,26 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
+/// `typha client ...`: the debugging client (`typha::debug_client`); exits with its code.
+fn client_main() -> ! {
+    use clap::Parser;
+    // "client" stands in for the program name, so clap reports usage as `typha client`.
+    let cli = match typha::debug_client::ClientCli::try_parse_from(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = init_logging(&cli.log_severity) {
+        eprintln!("typha client: {e:#}");
+        std::process::exit(typha::debug_client::EXIT_ERROR);
+    }
+    let code = cli.run_and_report(&mut std::io::stdout().lock(), &mut std::io::stderr());
+    std::process::exit(code)
+}
+
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "client") {
+        client_main();
+    }
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(typha::config::ConfigError::Args(e)) => e.exit(),

@@ -3,7 +3,9 @@
 use super::state::{ClientEvent, SyncState, Tracking};
 use super::ClientError;
 use crate::model::{now_unix_nanos, SyncerType};
-use crate::proto::{self, ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello};
+use crate::proto::{
+    self, ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello, ServerMessage,
+};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,6 +28,9 @@ pub struct ClientOptions {
     pub read_timeout: Option<Duration>,
     /// For [`BlockingClient`](super::BlockingClient).
     pub connect_timeout: Duration,
+    /// Also queue a [`ClientEvent::Keys`] with the updates of every snapshot chunk and
+    /// `Updates` frame (a copy of each: for debugging tools, not load tests).
+    pub report_keys: bool,
 }
 
 impl Default for ClientOptions {
@@ -40,6 +45,7 @@ impl Default for ClientOptions {
             tracking: Tracking::Full,
             read_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(10),
+            report_keys: false,
         }
     }
 }
@@ -138,7 +144,26 @@ impl ClientSession {
             *frames_received += 1;
             let msg = proto::decode_server_message(payload, opts.max_frame)?;
             tracing::trace!(len = payload.len(), ?msg, "frame");
-            let Some(ev) = state.apply(msg, clock())? else {
+            // Copied before `apply` consumes them into the map; queued only once it accepted
+            // the frame.
+            let keys = match &msg {
+                ServerMessage::SnapshotChunk { seq, updates } if opts.report_keys => {
+                    Some((*seq, true, updates.clone()))
+                }
+                ServerMessage::Updates {
+                    last_seq, updates, ..
+                } if opts.report_keys => Some((*last_seq, false, updates.clone())),
+                _ => None,
+            };
+            let ev = state.apply(msg, clock())?;
+            if let Some((seq, snapshot, updates)) = keys {
+                events.push_back(ClientEvent::Keys {
+                    seq,
+                    snapshot,
+                    updates,
+                });
+            }
+            let Some(ev) = ev else {
                 return Ok(());
             };
             match &ev {
@@ -566,6 +591,73 @@ mod tests {
             assert_eq!(a.state().digest(), b.state().digest());
             check_full_stream(&mut b, &comp);
         }
+    }
+
+    #[test]
+    fn report_keys_queues_each_frames_updates_before_its_event() {
+        let st = stream(Some(Codec::Zstd));
+        let mut s = ClientSession::new(ClientOptions {
+            report_keys: true,
+            ..Default::default()
+        });
+        s.feed_at(&st.bytes, now()).unwrap();
+        let ev = events(&mut s);
+        // Replaying the reported keys rebuilds exactly the map the session holds.
+        let mut replay = HashMapT::new();
+        let mut snapshot_keys = 0;
+        let mut last_keys_seq = None;
+        for (i, e) in ev.iter().enumerate() {
+            match e {
+                ClientEvent::Keys {
+                    seq,
+                    snapshot,
+                    updates,
+                } => {
+                    if *snapshot {
+                        assert_eq!(*seq, 10);
+                        snapshot_keys += updates.len();
+                    } else {
+                        // The frame's own event follows its keys.
+                        assert!(
+                            matches!(&ev[i + 1], ClientEvent::Updates { last_seq, count, .. }
+                                if last_seq == seq && *count == updates.len()),
+                            "{:?}",
+                            ev[i + 1]
+                        );
+                    }
+                    last_keys_seq = Some(*seq);
+                    for u in updates {
+                        match &u.value {
+                            Some(v) => {
+                                replay.insert(u.key.clone(), (v.clone(), u.revision.clone()));
+                            }
+                            None => {
+                                replay.remove(&u.key);
+                            }
+                        }
+                    }
+                }
+                ClientEvent::SnapshotComplete { key_count, .. } => {
+                    assert_eq!(snapshot_keys as u64, *key_count, "all chunks came first");
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(last_keys_seq, Some(13));
+        let held: HashMapT = s
+            .state()
+            .iter()
+            .map(|(k, e)| (k.clone(), (e.value.clone(), e.revision.clone())))
+            .collect();
+        assert_eq!(replay, held);
+        assert_eq!(replay, expected().0);
+
+        // Off by default: the same stream queues no Keys events.
+        let mut quiet = ClientSession::new(ClientOptions::default());
+        quiet.feed_at(&st.bytes, now()).unwrap();
+        assert!(!events(&mut quiet)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Keys { .. })));
     }
 
     #[test]

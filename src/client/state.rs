@@ -52,6 +52,14 @@ pub enum ClientEvent {
         reason: GoodbyeReason,
         message: String,
     },
+    /// The key updates a snapshot chunk or an `Updates` frame carried, queued just before the
+    /// frame's own event; only with [`ClientOptions::report_keys`](super::ClientOptions).
+    /// `seq` is the snapshot's sequence number, or the `Updates` frame's `last_seq`.
+    Keys {
+        seq: u64,
+        snapshot: bool,
+        updates: Vec<WireUpdate>,
+    },
 }
 
 /// The local copy of one syncer type's view, and where it stands in the stream.
