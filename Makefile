@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
 ARGS ?=
 
-.PHONY: run build test lint fmt bench bench-codecs doc clean deps apiserver
+.PHONY: run build test lint fmt bench bench-codecs doc clean deps apiserver image
 
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
@@ -46,6 +46,11 @@ clean:
 
 apiserver:
 	bash scripts/test-apiserver.sh install
+
+## The container image (needs Docker with BuildKit); IMAGE=<registry>/typha-rs:<version>.
+IMAGE ?= typha-rs:latest
+image:
+	docker build -t $(IMAGE) .
 
 # A Rust toolchain is the only prerequisite of the daemon itself; cargo fetches the crates.
 deps:

@@ -809,3 +809,59 @@ fn server_dry_run_accepts_every_served_manifest() {
         assert_eq!(got, want, "can-i {verb} {what}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile (no Docker engine runs the tests: its text is checked against the manifests)
+
+#[test]
+fn dockerfile_matches_the_deployment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        stages.len(),
+        2,
+        "multi-stage: a builder and a runtime: {stages:?}"
+    );
+    assert!(stages[0].contains(" AS build"), "{}", stages[0]);
+    assert!(text.contains("cargo build --release --locked --bin typha"));
+    // The runtime stage: runs as a non-root user, starts the daemon, exposes its ports.
+    let runtime = &text[text.rfind("FROM ").unwrap()..];
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "USER {user}"
+    );
+    let dep = deployment();
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(
+        user.split(':').next().unwrap(),
+        pod["securityContext"]["runAsUser"].to_string(),
+        "the image's user is the one the pod runs as"
+    );
+    assert!(runtime.contains("ENTRYPOINT [\"/usr/local/bin/typha\"]"));
+    assert!(
+        pod["containers"][0].get("command").is_none(),
+        "the Deployment relies on the image's entrypoint"
+    );
+    let exposed: BTreeSet<u64> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.parse::<u64>().unwrap()))
+        .collect();
+    let declared: BTreeSet<u64> = pod["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(exposed, declared);
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        "target/ stays out of the context"
+    );
+}
