@@ -760,8 +760,10 @@ fn graceful_shutdown_spreads_the_goodbyes_and_fails_readiness_at_once() {
         })
         .max()
         .unwrap();
+    // A stalled reactor catches up on missed drops (the deadline must hold), so allow a few
+    // together on a loaded machine, but never most of them.
     assert!(
-        max_in_100ms <= 4,
+        max_in_100ms <= 6,
         "{max_in_100ms} goodbyes within 100 ms: {times:?}"
     );
     if let Some(r) = h.reactor.take() {

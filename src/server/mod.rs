@@ -4,8 +4,10 @@
 //! take every batch the datastore thread queued (appending to the ring) and every finished
 //! snapshot; then write to each connection that has something new, once, with one vectored
 //! write covering everything it is owed (batches that arrived together merge into one syscall
-//! per client); then, every tick, check timers. Nothing here blocks and nothing is encoded per
-//! client except its ServerHello and Goodbye: batches, snapshots and pings are shared frames.
+//! per client); then, every tick, check timers and shed a client if over the connection target
+//! or shutting down gradually (`docs/rebalancing.md`). Nothing here blocks and nothing is
+//! encoded per client except its ServerHello and Goodbye: batches, snapshots and pings are
+//! shared frames.
 
 mod conn;
 mod ring;
@@ -1007,7 +1009,7 @@ impl Server {
     /// clients spread over the other replicas without a reconnection storm.
     fn shed_for_rebalancing(&mut self, now: Instant) {
         let target = self.effective_target();
-        if self.shutting_down || now < self.next_rebalance_drop {
+        if self.shutting_down || now < self.next_rebalance_drop || self.conns.len() <= target {
             return;
         }
         let interval = self.cfg.drop_interval;
