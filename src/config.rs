@@ -10,6 +10,7 @@ use crate::datastore::sim::SimConfig;
 use crate::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
 use crate::proto::encode::EncodeOptions;
 use crate::proto::{Codec, MAX_CLIENT_FRAME};
+use crate::rebalance::{ConnectionTarget, RebalanceConfig, TargetParams};
 use crate::server::ServerConfig;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -24,6 +25,14 @@ pub enum DatastoreType {
     /// The embedded synthetic cluster.
     Sim,
     /// The Kubernetes API server.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebalancingMode {
+    /// Only the upper limit applies.
+    None,
+    /// Keep this replica's share, from the Service's endpoints and the Node count.
     Kubernetes,
 }
 
@@ -183,6 +192,92 @@ pub struct Config {
         default_value_t = 1.0
     )]
     pub snapshot_reuse_secs: f64,
+
+    // ---- replicas, rebalancing and shutdown (docs/rebalancing.md) ----
+    /// `kubernetes`: keep this replica's share of the clients, learned from the Service's
+    /// endpoints and the Node count (needs the Kubernetes datastore); `none`: only the upper
+    /// limit applies.
+    #[arg(
+        long = "connection-rebalancing-mode",
+        env = "TYPHA_CONNECTIONREBALANCINGMODE",
+        value_enum,
+        default_value = "none"
+    )]
+    pub connection_rebalancing_mode: RebalancingMode,
+    /// Rebalancing never aims below this many connections.
+    #[arg(
+        long = "max-connections-lower-limit",
+        env = "TYPHA_MAXCONNECTIONSLOWERLIMIT",
+        default_value_t = 400
+    )]
+    pub max_connections_lower_limit: usize,
+    /// Rebalancing: extra share over the node count while a replica is missing or not ready
+    /// (0.2 is Typha's 120 %).
+    #[arg(
+        long = "connection-rebalancing-headroom",
+        env = "TYPHA_CONNECTIONREBALANCINGHEADROOM",
+        default_value_t = 0.2
+    )]
+    pub connection_rebalancing_headroom: f64,
+    /// Rebalancing: once every replica is ready, aim for the even share plus this fraction;
+    /// negative keeps Typha's formula only.
+    #[arg(
+        long = "connection-rebalancing-even-share-slack",
+        env = "TYPHA_CONNECTIONREBALANCINGEVENSHARESLACK",
+        default_value_t = 0.1,
+        allow_negative_numbers = true
+    )]
+    pub connection_rebalancing_even_share_slack: f64,
+    /// Above the target, one client is asked to move (Goodbye(Rebalancing)) per interval.
+    #[arg(
+        long = "connection-drop-interval-secs",
+        env = "TYPHA_CONNECTIONDROPINTERVALSECS",
+        default_value_t = 1.0
+    )]
+    pub connection_drop_interval_secs: f64,
+    /// Rebalancing: how often to count the Service's endpoints and the Nodes.
+    #[arg(
+        long = "k8s-service-poll-interval-secs",
+        env = "TYPHA_K8SSERVICEPOLLINTERVALSECS",
+        default_value_t = 30.0
+    )]
+    pub k8s_service_poll_interval_secs: f64,
+    /// Rebalancing: namespace of this daemon's Service.
+    #[arg(
+        long = "k8s-namespace",
+        env = "TYPHA_K8SNAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub k8s_namespace: String,
+    /// Rebalancing: this daemon's Service.
+    #[arg(
+        long = "k8s-service-name",
+        env = "TYPHA_K8SSERVICENAME",
+        default_value = "calico-typha"
+    )]
+    pub k8s_service_name: String,
+    /// Rebalancing: the Service port's name.
+    #[arg(
+        long = "k8s-port-name",
+        env = "TYPHA_K8SPORTNAME",
+        default_value = "calico-typha"
+    )]
+    pub k8s_port_name: String,
+    /// On SIGTERM, clients are shed one at a time over (95 % of) this long; whoever is left
+    /// then gets Goodbye at once. 0 says goodbye to everyone at once.
+    #[arg(
+        long = "shutdown-timeout-secs",
+        env = "TYPHA_SHUTDOWNTIMEOUTSECS",
+        default_value_t = 300.0
+    )]
+    pub shutdown_timeout_secs: f64,
+    /// Longest gap between two drops of a graceful shutdown.
+    #[arg(
+        long = "shutdown-connection-drop-interval-max-secs",
+        env = "TYPHA_SHUTDOWNCONNECTIONDROPINTERVALMAXSECS",
+        default_value_t = 1.0
+    )]
+    pub shutdown_connection_drop_interval_max_secs: f64,
 
     // ---- batching ----
     /// Most updates in one delta batch.
@@ -416,6 +511,18 @@ impl Config {
             ),
             ("batch-max-age-secs", self.batch_max_age_secs),
             ("liveness-stall-secs", self.liveness_stall_secs),
+            (
+                "connection-drop-interval-secs",
+                self.connection_drop_interval_secs,
+            ),
+            (
+                "k8s-service-poll-interval-secs",
+                self.k8s_service_poll_interval_secs,
+            ),
+            (
+                "shutdown-connection-drop-interval-max-secs",
+                self.shutdown_connection_drop_interval_max_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
                 return Err(ConfigError::Invalid {
@@ -457,6 +564,38 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "sim-noop-fraction",
                 msg: "noop fraction must be in [0, 1] and churn rate non-negative".into(),
+            });
+        }
+        if !(self.shutdown_timeout_secs.is_finite()
+            && self.shutdown_timeout_secs >= 0.0
+            && self.shutdown_timeout_secs < 1e9)
+        {
+            return Err(ConfigError::Invalid {
+                name: "shutdown-timeout-secs",
+                msg: "must be zero or more seconds".into(),
+            });
+        }
+        if !(self.connection_rebalancing_headroom.is_finite()
+            && self.connection_rebalancing_headroom >= 0.0
+            && self.connection_rebalancing_even_share_slack.is_finite())
+        {
+            return Err(ConfigError::Invalid {
+                name: "connection-rebalancing-headroom",
+                msg: "headroom must be zero or more and the slack a number".into(),
+            });
+        }
+        if self.max_connections_lower_limit > self.max_connections_upper_limit {
+            return Err(ConfigError::Invalid {
+                name: "max-connections-lower-limit",
+                msg: "must not exceed max-connections-upper-limit".into(),
+            });
+        }
+        if self.connection_rebalancing_mode == RebalancingMode::Kubernetes
+            && self.datastore_type != DatastoreType::Kubernetes
+        {
+            return Err(ConfigError::Invalid {
+                name: "connection-rebalancing-mode",
+                msg: "kubernetes rebalancing needs the kubernetes datastore".into(),
             });
         }
         if !(self.k8s_missing_api_retry_secs.is_finite() && self.k8s_missing_api_retry_secs > 0.0) {
@@ -510,6 +649,29 @@ impl Config {
             goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
             server_id: server_id(),
+            drop_interval: secs(self.connection_drop_interval_secs),
+            connection_target: ConnectionTarget::default(),
+            shutdown_timeout: secs(self.shutdown_timeout_secs),
+            shutdown_drop_interval_max: secs(self.shutdown_connection_drop_interval_max_secs),
+        })
+    }
+
+    /// The replica counter's settings in Kubernetes rebalancing mode. Its target cell is
+    /// connected to the reactor's by [`Daemon::start`](crate::daemon::Daemon::start).
+    pub fn rebalance_config(&self) -> Option<RebalanceConfig> {
+        (self.connection_rebalancing_mode == RebalancingMode::Kubernetes).then(|| RebalanceConfig {
+            params: TargetParams {
+                lower: self.max_connections_lower_limit,
+                upper: self.max_connections_upper_limit,
+                headroom: self.connection_rebalancing_headroom,
+                even_share_slack: (self.connection_rebalancing_even_share_slack >= 0.0)
+                    .then_some(self.connection_rebalancing_even_share_slack),
+            },
+            namespace: self.k8s_namespace.clone(),
+            service: self.k8s_service_name.clone(),
+            port_name: self.k8s_port_name.clone(),
+            poll_interval: Duration::from_secs_f64(self.k8s_service_poll_interval_secs),
+            target: ConnectionTarget::default(),
         })
     }
 
@@ -527,6 +689,7 @@ impl Config {
             DatastoreType::Kubernetes => DriverConfig::Kubernetes(KubernetesConfig {
                 kubeconfig: self.kubeconfig.clone(),
                 missing_api_retry: Duration::from_secs_f64(self.k8s_missing_api_retry_secs),
+                rebalance: self.rebalance_config(),
                 ..KubernetesConfig::default()
             }),
         };
@@ -596,6 +759,28 @@ mod tests {
         assert_eq!(c.max_connections_upper_limit, 10_000);
         assert_eq!(c.health_port, 9098);
         assert_eq!(c.prometheus_metrics_port, 9093);
+        assert_eq!(c.connection_rebalancing_mode, RebalancingMode::None);
+        assert_eq!(c.max_connections_lower_limit, 400);
+        assert_eq!(c.connection_drop_interval_secs, 1.0);
+        assert_eq!(c.k8s_service_poll_interval_secs, 30.0);
+        assert_eq!(
+            (c.k8s_namespace.as_str(), c.k8s_service_name.as_str()),
+            ("kube-system", "calico-typha")
+        );
+        assert_eq!(c.k8s_port_name, "calico-typha");
+        assert_eq!(c.shutdown_timeout_secs, 300.0);
+        assert_eq!(c.shutdown_connection_drop_interval_max_secs, 1.0);
+        assert!(c.rebalance_config().is_none());
+        let k = load(&[
+            "--datastore-type=kubernetes",
+            "--connection-rebalancing-mode=kubernetes",
+            "--connection-rebalancing-even-share-slack=-1",
+        ])
+        .unwrap()
+        .rebalance_config()
+        .unwrap();
+        assert_eq!(k.params.even_share_slack, None);
+        assert_eq!((k.params.lower, k.params.upper), (400, 10_000));
         let s = c.server_config().unwrap();
         assert_eq!(s.listen.port(), 5473);
         assert!(s.listen.ip().is_unspecified());
@@ -638,6 +823,10 @@ mod tests {
         assert!(load(&["--server-max-input-frame-bytes", "99999999"]).is_err());
         assert!(load(&["--datastore-type", "etcdv3"]).is_err());
         assert!(load(&["--k8s-missing-api-retry-secs=0"]).is_err());
+        assert!(load(&["--connection-rebalancing-mode", "kubernetes"]).is_err());
+        assert!(load(&["--max-connections-lower-limit", "20000"]).is_err());
+        assert!(load(&["--shutdown-timeout-secs=-1"]).is_err());
+        assert!(load(&["--connection-drop-interval-secs=0"]).is_err());
         assert!(load(&["--server-host", "not-an-ip"])
             .unwrap()
             .server_config()

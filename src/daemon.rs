@@ -1,6 +1,8 @@
 //! Assembles the pipeline: datastore thread → bounded channel + waker → reactor thread.
 
-use crate::datastore::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig};
+use crate::datastore::{
+    spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig,
+};
 use crate::metrics::Metrics;
 use crate::server::{Server, ServerConfig, ServerHandle};
 use crate::status::StatusBoard;
@@ -46,7 +48,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(cfg: DaemonConfig) -> Result<Daemon, DaemonError> {
+    pub fn start(mut cfg: DaemonConfig) -> Result<Daemon, DaemonError> {
+        // The replica counter (datastore thread) publishes the target the reactor sheds to.
+        if let DriverConfig::Kubernetes(k) = &mut cfg.datastore.driver {
+            if let Some(r) = &mut k.rebalance {
+                r.target = cfg.server.connection_target.clone();
+            }
+        }
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(StatusBoard::new());
         let (tx, rx) = crossbeam_channel::bounded(cfg.batch_channel_capacity.max(1));

@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod proto;
+pub mod rebalance;
 pub mod server;
 pub mod status;
 #[doc(hidden)]

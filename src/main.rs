@@ -76,9 +76,18 @@ fn main() -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("typha-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            let mut signals = signals.forever();
+            if let Some(sig) = signals.next() {
                 info!(signal = sig, "signal received; shutting down gracefully");
                 handle.shutdown();
+            }
+            // A second signal: the operator will not wait for the gradual shed.
+            if let Some(sig) = signals.next() {
+                info!(
+                    signal = sig,
+                    "second signal; saying goodbye to every client now"
+                );
+                handle.shutdown_now();
             }
         })
         .context("cannot start the signal thread")?;

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub connections_dropped: IntCounter,
     pub connections_dropped_by_reason: IntCounterVec,
     pub connections_by_syncer: IntGaugeVec,
+    pub connections_target: IntGauge,
+    pub rebalance_replicas: IntGauge,
+    pub rebalance_nodes: IntGauge,
     // Snapshots.
     pub snapshots_generated: IntCounterVec,
     pub snapshots_reused: IntCounterVec,
@@ -120,6 +123,21 @@ impl Metrics {
                 "typha_connections_streaming",
                 "Connections past the handshake, by syncer type.",
                 &["syncer"],
+            ),
+            connections_target: gauge(
+                &r,
+                "typha_connections_target",
+                "Connections this replica keeps before shedding (its share when rebalancing).",
+            ),
+            rebalance_replicas: gauge(
+                &r,
+                "typha_rebalance_replicas",
+                "Endpoints of this daemon's Service at the last count (Kubernetes rebalancing).",
+            ),
+            rebalance_nodes: gauge(
+                &r,
+                "typha_rebalance_nodes",
+                "Nodes at the last count (Kubernetes rebalancing).",
             ),
             snapshots_generated: counter_vec(
                 &r,

@@ -37,6 +37,7 @@ pub struct StatusBoard {
     /// Milliseconds since `started` at the last datastore-thread tick.
     datastore_beat_ms: AtomicU64,
     reactor_stopped: AtomicBool,
+    shutting_down: AtomicBool,
     connections: AtomicU64,
     max_connections: AtomicU64,
     digests: Mutex<VecDeque<DigestRecord>>,
@@ -56,6 +57,7 @@ impl StatusBoard {
             reactor_beat_ms: AtomicU64::new(0),
             datastore_beat_ms: AtomicU64::new(0),
             reactor_stopped: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             max_connections: AtomicU64::new(u64::MAX),
             digests: Mutex::new(VecDeque::with_capacity(DIGEST_HISTORY)),
@@ -91,6 +93,11 @@ impl StatusBoard {
         self.reactor_stopped.store(true, Ordering::Relaxed);
     }
 
+    /// From now on not ready, so a Service stops sending new clients here.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
     pub fn set_connections(&self, n: usize, max: usize) {
         self.connections.store(n as u64, Ordering::Relaxed);
         self.max_connections.store(max as u64, Ordering::Relaxed);
@@ -118,6 +125,9 @@ impl StatusBoard {
 
     /// Ready while in sync with the datastore and below the connection limit.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
         let s = self.sync_status();
         if s != SyncStatus::InSync {
             return Err(format!("datastore status is {}", s.as_str()));

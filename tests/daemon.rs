@@ -104,8 +104,15 @@ fn server_digest(r: &Running, seq: u64) -> (Digest, u64) {
 }
 
 #[test]
-fn sigterm_says_goodbye_and_exits_zero() {
-    let mut r = start(&["--sim-endpoints", "2000", "--sim-churn-rate", "500"]);
+fn sigterm_sheds_clients_gradually_and_exits_zero() {
+    let mut r = start(&[
+        "--sim-endpoints",
+        "2000",
+        "--sim-churn-rate",
+        "500",
+        "--shutdown-timeout-secs",
+        "2",
+    ]);
     wait_ready(&r);
     let mut clients: Vec<_> = (0..10)
         .map(|_| BlockingClient::connect(r.protocol, ClientOptions::default()).unwrap())
@@ -129,10 +136,30 @@ fn sigterm_says_goodbye_and_exits_zero() {
     );
 
     let pid = r.child.id() as libc::pid_t;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let err = c.run_until(Duration::from_secs(20), |_| false).unwrap_err();
+                (err, Instant::now())
+            })
+        })
+        .collect();
+    let signalled = Instant::now();
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    for c in &mut clients {
-        let err = c.run_until(Duration::from_secs(20), |_| false).unwrap_err();
+    // Not ready from the start of the shutdown, so a Service sends no new clients.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match http_get(r.health, "/readiness", Duration::from_secs(2)) {
+            Ok((503, body)) if body.contains("shutting down") => break,
+            other => assert!(Instant::now() < deadline, "still ready: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut times = Vec::new();
+    for t in readers {
+        let (err, at) = t.join().unwrap();
         assert!(
             matches!(
                 err,
@@ -143,7 +170,14 @@ fn sigterm_says_goodbye_and_exits_zero() {
             ),
             "{err}"
         );
+        times.push(at - signalled);
     }
+    times.sort();
+    // Shed one at a time over 95 % of 2 s (190 ms apart), not all at once.
+    assert!(
+        times[times.len() - 1] - times[0] >= Duration::from_millis(1000),
+        "goodbyes at {times:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = r.child.try_wait().unwrap() {

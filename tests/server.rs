@@ -648,3 +648,125 @@ fn status_changes_reach_clients_in_order_with_the_data() {
     assert_eq!(c.state().len(), 1);
     h.stop();
 }
+
+/// Runs each client on its own thread until its connection ends; returns, per client, the
+/// error that ended it and when.
+fn wait_all_ended(clients: Vec<BlockingClient>) -> Vec<(ClientError, Instant)> {
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let e = c.run_until(Duration::from_secs(30), |_| false).unwrap_err();
+                (e, Instant::now())
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn is_goodbye(e: &ClientError, want: GoodbyeReason) -> bool {
+    matches!(e, ClientError::Goodbye { reason, .. } if *reason == want)
+}
+
+#[test]
+fn above_the_target_the_newest_clients_are_asked_to_move_one_per_interval() {
+    let target = typha::rebalance::ConnectionTarget::default();
+    let mut h = Harness::start(ServerConfig {
+        drop_interval: Duration::from_millis(100),
+        connection_target: target.clone(),
+        ..test_config()
+    });
+    h.populate(50);
+    let mut clients: Vec<_> = (0..10).map(|_| h.client(SyncerType::Felix)).collect();
+    for c in &mut clients {
+        c.run_until_in_sync(Duration::from_secs(20)).unwrap();
+    }
+    h.wait_for("the unset target to show the hard limit", |h| {
+        h.metrics.connections_target.get() == 10_000
+    });
+    assert_eq!(h.dropped("rebalancing"), 0);
+    let start = Instant::now();
+    target.set(4);
+    let keep: Vec<_> = clients.drain(..4).collect();
+    let ended = wait_all_ended(clients);
+    for (e, _) in &ended {
+        assert!(is_goodbye(e, GoodbyeReason::Rebalancing), "{e}");
+    }
+    let first = ended.iter().map(|(_, t)| *t).min().unwrap();
+    let last = ended.iter().map(|(_, t)| *t).max().unwrap();
+    // Six drops at one per 100 ms: five gaps, not one burst.
+    assert!(
+        last - first >= Duration::from_millis(400),
+        "drops spread over {:?}",
+        last - first
+    );
+    assert!(first - start < Duration::from_secs(2));
+    h.wait_for("four connections left", |h| {
+        h.metrics.connections_active.get() == 4
+    });
+    assert_eq!(h.dropped("rebalancing"), 6);
+    assert_eq!(h.metrics.connections_target.get(), 4);
+    // The oldest four were kept, and still stream.
+    h.set(DONE, b"{}");
+    h.flush();
+    for mut c in keep {
+        c.run_until(Duration::from_secs(20), |s| s.get(DONE).is_some())
+            .unwrap();
+    }
+    assert_eq!(h.dropped("rebalancing"), 6, "nobody shed at the target");
+    h.stop();
+}
+
+#[test]
+fn graceful_shutdown_spreads_the_goodbyes_and_fails_readiness_at_once() {
+    let mut h = Harness::start(ServerConfig {
+        shutdown_timeout: Duration::from_millis(1500),
+        shutdown_drop_interval_max: Duration::from_secs(1),
+        ..test_config()
+    });
+    h.populate(50);
+    let mut clients: Vec<_> = (0..12).map(|_| h.client(SyncerType::Felix)).collect();
+    for c in &mut clients {
+        c.run_until_in_sync(Duration::from_secs(20)).unwrap();
+    }
+    assert!(h.board.readiness().is_ok());
+    let start = Instant::now();
+    h.handle.shutdown();
+    h.wait_for("readiness to fail", |h| {
+        h.board
+            .readiness()
+            .is_err_and(|e| e.contains("shutting down"))
+    });
+    let ended = wait_all_ended(clients);
+    for (e, _) in &ended {
+        assert!(is_goodbye(e, GoodbyeReason::Shutdown), "{e}");
+    }
+    let mut times: Vec<Duration> = ended.iter().map(|(_, t)| *t - start).collect();
+    times.sort();
+    // 12 clients over 95 % of 1.5 s: about 119 ms apart. No 100 ms window holds them all,
+    // and all have gone before the timeout (plus scheduling slack).
+    assert!(
+        times[11] - times[0] >= Duration::from_millis(800),
+        "{times:?}"
+    );
+    assert!(times[11] < Duration::from_millis(1500 + 1000), "{times:?}");
+    let max_in_100ms = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap();
+    // A stalled reactor catches up on missed drops (the deadline must hold), so allow a few
+    // together on a loaded machine, but never most of them.
+    assert!(
+        max_in_100ms <= 6,
+        "{max_in_100ms} goodbyes within 100 ms: {times:?}"
+    );
+    if let Some(r) = h.reactor.take() {
+        r.join().unwrap().unwrap();
+    }
+}

@@ -26,6 +26,12 @@ pub enum ClientError {
     /// frame that were held when it did (non-zero means it closed mid-frame).
     #[error("connection closed by the peer ({buffered} bytes of an incomplete frame buffered)")]
     Closed { buffered: usize },
+    /// The replicas could not be found (a Kubernetes Service's endpoints, say).
+    #[error("discovery failed: {0}")]
+    Discovery(String),
+    /// Discovery found no replica to connect to.
+    #[error("no replicas found")]
+    NoReplicas,
     /// A read timeout, connect timeout or overall deadline expired.
     #[error("timed out")]
     Timeout,

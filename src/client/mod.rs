@@ -10,6 +10,9 @@
 //!   a plain thread) can drive it. It queues the `Hello`, decodes frames, answers pings and
 //!   hands out [`ClientEvent`]s.
 //! * [`BlockingClient`] drives a session over a `std::net::TcpStream`.
+//! * [`ReconnectingClient`] keeps a `BlockingClient` connected to one of several replicas
+//!   ([`Discovery`]: a static list or a Kubernetes Service), moving on a Goodbye, an error or
+//!   a silent peer.
 //!
 //! The sequence rule: after a snapshot at seq `S` and after each `Updates` frame, the client's
 //! `seq` is the last sequence number it has. An `Updates{first_seq, last_seq}` is accepted only
@@ -17,11 +20,15 @@
 //! duplicate and fails the connection with [`ClientError::Protocol`].
 
 mod blocking;
+pub mod discovery;
 mod error;
+pub mod reconnect;
 mod session;
 mod state;
 
 pub use blocking::BlockingClient;
+pub use discovery::{Discovery, ServiceDiscovery};
 pub use error::ClientError;
+pub use reconnect::{ReconnectEvent, ReconnectOptions, ReconnectingClient};
 pub use session::{ClientOptions, ClientSession};
 pub use state::{ClientEntry, ClientEvent, SyncState, Tracking};

@@ -4,8 +4,10 @@
 //! take every batch the datastore thread queued (appending to the ring) and every finished
 //! snapshot; then write to each connection that has something new, once, with one vectored
 //! write covering everything it is owed (batches that arrived together merge into one syscall
-//! per client); then, every tick, check timers. Nothing here blocks and nothing is encoded per
-//! client except its ServerHello and Goodbye: batches, snapshots and pings are shared frames.
+//! per client); then, every tick, check timers and shed a client if over the connection target
+//! or shutting down gradually (`docs/rebalancing.md`). Nothing here blocks and nothing is
+//! encoded per client except its ServerHello and Goodbye: batches, snapshots and pings are
+//! shared frames.
 
 mod conn;
 mod ring;
@@ -22,6 +24,7 @@ use crate::proto::{
     self, decode_client_message, encode_frame, goodbye_frame, peek_hello_version, ClientMessage,
     Codec, FeedError, GoodbyeReason, Hello, ServerHello, ServerMessage, PROTOCOL_VERSION,
 };
+use crate::rebalance::ConnectionTarget;
 use crate::status::StatusBoard;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -70,6 +73,16 @@ pub struct ServerConfig {
     /// Timer resolution.
     pub tick: Duration,
     pub server_id: String,
+    /// Above the connection target, one client is told `Goodbye(Rebalancing)` per interval.
+    pub drop_interval: Duration,
+    /// Where the replica counter publishes this replica's share (unset: only
+    /// `max_connections` applies).
+    pub connection_target: ConnectionTarget,
+    /// A graceful shutdown sheds clients one at a time over (95 % of) this long, then says
+    /// goodbye to whoever is left. Zero: everyone at once.
+    pub shutdown_timeout: Duration,
+    /// Longest gap between two shutdown drops.
+    pub shutdown_drop_interval_max: Duration,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +105,11 @@ impl Default for ServerConfig {
             goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
             server_id: "typha-rs".into(),
+            drop_interval: Duration::from_secs(1),
+            connection_target: ConnectionTarget::default(),
+            // Embedded servers (tests) stop at once; the daemon's flag defaults to Typha's 300 s.
+            shutdown_timeout: Duration::ZERO,
+            shutdown_drop_interval_max: Duration::from_secs(1),
         }
     }
 }
@@ -100,13 +118,22 @@ impl Default for ServerConfig {
 #[derive(Clone)]
 pub struct ServerHandle {
     shutdown: Arc<AtomicBool>,
+    shutdown_now: Arc<AtomicBool>,
     waker: Arc<Waker>,
 }
 
 impl ServerHandle {
+    /// Stops accepting and sheds clients gradually over the shutdown timeout.
     pub fn shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
+    }
+
+    /// As [`shutdown`](Self::shutdown), but says goodbye to every remaining client now (a
+    /// second signal, or an embedding that cannot wait).
+    pub fn shutdown_now(&self) {
+        self.shutdown_now.store(true, Ordering::SeqCst);
+        self.shutdown();
     }
 }
 
@@ -144,7 +171,13 @@ pub struct Server {
     local_addr: SocketAddr,
     waker: Arc<Waker>,
     shutdown: Arc<AtomicBool>,
+    shutdown_now: Arc<AtomicBool>,
     shutting_down: bool,
+    /// While shedding for a graceful shutdown: when the next client goes, the gap between
+    /// drops, and when whoever is left goes at once.
+    shutdown_plan: Option<ShutdownPlan>,
+    /// The next rebalancing drop is due no earlier than this.
+    next_rebalance_drop: Instant,
     conns: Slab<Connection>,
     next_conn_id: u64,
     rx: Receiver<BatchMessage>,
@@ -232,7 +265,10 @@ impl Server {
             local_addr,
             waker,
             shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown_now: Arc::new(AtomicBool::new(false)),
             shutting_down: false,
+            shutdown_plan: None,
+            next_rebalance_drop: Instant::now(),
             conns: Slab::with_capacity(1024),
             next_conn_id: 1,
             rx,
@@ -267,6 +303,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             shutdown: self.shutdown.clone(),
+            shutdown_now: self.shutdown_now.clone(),
             waker: self.waker.clone(),
         }
     }
@@ -302,7 +339,11 @@ impl Server {
             }
             if woken {
                 if self.shutdown.load(Ordering::SeqCst) && !self.shutting_down {
-                    self.begin_shutdown();
+                    self.begin_shutdown(!self.shutdown_now.load(Ordering::SeqCst));
+                }
+                if self.shutdown_now.load(Ordering::SeqCst) && self.shutdown_plan.is_some() {
+                    self.shutdown_plan = None;
+                    self.goodbye_to_all();
                 }
                 self.drain_batches();
                 self.drain_snapshots();
@@ -633,7 +674,7 @@ impl Server {
                 Err(TryRecvError::Disconnected) => {
                     if !self.datastore_gone && !self.shutting_down {
                         warn!("datastore thread has gone; shutting down");
-                        self.begin_shutdown();
+                        self.begin_shutdown(false);
                     }
                     self.datastore_gone = true;
                     break;
@@ -878,19 +919,136 @@ impl Server {
         debug!(peer = %c.peer, conn = c.id, "closed");
     }
 
-    fn begin_shutdown(&mut self) {
-        info!(
-            connections = self.conns.len(),
-            "shutting down: no new connections, saying goodbye to every client"
-        );
+    /// Stops accepting and fails readiness; then either plans a gradual shed (`gradual` and a
+    /// non-zero shutdown timeout) or says goodbye to everyone now.
+    fn begin_shutdown(&mut self, gradual: bool) {
         self.shutting_down = true;
+        self.board.set_shutting_down();
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        let n = self.open_count();
+        if gradual && !self.cfg.shutdown_timeout.is_zero() && n > 0 {
+            let plan = ShutdownPlan::new(
+                n,
+                self.cfg.shutdown_timeout,
+                self.cfg.shutdown_drop_interval_max,
+                Instant::now(),
+            );
+            info!(
+                connections = n,
+                gap = ?plan.gap,
+                timeout = ?self.cfg.shutdown_timeout,
+                "shutting down: no new connections, shedding clients gradually"
+            );
+            self.shutdown_plan = Some(plan);
+        } else {
+            info!(
+                connections = n,
+                "shutting down: no new connections, saying goodbye to every client"
+            );
+            self.goodbye_to_all();
+        }
+    }
+
+    fn goodbye_to_all(&mut self) {
         let slots: Vec<usize> = self.conns.iter().map(|(s, _)| s).collect();
         for slot in slots {
             self.close_with_goodbye(slot, GoodbyeReason::Shutdown, "server shutting down", false);
         }
+    }
+
+    /// Connections not already closing.
+    fn open_count(&self) -> usize {
+        self.conns.iter().filter(|(_, c)| !c.is_closing()).count()
+    }
+
+    /// The connection to shed next: the newest streaming client (it has the least invested in
+    /// this replica and the rest keep their long-lived streams), else the newest still being
+    /// sent its snapshot, else the newest still in its handshake.
+    fn shed_candidate(&self) -> Option<usize> {
+        let rank = |c: &Connection| match c.phase {
+            Phase::Streaming => Some(2),
+            Phase::Snapshot => Some(1),
+            Phase::Handshake => Some(0),
+            Phase::Closing { .. } => None,
+        };
+        self.conns
+            .iter()
+            .filter_map(|(slot, c)| rank(c).map(|r| ((r, c.id), slot)))
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, slot)| slot)
+    }
+
+    /// One gradual-shutdown drop per gap; everyone left at the deadline.
+    fn shed_for_shutdown(&mut self, now: Instant) {
+        let Some(plan) = &mut self.shutdown_plan else {
+            return;
+        };
+        if now >= plan.deadline {
+            info!("shutdown timeout reached; saying goodbye to the remaining clients");
+            self.shutdown_plan = None;
+            self.goodbye_to_all();
+            return;
+        }
+        let due = plan.take_due(now);
+        for _ in 0..due {
+            match self.shed_candidate() {
+                Some(slot) => self.close_with_goodbye(
+                    slot,
+                    GoodbyeReason::Shutdown,
+                    "server shutting down",
+                    false,
+                ),
+                None => break,
+            }
+        }
+    }
+
+    /// Above the connection target, one `Goodbye(Rebalancing)` per drop interval, so the shed
+    /// clients spread over the other replicas without a reconnection storm.
+    fn shed_for_rebalancing(&mut self, now: Instant) {
+        let target = self.effective_target();
+        if self.shutting_down || now < self.next_rebalance_drop || self.conns.len() <= target {
+            return;
+        }
+        let interval = self.cfg.drop_interval;
+        // Drops are counted per interval, not per tick, so an interval shorter than the tick
+        // still sheds at its rate; a backlog of missed intervals is not made up in a burst.
+        let mut due = 1u64;
+        if !interval.is_zero() {
+            let late = now.duration_since(self.next_rebalance_drop);
+            due += (late.as_nanos() / interval.as_nanos()).min(u64::MAX as u128) as u64;
+            due = due.min((self.cfg.tick.as_nanos() / interval.as_nanos()) as u64 + 1);
+        }
+        let mut dropped = false;
+        for _ in 0..due {
+            if self.open_count() <= target {
+                break;
+            }
+            let Some(slot) = self.shed_candidate() else {
+                break;
+            };
+            let c = &self.conns[slot];
+            info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, connections = self.conns.len(), target, "over the connection target: asking a client to move");
+            self.close_with_goodbye(
+                slot,
+                GoodbyeReason::Rebalancing,
+                "rebalancing: this replica is above its share of clients",
+                false,
+            );
+            dropped = true;
+        }
+        if dropped {
+            self.next_rebalance_drop = now + interval;
+        }
+    }
+
+    fn effective_target(&self) -> usize {
+        self.cfg
+            .connection_target
+            .get()
+            .min(self.cfg.max_connections)
     }
 
     // ---- timers ----------------------------------------------------------------------------
@@ -951,6 +1109,14 @@ impl Server {
         }
         self.apply_actions();
         self.cache.trim(&self.ring);
+        self.metrics
+            .connections_target
+            .set(self.effective_target().min(i64::MAX as usize) as i64);
+        if self.shutdown_plan.is_some() {
+            self.shed_for_shutdown(now);
+        } else {
+            self.shed_for_rebalancing(now);
+        }
     }
 
     fn fell_behind(&self, c: &Connection) -> bool {
@@ -1010,6 +1176,41 @@ impl Server {
         self.recent_pings.push_back((self.ping_id, Instant::now()));
         self.ping_frame = Some((self.ping_id, frame.clone()));
         (self.ping_id, frame)
+    }
+}
+
+/// The schedule of a gradual shutdown: drops spaced evenly so the last goes at 95 % of the
+/// timeout (leaving the rest for the Goodbyes to be read), but never further apart than the
+/// configured maximum gap.
+#[derive(Debug, Clone, Copy)]
+struct ShutdownPlan {
+    gap: Duration,
+    next: Instant,
+    deadline: Instant,
+}
+
+impl ShutdownPlan {
+    fn new(connections: usize, timeout: Duration, max_gap: Duration, now: Instant) -> Self {
+        let spread = timeout.mul_f64(0.95);
+        let gap = (spread / connections.clamp(1, u32::MAX as usize) as u32).min(max_gap);
+        ShutdownPlan {
+            gap,
+            next: now,
+            deadline: now + timeout,
+        }
+    }
+
+    /// How many drops are due by `now` (one per elapsed gap), advancing the schedule.
+    fn take_due(&mut self, now: Instant) -> usize {
+        let mut due = 0;
+        while self.next <= now && due < 1_000_000 {
+            due += 1;
+            if self.gap.is_zero() {
+                return usize::MAX;
+            }
+            self.next += self.gap;
+        }
+        due
     }
 }
 

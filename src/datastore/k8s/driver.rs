@@ -25,6 +25,8 @@ pub struct KubernetesConfig {
     pub missing_api_retry: Duration,
     /// List page size.
     pub page_size: u32,
+    /// Count replicas and nodes for connection rebalancing (Kubernetes rebalancing mode).
+    pub rebalance: Option<crate::rebalance::RebalanceConfig>,
 }
 
 impl Default for KubernetesConfig {
@@ -33,6 +35,7 @@ impl Default for KubernetesConfig {
             kubeconfig: None,
             missing_api_retry: Duration::from_secs(30 * 60),
             page_size: 500,
+            rebalance: None,
         }
     }
 }
@@ -355,6 +358,9 @@ pub async fn run(cfg: KubernetesConfig, tx: DriverSender, metrics: Arc<Metrics>)
         .collect();
     if tx.send(DriverEvent::Updates(defaults)).await.is_err() {
         return;
+    }
+    if let Some(r) = cfg.rebalance.clone() {
+        tokio::spawn(super::replicas::run(client.clone(), r, metrics.clone()));
     }
     let kinds = watched_kinds();
     let tracker: Tracker = Arc::new(Mutex::new(SyncTracker {

@@ -11,6 +11,7 @@
 //! was down is never lost and clients are never resnapshotted.
 
 mod driver;
+mod replicas;
 pub mod translate;
 
 pub use driver::{run, watched_kinds, KindSpec, KubernetesConfig};
