@@ -183,6 +183,35 @@ pub struct Config {
         default_value_t = 1.0
     )]
     pub snapshot_reuse_secs: f64,
+    /// TCP keepalive: idle time before the first probe on a client socket.
+    #[arg(
+        long = "server-keepalive-idle-secs",
+        env = "TYPHA_SERVERKEEPALIVEIDLESECS",
+        default_value_t = 30.0
+    )]
+    pub server_keepalive_idle_secs: f64,
+    /// TCP keepalive: time between probes.
+    #[arg(
+        long = "server-keepalive-interval-secs",
+        env = "TYPHA_SERVERKEEPALIVEINTERVALSECS",
+        default_value_t = 10.0
+    )]
+    pub server_keepalive_interval_secs: f64,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection.
+    #[arg(
+        long = "server-keepalive-count",
+        env = "TYPHA_SERVERKEEPALIVECOUNT",
+        default_value_t = 3
+    )]
+    pub server_keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: data unacknowledged for this long makes the kernel drop a client
+    /// socket (a peer gone without FIN or RST); 0 leaves the kernel default.
+    #[arg(
+        long = "server-tcp-user-timeout-secs",
+        env = "TYPHA_SERVERTCPUSERTIMEOUTSECS",
+        default_value_t = 60.0
+    )]
+    pub server_tcp_user_timeout_secs: f64,
 
     // ---- batching ----
     /// Most updates in one delta batch.
@@ -242,6 +271,14 @@ pub struct Config {
         default_value_t = 30.0
     )]
     pub liveness_stall_secs: f64,
+    /// Kubernetes: /liveness fails once the API server has been unreachable (no answer to
+    /// list, watch or version requests) for this long, so that Kubernetes restarts the replica.
+    #[arg(
+        long = "datastore-unreachable-timeout-secs",
+        env = "TYPHA_DATASTOREUNREACHABLETIMEOUTSECS",
+        default_value_t = 300.0
+    )]
+    pub datastore_unreachable_timeout_secs: f64,
 
     // ---- sim datastore ----
     /// Sim: nodes in the synthetic cluster.
@@ -416,6 +453,18 @@ impl Config {
             ),
             ("batch-max-age-secs", self.batch_max_age_secs),
             ("liveness-stall-secs", self.liveness_stall_secs),
+            (
+                "datastore-unreachable-timeout-secs",
+                self.datastore_unreachable_timeout_secs,
+            ),
+            (
+                "server-keepalive-idle-secs",
+                self.server_keepalive_idle_secs,
+            ),
+            (
+                "server-keepalive-interval-secs",
+                self.server_keepalive_interval_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
                 return Err(ConfigError::Invalid {
@@ -423,6 +472,20 @@ impl Config {
                     msg: format!("{v} is not a positive number of seconds"),
                 });
             }
+        }
+        if !(self.server_tcp_user_timeout_secs.is_finite()
+            && (0.0..1e6).contains(&self.server_tcp_user_timeout_secs))
+        {
+            return Err(ConfigError::Invalid {
+                name: "server-tcp-user-timeout-secs",
+                msg: "must be zero (kernel default) or a number of seconds below 1e6".into(),
+            });
+        }
+        if self.server_keepalive_count == 0 {
+            return Err(ConfigError::Invalid {
+                name: "server-keepalive-count",
+                msg: "must be at least 1".into(),
+            });
         }
         if !(self.snapshot_reuse_secs.is_finite() && self.snapshot_reuse_secs >= 0.0) {
             return Err(ConfigError::Invalid {
@@ -510,6 +573,11 @@ impl Config {
             goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
             server_id: server_id(),
+            keepalive_idle: secs(self.server_keepalive_idle_secs),
+            keepalive_interval: secs(self.server_keepalive_interval_secs),
+            keepalive_count: self.server_keepalive_count,
+            tcp_user_timeout: (self.server_tcp_user_timeout_secs > 0.0)
+                .then(|| secs(self.server_tcp_user_timeout_secs)),
         })
     }
 
@@ -527,6 +595,10 @@ impl Config {
             DatastoreType::Kubernetes => DriverConfig::Kubernetes(KubernetesConfig {
                 kubeconfig: self.kubeconfig.clone(),
                 missing_api_retry: Duration::from_secs_f64(self.k8s_missing_api_retry_secs),
+                // Several probes per timeout, so one lost answer does not fail liveness.
+                probe_interval: Duration::from_secs_f64(
+                    (self.datastore_unreachable_timeout_secs / 4.0).clamp(0.1, 10.0),
+                ),
                 ..KubernetesConfig::default()
             }),
         };
@@ -556,6 +628,9 @@ impl Config {
                 })
                 .transpose()?,
             liveness_stall: Duration::from_secs_f64(self.liveness_stall_secs),
+            datastore_unreachable: Duration::from_secs_f64(
+                self.datastore_unreachable_timeout_secs,
+            ),
         })
     }
 }
@@ -596,7 +671,14 @@ mod tests {
         assert_eq!(c.max_connections_upper_limit, 10_000);
         assert_eq!(c.health_port, 9098);
         assert_eq!(c.prometheus_metrics_port, 9093);
+        assert_eq!(c.datastore_unreachable_timeout_secs, 300.0);
         let s = c.server_config().unwrap();
+        assert_eq!(s.keepalive_idle, Duration::from_secs(30));
+        assert_eq!(s.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(s.keepalive_count, 3);
+        assert_eq!(s.tcp_user_timeout, Some(Duration::from_secs(60)));
+        let c0 = load(&["--server-tcp-user-timeout-secs=0"]).unwrap();
+        assert_eq!(c0.server_config().unwrap().tcp_user_timeout, None);
         assert_eq!(s.listen.port(), 5473);
         assert!(s.listen.ip().is_unspecified());
     }
@@ -638,6 +720,9 @@ mod tests {
         assert!(load(&["--server-max-input-frame-bytes", "99999999"]).is_err());
         assert!(load(&["--datastore-type", "etcdv3"]).is_err());
         assert!(load(&["--k8s-missing-api-retry-secs=0"]).is_err());
+        assert!(load(&["--datastore-unreachable-timeout-secs=0"]).is_err());
+        assert!(load(&["--server-keepalive-count=0"]).is_err());
+        assert!(load(&["--server-tcp-user-timeout-secs=-1"]).is_err());
         assert!(load(&["--server-host", "not-an-ip"])
             .unwrap()
             .server_config()
