@@ -628,9 +628,7 @@ impl Config {
                 })
                 .transpose()?,
             liveness_stall: Duration::from_secs_f64(self.liveness_stall_secs),
-            datastore_unreachable: Duration::from_secs_f64(
-                self.datastore_unreachable_timeout_secs,
-            ),
+            datastore_unreachable: Duration::from_secs_f64(self.datastore_unreachable_timeout_secs),
         })
     }
 }

@@ -550,7 +550,10 @@ mod tests {
         assert_eq!(http_get(addr, "/readiness", T).unwrap(), (200, "ok".into()));
         status.set_connections(5, 5);
         let (code, body) = http_get(addr, "/readiness", T).unwrap();
-        assert_eq!((code, body.as_str()), (503, "at the connection limit (5/5)"));
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "at the connection limit (5/5)")
+        );
         status.set_connections(4, 5);
         assert_eq!(http_get(addr, "/readiness", T).unwrap(), (200, "ok".into()));
     }

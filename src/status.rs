@@ -135,7 +135,8 @@ impl StatusBoard {
     pub fn track_datastore_contact(&self) {
         self.datastore_contact_ms
             .store(self.now_ms(), Ordering::Relaxed);
-        self.datastore_contact_tracked.store(true, Ordering::Relaxed);
+        self.datastore_contact_tracked
+            .store(true, Ordering::Relaxed);
     }
 
     /// Records a successful exchange with the datastore.

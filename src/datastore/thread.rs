@@ -108,7 +108,8 @@ pub fn spawn_datastore_thread(
                 .name("typha-http".into())
                 .spawn(move || {
                     http_runtime.block_on(async move {
-                        for (l, which) in [(health, Endpoints::Health), (metrics_l, Endpoints::Metrics)]
+                        for (l, which) in
+                            [(health, Endpoints::Health), (metrics_l, Endpoints::Metrics)]
                         {
                             let Some(l) = l else { continue };
                             match tokio::net::TcpListener::from_std(l) {
@@ -125,7 +126,8 @@ pub fn spawn_datastore_thread(
     } else {
         None
     };
-    let beat_every = (cfg.liveness_stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let beat_every =
+        (cfg.liveness_stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let thread = std::thread::Builder::new()
         .name("typha-datastore".into())
         .spawn(move || {

@@ -324,7 +324,8 @@ fn complete(done: Completion, syncer: SyncerType, metrics: &Metrics, t: WriteTim
             metrics.frames_written.inc();
             let lag = t.unix_nanos.saturating_sub(received_at);
             metrics.fanout_latency_secs.observe(lag as f64 / 1e9);
-            metrics.client_write_latency_secs[syncer.index()].observe(t.at.saturating_duration_since(arrived).as_secs_f64());
+            metrics.client_write_latency_secs[syncer.index()]
+                .observe(t.at.saturating_duration_since(arrived).as_secs_f64());
             false
         }
     }

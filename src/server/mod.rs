@@ -548,7 +548,8 @@ impl Server {
                 }
                 c.last_pong = now;
                 if let Some((_, sent)) = self.recent_pings.iter().find(|(p, _)| *p == id) {
-                    self.metrics.ping_latency[c.out.syncer.index()].observe(now.duration_since(*sent).as_secs_f64());
+                    self.metrics.ping_latency[c.out.syncer.index()]
+                        .observe(now.duration_since(*sent).as_secs_f64());
                 }
             }
         }

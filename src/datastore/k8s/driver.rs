@@ -341,8 +341,11 @@ async fn probe_reachability(client: Client, every: Duration, board: Arc<StatusBo
     loop {
         tick.tick().await;
         // A black-holed server never answers; the next probe is due anyway.
-        match tokio::time::timeout(every.max(Duration::from_secs(1)), client.apiserver_version())
-            .await
+        match tokio::time::timeout(
+            every.max(Duration::from_secs(1)),
+            client.apiserver_version(),
+        )
+        .await
         {
             Ok(Ok(_)) => {
                 board.datastore_contact();
