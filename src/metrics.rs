@@ -329,6 +329,8 @@ impl Metrics {
             m.snapshots_generated.with_label_values(&l);
             m.snapshots_reused.with_label_values(&l);
             m.keys.with_label_values(&l);
+            m.snapshot_raw_bytes.with_label_values(&l);
+            m.snapshot_wire_bytes.with_label_values(&l);
         }
         m
     }

@@ -136,6 +136,21 @@ enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, so each series exists (at zero) from the first scrape and `rate()` works.
+    const ALL: [DropReason; 11] = [
+        DropReason::Goodbye(GoodbyeReason::Shutdown),
+        DropReason::Goodbye(GoodbyeReason::Rebalancing),
+        DropReason::Goodbye(GoodbyeReason::TooSlow),
+        DropReason::Goodbye(GoodbyeReason::ProtocolError),
+        DropReason::Goodbye(GoodbyeReason::ServerFull),
+        DropReason::Goodbye(GoodbyeReason::UnsupportedVersion),
+        DropReason::HandshakeTimeout,
+        DropReason::PongTimeout,
+        DropReason::WriteTimeout,
+        DropReason::TcpTimeout,
+        DropReason::IoError,
+    ];
+
     fn for_io_error(e: &io::Error) -> DropReason {
         if e.kind() == io::ErrorKind::TimedOut {
             DropReason::TcpTimeout
@@ -257,6 +272,11 @@ impl Server {
         )?;
         board.set_connections(0, cfg.max_connections);
         board.reactor_beat();
+        for d in DropReason::ALL {
+            metrics
+                .connections_dropped_by_reason
+                .with_label_values(&[d.label()]);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),

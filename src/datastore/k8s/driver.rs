@@ -409,6 +409,16 @@ pub async fn run(
         board.clone(),
     ));
     let kinds = watched_kinds();
+    // Every kind's series exists (at zero) from the first scrape, so `rate()` and alerts work.
+    for spec in &kinds {
+        let l = [spec.name];
+        metrics.datastore_events.with_label_values(&l);
+        metrics.datastore_updates_emitted.with_label_values(&l);
+        metrics.datastore_translate_errors.with_label_values(&l);
+        metrics.datastore_errors.with_label_values(&l);
+        metrics.datastore_watch_restarts.with_label_values(&l);
+        metrics.datastore_kind_absent.with_label_values(&l);
+    }
     let tracker: Tracker = Arc::new(Mutex::new(SyncTracker {
         pending: kinds.iter().map(|k| k.name).collect(),
         status: SyncStatus::WaitingForDatastore,
