@@ -192,6 +192,35 @@ pub struct Config {
         default_value_t = 1.0
     )]
     pub snapshot_reuse_secs: f64,
+    /// TCP keepalive: idle time before the first probe on a client socket.
+    #[arg(
+        long = "server-keepalive-idle-secs",
+        env = "TYPHA_SERVERKEEPALIVEIDLESECS",
+        default_value_t = 30.0
+    )]
+    pub server_keepalive_idle_secs: f64,
+    /// TCP keepalive: time between probes.
+    #[arg(
+        long = "server-keepalive-interval-secs",
+        env = "TYPHA_SERVERKEEPALIVEINTERVALSECS",
+        default_value_t = 10.0
+    )]
+    pub server_keepalive_interval_secs: f64,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection.
+    #[arg(
+        long = "server-keepalive-count",
+        env = "TYPHA_SERVERKEEPALIVECOUNT",
+        default_value_t = 3
+    )]
+    pub server_keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: data unacknowledged for this long makes the kernel drop a client
+    /// socket (a peer gone without FIN or RST); 0 leaves the kernel default.
+    #[arg(
+        long = "server-tcp-user-timeout-secs",
+        env = "TYPHA_SERVERTCPUSERTIMEOUTSECS",
+        default_value_t = 60.0
+    )]
+    pub server_tcp_user_timeout_secs: f64,
 
     // ---- replicas, rebalancing and shutdown (docs/rebalancing.md) ----
     /// `kubernetes`: keep this replica's share of the clients, learned from the Service's
@@ -337,6 +366,14 @@ pub struct Config {
         default_value_t = 30.0
     )]
     pub liveness_stall_secs: f64,
+    /// Kubernetes: /liveness fails once the API server has been unreachable (no answer to
+    /// list, watch or version requests) for this long, so that Kubernetes restarts the replica.
+    #[arg(
+        long = "datastore-unreachable-timeout-secs",
+        env = "TYPHA_DATASTOREUNREACHABLETIMEOUTSECS",
+        default_value_t = 300.0
+    )]
+    pub datastore_unreachable_timeout_secs: f64,
 
     // ---- sim datastore ----
     /// Sim: nodes in the synthetic cluster.
@@ -523,6 +560,18 @@ impl Config {
                 "shutdown-connection-drop-interval-max-secs",
                 self.shutdown_connection_drop_interval_max_secs,
             ),
+            (
+                "datastore-unreachable-timeout-secs",
+                self.datastore_unreachable_timeout_secs,
+            ),
+            (
+                "server-keepalive-idle-secs",
+                self.server_keepalive_idle_secs,
+            ),
+            (
+                "server-keepalive-interval-secs",
+                self.server_keepalive_interval_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 1e9) {
                 return Err(ConfigError::Invalid {
@@ -530,6 +579,20 @@ impl Config {
                     msg: format!("{v} is not a positive number of seconds"),
                 });
             }
+        }
+        if !(self.server_tcp_user_timeout_secs.is_finite()
+            && (0.0..1e6).contains(&self.server_tcp_user_timeout_secs))
+        {
+            return Err(ConfigError::Invalid {
+                name: "server-tcp-user-timeout-secs",
+                msg: "must be zero (kernel default) or a number of seconds below 1e6".into(),
+            });
+        }
+        if self.server_keepalive_count == 0 {
+            return Err(ConfigError::Invalid {
+                name: "server-keepalive-count",
+                msg: "must be at least 1".into(),
+            });
         }
         if !(self.snapshot_reuse_secs.is_finite() && self.snapshot_reuse_secs >= 0.0) {
             return Err(ConfigError::Invalid {
@@ -653,6 +716,11 @@ impl Config {
             connection_target: ConnectionTarget::default(),
             shutdown_timeout: secs(self.shutdown_timeout_secs),
             shutdown_drop_interval_max: secs(self.shutdown_connection_drop_interval_max_secs),
+            keepalive_idle: secs(self.server_keepalive_idle_secs),
+            keepalive_interval: secs(self.server_keepalive_interval_secs),
+            keepalive_count: self.server_keepalive_count,
+            tcp_user_timeout: (self.server_tcp_user_timeout_secs > 0.0)
+                .then(|| secs(self.server_tcp_user_timeout_secs)),
         })
     }
 
@@ -690,6 +758,10 @@ impl Config {
                 kubeconfig: self.kubeconfig.clone(),
                 missing_api_retry: Duration::from_secs_f64(self.k8s_missing_api_retry_secs),
                 rebalance: self.rebalance_config(),
+                // Several probes per timeout, so one lost answer does not fail liveness.
+                probe_interval: Duration::from_secs_f64(
+                    (self.datastore_unreachable_timeout_secs / 4.0).clamp(0.1, 10.0),
+                ),
                 ..KubernetesConfig::default()
             }),
         };
@@ -719,6 +791,7 @@ impl Config {
                 })
                 .transpose()?,
             liveness_stall: Duration::from_secs_f64(self.liveness_stall_secs),
+            datastore_unreachable: Duration::from_secs_f64(self.datastore_unreachable_timeout_secs),
         })
     }
 }
@@ -781,7 +854,14 @@ mod tests {
         .unwrap();
         assert_eq!(k.params.even_share_slack, None);
         assert_eq!((k.params.lower, k.params.upper), (400, 10_000));
+        assert_eq!(c.datastore_unreachable_timeout_secs, 300.0);
         let s = c.server_config().unwrap();
+        assert_eq!(s.keepalive_idle, Duration::from_secs(30));
+        assert_eq!(s.keepalive_interval, Duration::from_secs(10));
+        assert_eq!(s.keepalive_count, 3);
+        assert_eq!(s.tcp_user_timeout, Some(Duration::from_secs(60)));
+        let c0 = load(&["--server-tcp-user-timeout-secs=0"]).unwrap();
+        assert_eq!(c0.server_config().unwrap().tcp_user_timeout, None);
         assert_eq!(s.listen.port(), 5473);
         assert!(s.listen.ip().is_unspecified());
     }
@@ -827,6 +907,9 @@ mod tests {
         assert!(load(&["--max-connections-lower-limit", "20000"]).is_err());
         assert!(load(&["--shutdown-timeout-secs=-1"]).is_err());
         assert!(load(&["--connection-drop-interval-secs=0"]).is_err());
+        assert!(load(&["--datastore-unreachable-timeout-secs=0"]).is_err());
+        assert!(load(&["--server-keepalive-count=0"]).is_err());
+        assert!(load(&["--server-tcp-user-timeout-secs=-1"]).is_err());
         assert!(load(&["--server-host", "not-an-ip"])
             .unwrap()
             .server_config()

@@ -4,9 +4,14 @@
 //! GET only, a head of at most 8 KiB read within 5 s, no request bodies. Anything a client sends
 //! is treated as untrusted; bad input gets a 4xx answer or a closed connection, never a panic.
 //!
+//! The health listener (Typha's 9098) serves the probes; the metrics listener (9093) serves
+//! `/metrics` and `/digest`. Each answers 404 for the other's routes, so a probe pointed at the
+//! wrong port fails loudly instead of passing by accident.
+//!
 //! Routes:
 //! * `/metrics`: the Prometheus text exposition.
-//! * `/liveness`: 200 `ok`, or 503 with the reason (a stalled thread, the reactor stopped).
+//! * `/liveness`: 200 `ok`, or 503 with the reason (a stalled thread, the reactor stopped, the
+//!   datastore unreachable for longer than its timeout).
 //! * `/readiness`: 200 `ok`, or 503 with the reason (not in sync, at the connection limit).
 //! * `/digest[?seq=N]`: the newest `(seq, digest)` record, or the one for `N`, as JSON
 //!   `{"seq":N,"syncers":{"felix":{"keys":K,"digest":"<32 hex>"},...}}`; 404 when `N` is no
@@ -42,17 +47,40 @@ pub struct HttpContext {
     pub status: Arc<StatusBoard>,
     /// Liveness fails when a thread has made no progress for this long.
     pub liveness_stall: Duration,
+    /// Liveness fails when the datastore has been unreachable for this long.
+    pub datastore_unreachable: Duration,
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// `/liveness` and `/readiness`.
+    Health,
+    /// `/metrics` and `/digest`.
+    Metrics,
+    /// Everything (one listener for both, as in tests).
+    All,
+}
+
+impl Endpoints {
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Endpoints::All => true,
+            Endpoints::Health => matches!(path, "/liveness" | "/readiness"),
+            Endpoints::Metrics => matches!(path, "/metrics" | "/digest"),
+        }
+    }
 }
 
 /// Accepts connections forever, one task per connection. Accept errors (such as running out of
 /// file descriptors) are logged and retried after a short pause.
-pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, endpoints: Endpoints) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
-                    handle_connection(stream, &ctx).await;
+                    handle_connection(stream, &ctx, endpoints).await;
                     tracing::trace!(%peer, "http connection done");
                 });
             }
@@ -158,7 +186,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
     }
 }
 
-async fn handle_connection(mut stream: TcpStream, ctx: &HttpContext) {
+async fn handle_connection(mut stream: TcpStream, ctx: &HttpContext, endpoints: Endpoints) {
     let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Err(_) => Response::text(408, "request head not received in time\n"),
         Ok(Err(HeadError::TooLarge)) => Response::text(400, "request head too large\n"),
@@ -166,7 +194,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: &HttpContext) {
         Ok(Err(HeadError::Incomplete { empty: false })) => {
             Response::text(400, "incomplete request head\n")
         }
-        Ok(Ok(head)) => respond(&head, ctx),
+        Ok(Ok(head)) => respond(&head, ctx, endpoints),
     };
     let bytes = response.to_bytes();
     match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&bytes)).await {
@@ -191,7 +219,7 @@ async fn handle_connection(mut stream: TcpStream, ctx: &HttpContext) {
 
 /// Parses the request line and routes it. Header fields are not needed by any route and are
 /// ignored.
-fn respond(head: &[u8], ctx: &HttpContext) -> Response {
+fn respond(head: &[u8], ctx: &HttpContext, endpoints: Endpoints) -> Response {
     let Ok(head) = std::str::from_utf8(head) else {
         return Response::text(400, "request head is not UTF-8\n");
     };
@@ -214,14 +242,23 @@ fn respond(head: &[u8], ctx: &HttpContext) -> Response {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    if !endpoints.serves(path) {
+        return Response::text(404, "not found\n");
+    }
     match path {
-        "/metrics" => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: ctx.metrics.render(),
-            allow_get: false,
-        },
-        "/liveness" => match ctx.status.liveness(ctx.liveness_stall) {
+        "/metrics" => {
+            ctx.metrics.observe_status(&ctx.status);
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: ctx.metrics.render(),
+                allow_get: false,
+            }
+        }
+        "/liveness" => match ctx
+            .status
+            .liveness(ctx.liveness_stall, ctx.datastore_unreachable)
+        {
             Ok(()) => Response::text(200, "ok"),
             Err(reason) => Response::text(503, reason),
         },
@@ -369,6 +406,10 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     fn start(ctx: Arc<HttpContext>) -> SocketAddr {
+        start_with(ctx, Endpoints::All)
+    }
+
+    fn start_with(ctx: Arc<HttpContext>, endpoints: Endpoints) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -379,7 +420,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
-                serve(listener, ctx).await;
+                serve(listener, ctx, endpoints).await;
             });
         });
         addr
@@ -390,6 +431,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             status: Arc::new(StatusBoard::new()),
             liveness_stall: stall,
+            datastore_unreachable: Duration::from_secs(300),
         })
     }
 
@@ -444,13 +486,56 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         let (code, body) = http_get(addr, "/liveness", T).unwrap();
         assert_eq!(code, 503);
-        assert!(body.contains("no progress"), "{body}");
+        assert!(body.starts_with("reactor stalled for 0."), "{body}");
         status.reactor_beat();
         status.datastore_beat();
         assert_eq!(http_get(addr, "/liveness", T).unwrap(), (200, "ok".into()));
         status.set_reactor_stopped();
         let (code, body) = http_get(addr, "/liveness", T).unwrap();
         assert_eq!((code, body.as_str()), (503, "reactor stopped"));
+    }
+
+    #[test]
+    fn liveness_fails_while_the_datastore_is_unreachable() {
+        let ctx = Arc::new(HttpContext {
+            metrics: Arc::new(Metrics::new()),
+            status: Arc::new(StatusBoard::new()),
+            liveness_stall: Duration::from_secs(60),
+            datastore_unreachable: Duration::from_millis(200),
+        });
+        let status = Arc::clone(&ctx.status);
+        status.reactor_beat();
+        status.datastore_beat();
+        let addr = start(ctx);
+        // Untracked (the sim datastore): reachability plays no part.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(http_get(addr, "/liveness", T).unwrap(), (200, "ok".into()));
+        status.track_datastore_contact();
+        assert_eq!(http_get(addr, "/liveness", T).unwrap(), (200, "ok".into()));
+        std::thread::sleep(Duration::from_millis(300));
+        let (code, body) = http_get(addr, "/liveness", T).unwrap();
+        assert_eq!(code, 503);
+        assert!(body.starts_with("datastore unreachable for 0."), "{body}");
+        status.datastore_contact();
+        assert_eq!(http_get(addr, "/liveness", T).unwrap(), (200, "ok".into()));
+    }
+
+    #[test]
+    fn each_listener_serves_only_its_routes() {
+        let ctx = context(Duration::from_secs(10));
+        ctx.status.reactor_beat();
+        ctx.status.datastore_beat();
+        ctx.status.record_digests(record(1));
+        let health = start_with(Arc::clone(&ctx), Endpoints::Health);
+        let metrics = start_with(ctx, Endpoints::Metrics);
+        assert_eq!(http_get(health, "/liveness", T).unwrap().0, 200);
+        assert_eq!(http_get(health, "/readiness", T).unwrap().0, 503);
+        assert_eq!(http_get(health, "/metrics", T).unwrap().0, 404);
+        assert_eq!(http_get(health, "/digest", T).unwrap().0, 404);
+        assert_eq!(http_get(metrics, "/metrics", T).unwrap().0, 200);
+        assert_eq!(http_get(metrics, "/digest", T).unwrap().0, 200);
+        assert_eq!(http_get(metrics, "/liveness", T).unwrap().0, 404);
+        assert_eq!(http_get(metrics, "/readiness", T).unwrap().0, 404);
     }
 
     #[test]
@@ -464,7 +549,13 @@ mod tests {
         status.set_sync_status(SyncStatus::InSync);
         assert_eq!(http_get(addr, "/readiness", T).unwrap(), (200, "ok".into()));
         status.set_connections(5, 5);
-        assert_eq!(http_get(addr, "/readiness", T).unwrap().0, 503);
+        let (code, body) = http_get(addr, "/readiness", T).unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "at the connection limit (5/5)")
+        );
+        status.set_connections(4, 5);
+        assert_eq!(http_get(addr, "/readiness", T).unwrap(), (200, "ok".into()));
     }
 
     #[test]

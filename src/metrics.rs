@@ -4,10 +4,16 @@
 //!
 //! Each daemon instance has its own registry, so several can run in one process (tests).
 
+use crate::model::SyncerType;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// One series per syncer type, indexed by [`SyncerType::index`]: resolved once at start-up so
+/// the hot path does no label lookup, and every syncer's series exists (at zero) from the
+/// first scrape, as in Typha.
+pub type PerSyncer<T> = [T; SyncerType::COUNT];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,14 +32,14 @@ pub struct Metrics {
     pub snapshot_raw_bytes: IntGaugeVec,
     pub snapshot_wire_bytes: IntGaugeVec,
     pub snapshot_encode_secs: Histogram,
-    pub client_snapshot_send_secs: Histogram,
+    pub client_snapshot_send_secs: PerSyncer<Histogram>,
     // Fan-out.
     pub bytes_written: IntCounter,
     pub write_calls: IntCounter,
     pub frames_written: IntCounter,
     pub fanout_latency_secs: Histogram,
-    pub client_write_latency_secs: Histogram,
-    pub ping_latency: Histogram,
+    pub client_write_latency_secs: PerSyncer<Histogram>,
+    pub ping_latency: PerSyncer<Histogram>,
     pub ring_batches: IntGauge,
     pub ring_bytes: IntGauge,
     // Datastore side.
@@ -41,7 +47,8 @@ pub struct Metrics {
     pub updates_skipped: IntCounter,
     pub updates_skipped_by_prefix: IntCounterVec,
     pub batches_sent: IntCounter,
-    pub kvs_per_msg: Histogram,
+    pub breadcrumb_size: Histogram,
+    pub kvs_per_msg: PerSyncer<Histogram>,
     pub sequence: IntGauge,
     pub keys: IntGaugeVec,
     pub channel_full: IntCounter,
@@ -52,6 +59,9 @@ pub struct Metrics {
     pub datastore_errors: IntCounterVec,
     pub datastore_watch_restarts: IntCounterVec,
     pub datastore_kind_absent: IntGaugeVec,
+    /// Set from the status board when scraped.
+    pub datastore_contact_age_secs: Gauge,
+    pub datastore_in_sync: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -85,6 +95,18 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
     h
 }
 
+fn histogram_per_syncer(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> PerSyncer<Histogram> {
+    let v = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["syncer"])
+        .expect("valid metric");
+    r.register(Box::new(v.clone())).expect("unique metric");
+    SyncerType::ALL.map(|t| v.with_label_values(&[t.as_str()]))
+}
+
 /// Latency buckets from 100 µs to ~100 s.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0001, 2.0, 20).unwrap_or_default()
@@ -100,7 +122,7 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = r.register(Box::new(pc));
         }
-        Metrics {
+        let m = Metrics {
             connections_accepted: counter(
                 &r,
                 "typha_connections_accepted",
@@ -169,10 +191,10 @@ impl Metrics {
                 "Time to encode (and compress) one snapshot.",
                 latency_buckets(),
             ),
-            client_snapshot_send_secs: histogram(
+            client_snapshot_send_secs: histogram_per_syncer(
                 &r,
                 "typha_client_snapshot_send_secs",
-                "Time from the end of the handshake to the last snapshot byte written.",
+                "Time from the end of the handshake to the last snapshot byte written, by syncer type.",
                 latency_buckets(),
             ),
             bytes_written: counter(
@@ -196,16 +218,16 @@ impl Metrics {
                 "Time from an update reaching the daemon to its frame being written to a client.",
                 latency_buckets(),
             ),
-            client_write_latency_secs: histogram(
+            client_write_latency_secs: histogram_per_syncer(
                 &r,
                 "typha_client_write_latency_secs",
-                "Time from a frame being queued for a client to it being fully written.",
+                "Time from a frame being queued for a client to it being fully written, by syncer type.",
                 latency_buckets(),
             ),
-            ping_latency: histogram(
+            ping_latency: histogram_per_syncer(
                 &r,
                 "typha_ping_latency",
-                "Round trip from a ping being written to its pong being read.",
+                "Round trip from a ping being written to its pong being read, by syncer type.",
                 latency_buckets(),
             ),
             ring_batches: gauge(
@@ -239,20 +261,26 @@ impl Metrics {
                 "typha_batches_total",
                 "Delta batches handed to the reactor.",
             ),
-            kvs_per_msg: histogram(
+            breadcrumb_size: histogram(
+                &r,
+                "typha_breadcrumb_size",
+                "Updates per delta batch (all syncer types together).",
+                prometheus::exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
+            ),
+            kvs_per_msg: histogram_per_syncer(
                 &r,
                 "typha_kvs_per_msg",
-                "Updates per delta batch.",
+                "Updates per Updates message (one per batch that has any for the syncer type), by syncer type.",
                 prometheus::exponential_buckets(1.0, 2.0, 14).unwrap_or_default(),
             ),
             sequence: gauge(
                 &r,
-                "typha_sequence",
+                "typha_breadcrumb_seq_number",
                 "Sequence number of the newest delta batch.",
             ),
             keys: gauge_vec(
                 &r,
-                "typha_keys",
+                "typha_cache_size",
                 "Keys in the canonical map, by syncer type view.",
                 &["syncer"],
             ),
@@ -297,8 +325,44 @@ impl Metrics {
                 "1 while the API server does not serve a watched kind (CRD not installed).",
                 &["kind"],
             ),
+            datastore_contact_age_secs: {
+                let g = Gauge::new(
+                    "typha_datastore_contact_age_seconds",
+                    "Seconds since the datastore server last answered (0 for the sim datastore).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            datastore_in_sync: gauge(
+                &r,
+                "typha_datastore_in_sync",
+                "1 while in sync with the datastore, else 0.",
+            ),
             registry: r,
+        };
+        for t in SyncerType::ALL {
+            let l = [t.as_str()];
+            m.connections_by_syncer.with_label_values(&l);
+            m.snapshots_generated.with_label_values(&l);
+            m.snapshots_reused.with_label_values(&l);
+            m.keys.with_label_values(&l);
+            m.snapshot_raw_bytes.with_label_values(&l);
+            m.snapshot_wire_bytes.with_label_values(&l);
         }
+        m
+    }
+
+    /// Copies what the status board knows into the gauges that mirror it; called per scrape.
+    pub fn observe_status(&self, status: &crate::status::StatusBoard) {
+        self.datastore_contact_age_secs.set(
+            status
+                .datastore_unreachable_for()
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        self.datastore_in_sync.set(i64::from(
+            status.sync_status() == crate::model::SyncStatus::InSync,
+        ));
     }
 
     /// The Prometheus text exposition of every metric.

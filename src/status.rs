@@ -10,6 +10,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Blocks the calling thread if a test asked for a stall (one relaxed load otherwise).
+fn test_stall(ms: &AtomicU64) {
+    if ms.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let n = ms.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        std::thread::sleep(Duration::from_millis(n));
+    }
+}
+
+/// `12.3s`: whole tenths are enough for an operator reading a probe's answer.
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
 /// One syncer type's view at a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViewDigest {
@@ -38,6 +54,13 @@ pub struct StatusBoard {
     datastore_beat_ms: AtomicU64,
     reactor_stopped: AtomicBool,
     shutting_down: AtomicBool,
+    /// Milliseconds since `started` at the last successful contact with the datastore; only
+    /// meaningful once `datastore_contact_tracked` is set (by a driver that talks to a server).
+    datastore_contact_ms: AtomicU64,
+    datastore_contact_tracked: AtomicBool,
+    /// Test-only: milliseconds the named thread should block at its next heartbeat.
+    stall_reactor_ms: AtomicU64,
+    stall_datastore_ms: AtomicU64,
     connections: AtomicU64,
     max_connections: AtomicU64,
     digests: Mutex<VecDeque<DigestRecord>>,
@@ -58,6 +81,10 @@ impl StatusBoard {
             datastore_beat_ms: AtomicU64::new(0),
             reactor_stopped: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            datastore_contact_ms: AtomicU64::new(0),
+            datastore_contact_tracked: AtomicBool::new(false),
+            stall_reactor_ms: AtomicU64::new(0),
+            stall_datastore_ms: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             max_connections: AtomicU64::new(u64::MAX),
             digests: Mutex::new(VecDeque::with_capacity(DIGEST_HISTORY)),
@@ -81,10 +108,12 @@ impl StatusBoard {
     }
 
     pub fn reactor_beat(&self) {
+        test_stall(&self.stall_reactor_ms);
         self.reactor_beat_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn datastore_beat(&self) {
+        test_stall(&self.stall_datastore_ms);
         self.datastore_beat_ms
             .store(self.now_ms(), Ordering::Relaxed);
     }
@@ -107,20 +136,66 @@ impl StatusBoard {
         Duration::from_millis(self.now_ms().saturating_sub(beat.load(Ordering::Relaxed)))
     }
 
-    /// Live while both threads have made progress within `stall`.
-    pub fn liveness(&self, stall: Duration) -> Result<(), String> {
+    /// Turns on the datastore-reachability check of [`StatusBoard::liveness`]: a driver that
+    /// talks to a server calls this once, then [`StatusBoard::datastore_contact`] on every
+    /// successful exchange. The clock starts now, so a server never reached counts too.
+    pub fn track_datastore_contact(&self) {
+        self.datastore_contact_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        self.datastore_contact_tracked
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// Records a successful exchange with the datastore.
+    pub fn datastore_contact(&self) {
+        self.datastore_contact_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the datastore has been unreachable (time since the last successful contact),
+    /// or `None` when no driver tracks it.
+    pub fn datastore_unreachable_for(&self) -> Option<Duration> {
+        self.datastore_contact_tracked
+            .load(Ordering::Relaxed)
+            .then(|| self.age(&self.datastore_contact_ms))
+    }
+
+    /// Live while both threads have made progress within `stall` and the datastore (where
+    /// tracked) has answered within `unreachable`. A replica that fails this cannot recover on
+    /// its own, so Kubernetes should restart it.
+    pub fn liveness(&self, stall: Duration, unreachable: Duration) -> Result<(), String> {
         if self.reactor_stopped.load(Ordering::Relaxed) {
             return Err("reactor stopped".into());
         }
         let r = self.age(&self.reactor_beat_ms);
         if r > stall {
-            return Err(format!("reactor made no progress for {r:?}"));
+            return Err(format!("reactor stalled for {}", secs(r)));
         }
         let d = self.age(&self.datastore_beat_ms);
         if d > stall {
-            return Err(format!("datastore thread made no progress for {d:?}"));
+            return Err(format!("datastore thread stalled for {}", secs(d)));
+        }
+        if let Some(u) = self.datastore_unreachable_for() {
+            if u > unreachable {
+                return Err(format!("datastore unreachable for {}", secs(u)));
+            }
         }
         Ok(())
+    }
+
+    /// Test-only: makes the reactor thread block for `d` at its next heartbeat, so tests can
+    /// check that a stuck thread fails `/liveness`.
+    #[doc(hidden)]
+    pub fn stall_reactor_for_test(&self, d: Duration) {
+        self.stall_reactor_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Test-only: as [`StatusBoard::stall_reactor_for_test`], for the datastore thread.
+    #[doc(hidden)]
+    pub fn stall_datastore_for_test(&self, d: Duration) {
+        self.stall_datastore_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Ready while in sync with the datastore and below the connection limit.

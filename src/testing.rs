@@ -86,7 +86,12 @@ impl Drop for ApiServer {
 /// A daemon on 127.0.0.1 (ephemeral port, no HTTP listeners) watching the API server of
 /// `kubeconfig`, with a fast timer and missing-kind retry for tests.
 pub fn start_kubernetes_daemon(kubeconfig: &Path) -> Result<Daemon, String> {
-    Daemon::start(DaemonConfig {
+    Daemon::start(kubernetes_daemon_config(kubeconfig)).map_err(|e| e.to_string())
+}
+
+/// The configuration [`start_kubernetes_daemon`] uses, for tests that change a setting first.
+pub fn kubernetes_daemon_config(kubeconfig: &Path) -> DaemonConfig {
+    DaemonConfig {
         server: ServerConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tick: Duration::from_millis(20),
@@ -103,10 +108,10 @@ pub fn start_kubernetes_daemon(kubeconfig: &Path) -> Result<Daemon, String> {
             health_listen: None,
             metrics_listen: None,
             liveness_stall: Duration::from_secs(30),
+            datastore_unreachable: Duration::from_secs(300),
         },
         batch_channel_capacity: 1024,
-    })
-    .map_err(|e| e.to_string())
+    }
 }
 
 /// Waits (at most `timeout`) until the daemon is ready: in sync with the datastore.

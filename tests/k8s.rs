@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use typha::client::{BlockingClient, ClientOptions};
 use typha::daemon::Daemon;
 use typha::model::{Digest, SyncerType};
-use typha::testing::{start_kubernetes_daemon, wait_ready, ApiServer};
+use typha::testing::{kubernetes_daemon_config, start_kubernetes_daemon, wait_ready, ApiServer};
 
 /// A real API server for one test (panics with the script's output if it cannot start).
 fn apiserver(name: &str) -> ApiServer {
@@ -431,6 +431,69 @@ fn unreachable_api_server_at_start_is_retried_and_clients_wait() {
         .get("/calico/v1/policy/profile/kns.default/rules")
         .is_some());
     drop(c);
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn liveness_fails_while_the_api_server_is_unreachable_and_recovers() {
+    use typha::datastore::DriverConfig;
+    use typha::http::http_get;
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    const PROBE: Duration = Duration::from_millis(250);
+    let t = Duration::from_secs(5);
+    let api = apiserver("liveness");
+    let mut cfg = kubernetes_daemon_config(&api.kubeconfig());
+    cfg.datastore.health_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.datastore.datastore_unreachable = TIMEOUT;
+    if let DriverConfig::Kubernetes(k) = &mut cfg.datastore.driver {
+        k.probe_interval = PROBE;
+    }
+    let daemon = Daemon::start(cfg).unwrap();
+    wait_in_sync(&daemon);
+    let health = daemon.health_addr.unwrap();
+    // Longer than the timeout with every watch quiet: the version probe alone keeps it live.
+    let quiet_until = Instant::now() + TIMEOUT + Duration::from_secs(2);
+    while Instant::now() < quiet_until {
+        assert_eq!(
+            http_get(health, "/liveness", t).unwrap(),
+            (200, "ok".into())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let pid: i32 = api.env["APISERVER_PID"].parse().unwrap();
+    // SAFETY: signalling the API server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let down_at = Instant::now();
+    let body = loop {
+        let (code, body) = http_get(health, "/liveness", t).unwrap();
+        if code == 503 {
+            break body;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            down_at.elapsed() < Duration::from_secs(30),
+            "/liveness still 200 long after the API server went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = down_at.elapsed();
+    assert!(body.starts_with("datastore unreachable for "), "{body}");
+    assert!(
+        took + PROBE >= TIMEOUT,
+        "failed after {took:?}, before the {TIMEOUT:?} timeout"
+    );
+    daemon.metrics.observe_status(&daemon.status);
+    assert!(daemon.metrics.datastore_contact_age_secs.get() > TIMEOUT.as_secs_f64());
+    // Readiness is about the data: the replica still serves its last in-sync state.
+    assert!(daemon.status.readiness().is_ok());
+
+    api.run_ok("restart-apiserver");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(health, "/liveness", t).unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "/liveness did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     daemon.stop().unwrap();
 }
 

@@ -310,7 +310,17 @@ impl<S: BatchSink> Batcher<S> {
                 self.last_part_seq[t.index()] = seq;
             }
         }
-        self.metrics.kvs_per_msg.observe(self.pending.len() as f64);
+        self.metrics
+            .breadcrumb_size
+            .observe(self.pending.len() as f64);
+        for t in SyncerType::ALL {
+            if let Some(p) = batch.parts[t.index()]
+                .as_ref()
+                .filter(|p| p.update_count > 0)
+            {
+                self.metrics.kvs_per_msg[t.index()].observe(p.update_count as f64);
+            }
+        }
         self.metrics.batches_sent.inc();
         self.metrics.sequence.set(seq as i64);
         for t in SyncerType::ALL {

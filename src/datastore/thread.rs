@@ -1,9 +1,10 @@
-//! The datastore thread: a current-thread tokio runtime running the datastore driver, the
-//! batcher loop and the HTTP listeners.
+//! The datastore thread: a current-thread tokio runtime running the datastore driver and the
+//! batcher loop. The HTTP listeners get a thread (and runtime) of their own, so that `/liveness`
+//! can still answer, with the reason, while the datastore thread is stuck.
 
 use super::batcher::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
 use super::{k8s, sim, BatchMessage, DriverEvent};
-use crate::http::{self, HttpContext};
+use crate::http::{self, Endpoints, HttpContext};
 use crate::metrics::Metrics;
 use crate::proto::encode::EncodeOptions;
 use crate::status::StatusBoard;
@@ -27,17 +28,20 @@ pub struct DatastoreThreadConfig {
     pub driver: DriverConfig,
     pub limits: BatchLimits,
     pub encode: EncodeOptions,
-    /// Where to serve `/liveness` and `/readiness` (and everything else); `None` disables.
+    /// Where to serve `/liveness` and `/readiness`; `None` disables.
     pub health_listen: Option<SocketAddr>,
-    /// Where to serve `/metrics` and `/digest` (and everything else); `None` disables.
+    /// Where to serve `/metrics` and `/digest`; `None` disables.
     pub metrics_listen: Option<SocketAddr>,
     /// A thread that has not made progress for this long fails `/liveness`.
     pub liveness_stall: Duration,
+    /// A datastore server (Kubernetes) unreachable for this long fails `/liveness`.
+    pub datastore_unreachable: Duration,
 }
 
 /// The running datastore thread.
 pub struct DatastoreHandle {
     thread: Option<JoinHandle<()>>,
+    http_thread: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     pub health_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
@@ -45,18 +49,18 @@ pub struct DatastoreHandle {
 
 impl DatastoreHandle {
     /// Stops the driver and the listeners and waits for the thread.
-    pub fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        // Drop does it all.
     }
 }
 
 impl Drop for DatastoreHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
+        for t in [self.thread.take(), self.http_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -88,31 +92,55 @@ pub fn spawn_datastore_thread(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let http_thread = if health.is_some() || metrics_l.is_some() {
+        let http_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let ctx = Arc::new(HttpContext {
+            metrics: metrics.clone(),
+            status: board.clone(),
+            liveness_stall: cfg.liveness_stall,
+            datastore_unreachable: cfg.datastore_unreachable,
+        });
+        let mut stop = stop_rx.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("typha-http".into())
+                .spawn(move || {
+                    http_runtime.block_on(async move {
+                        for (l, which) in
+                            [(health, Endpoints::Health), (metrics_l, Endpoints::Metrics)]
+                        {
+                            let Some(l) = l else { continue };
+                            match tokio::net::TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    tokio::spawn(http::serve(l, ctx.clone(), which));
+                                }
+                                Err(e) => error!(error = %e, "cannot serve HTTP"),
+                            }
+                        }
+                        let _ = stop.wait_for(|s| *s).await;
+                    });
+                })?,
+        )
+    } else {
+        None
+    };
+    let beat_every =
+        (cfg.liveness_stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let thread = std::thread::Builder::new()
         .name("typha-datastore".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let ctx = Arc::new(HttpContext {
-                    metrics: metrics.clone(),
-                    status: board.clone(),
-                    liveness_stall: cfg.liveness_stall,
-                });
-                for l in [health, metrics_l].into_iter().flatten() {
-                    match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => {
-                            tokio::spawn(http::serve(l, ctx.clone()));
-                        }
-                        Err(e) => error!(error = %e, "cannot serve HTTP"),
-                    }
-                }
                 let sink = ReactorSink { tx, waker };
                 let batcher =
                     Batcher::new(cfg.limits, cfg.encode, sink, metrics.clone(), board.clone());
-                run_pipeline(cfg.driver, batcher, board, metrics, stop_rx).await;
+                run_pipeline(cfg.driver, batcher, board, metrics, stop_rx, beat_every).await;
             });
         })?;
     Ok(DatastoreHandle {
         thread: Some(thread),
+        http_thread,
         stop: stop_tx,
         health_addr,
         metrics_addr,
@@ -126,6 +154,7 @@ async fn run_pipeline(
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    beat_every: Duration,
 ) {
     let (dtx, mut drx) = mpsc::channel::<DriverEvent>(64);
     let driver_task = match driver {
@@ -140,10 +169,10 @@ async fn run_pipeline(
         }
         DriverConfig::Kubernetes(c) => {
             info!(kubeconfig = ?c.kubeconfig, "starting the Kubernetes datastore");
-            tokio::spawn(k8s::run(c, dtx, metrics))
+            tokio::spawn(k8s::run(c, dtx, metrics, board.clone()))
         }
     };
-    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    let mut beat = tokio::time::interval(beat_every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While the reactor's channel is full, retry on this timer rather than spinning.
     let retry = Duration::from_millis(2);

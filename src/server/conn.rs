@@ -227,7 +227,7 @@ impl Outbox {
                 return false;
             }
             n -= rest;
-            snapshot_done |= complete(f.done, metrics, t);
+            snapshot_done |= complete(f.done, self.syncer, metrics, t);
             self.in_flight = None;
         }
         while n > 0 {
@@ -292,7 +292,7 @@ impl Outbox {
                     break;
                 }
                 n -= b.len();
-                complete(done, metrics, t);
+                complete(done, self.syncer, metrics, t);
             }
             self.next_seq = Some(next_seq);
         }
@@ -313,7 +313,7 @@ impl Outbox {
     }
 }
 
-fn complete(done: Completion, metrics: &Metrics, t: WriteTime) -> bool {
+fn complete(done: Completion, syncer: SyncerType, metrics: &Metrics, t: WriteTime) -> bool {
     match done {
         Completion::None => false,
         Completion::SnapshotEnd => true,
@@ -324,8 +324,7 @@ fn complete(done: Completion, metrics: &Metrics, t: WriteTime) -> bool {
             metrics.frames_written.inc();
             let lag = t.unix_nanos.saturating_sub(received_at);
             metrics.fanout_latency_secs.observe(lag as f64 / 1e9);
-            metrics
-                .client_write_latency_secs
+            metrics.client_write_latency_secs[syncer.index()]
                 .observe(t.at.saturating_duration_since(arrived).as_secs_f64());
             false
         }

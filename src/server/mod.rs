@@ -83,6 +83,15 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Longest gap between two shutdown drops.
     pub shutdown_drop_interval_max: Duration,
+    /// TCP keepalive on client sockets: idle time, probe interval and probe count. With the
+    /// user timeout below, they make the kernel notice a peer whose path vanished without a
+    /// FIN or RST even while the reactor has nothing to send.
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: how long written data may stay unacknowledged before the kernel
+    /// fails the socket; `None` leaves the kernel's default (about 15 minutes of retries).
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +119,10 @@ impl Default for ServerConfig {
             // Embedded servers (tests) stop at once; the daemon's flag defaults to Typha's 300 s.
             shutdown_timeout: Duration::ZERO,
             shutdown_drop_interval_max: Duration::from_secs(1),
+            keepalive_idle: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_count: 3,
+            tcp_user_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -144,7 +157,34 @@ enum DropReason {
     HandshakeTimeout,
     PongTimeout,
     WriteTimeout,
+    /// The kernel gave up on the peer: keepalive probes or TCP_USER_TIMEOUT expired.
+    TcpTimeout,
     IoError,
+}
+
+impl DropReason {
+    /// Every reason, so each series exists (at zero) from the first scrape and `rate()` works.
+    const ALL: [DropReason; 11] = [
+        DropReason::Goodbye(GoodbyeReason::Shutdown),
+        DropReason::Goodbye(GoodbyeReason::Rebalancing),
+        DropReason::Goodbye(GoodbyeReason::TooSlow),
+        DropReason::Goodbye(GoodbyeReason::ProtocolError),
+        DropReason::Goodbye(GoodbyeReason::ServerFull),
+        DropReason::Goodbye(GoodbyeReason::UnsupportedVersion),
+        DropReason::HandshakeTimeout,
+        DropReason::PongTimeout,
+        DropReason::WriteTimeout,
+        DropReason::TcpTimeout,
+        DropReason::IoError,
+    ];
+
+    fn for_io_error(e: &io::Error) -> DropReason {
+        if e.kind() == io::ErrorKind::TimedOut {
+            DropReason::TcpTimeout
+        } else {
+            DropReason::IoError
+        }
+    }
 }
 
 impl DropReason {
@@ -154,6 +194,7 @@ impl DropReason {
             DropReason::HandshakeTimeout => "handshake-timeout",
             DropReason::PongTimeout => "pong-timeout",
             DropReason::WriteTimeout => "write-timeout",
+            DropReason::TcpTimeout => "tcp-timeout",
             DropReason::IoError => "io-error",
         }
     }
@@ -216,21 +257,26 @@ fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-fn configure_client_socket(stream: &TcpStream, cfg: &ServerConfig) {
+/// Sets the options every accepted client socket gets. Failures are logged and otherwise
+/// ignored: the connection still works, and the pong timeout still catches a dead peer.
+pub fn configure_client_socket<S: std::os::fd::AsFd>(stream: &S, cfg: &ServerConfig) {
     use socket2::{SockRef, TcpKeepalive};
     let sock = SockRef::from(stream);
-    let _ = sock.set_tcp_nodelay(true);
+    if let Err(e) = sock.set_tcp_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
+    }
     let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
+        .with_time(cfg.keepalive_idle)
+        .with_interval(cfg.keepalive_interval);
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let ka = ka.with_retries(3);
-    let _ = sock.set_tcp_keepalive(&ka);
-    // Unacknowledged data older than the write timeout means the peer is gone.
+    let ka = ka.with_retries(cfg.keepalive_count);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        debug!(error = %e, "cannot set TCP keepalive");
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = sock.set_tcp_user_timeout(Some(cfg.write_timeout));
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = cfg;
+    if let Err(e) = sock.set_tcp_user_timeout(cfg.tcp_user_timeout) {
+        debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
 }
 
 impl Server {
@@ -259,6 +305,11 @@ impl Server {
         )?;
         board.set_connections(0, cfg.max_connections);
         board.reactor_beat();
+        for d in DropReason::ALL {
+            metrics
+                .connections_dropped_by_reason
+                .with_label_values(&[d.label()]);
+        }
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -507,7 +558,7 @@ impl Server {
                     info!(peer = %c.peer, error = %e, "read failed; closing connection");
                 }
             }
-            self.close_now(slot, Some(DropReason::IoError));
+            self.close_now(slot, Some(DropReason::for_io_error(&e)));
         } else if eof {
             if let Some(c) = self.conns.get(slot) {
                 let buffered = c.decoder.buffered();
@@ -558,8 +609,7 @@ impl Server {
                 }
                 c.last_pong = now;
                 if let Some((_, sent)) = self.recent_pings.iter().find(|(p, _)| *p == id) {
-                    self.metrics
-                        .ping_latency
+                    self.metrics.ping_latency[c.out.syncer.index()]
                         .observe(now.duration_since(*sent).as_secs_f64());
                 }
             }
@@ -806,8 +856,7 @@ impl Server {
                     ) {
                         c.phase = Phase::Streaming;
                         if let Some(t) = c.handshake_done_at {
-                            self.metrics
-                                .client_snapshot_send_secs
+                            self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
                                 .observe(now.duration_since(t).as_secs_f64());
                         }
                     }
@@ -823,7 +872,7 @@ impl Server {
                 Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Some(Err(e)) => {
                     debug!(peer = %c.peer, error = %e, "write failed");
-                    self.close_now(slot, Some(DropReason::IoError));
+                    self.close_now(slot, Some(DropReason::for_io_error(&e)));
                     return;
                 }
             }
@@ -1243,4 +1292,44 @@ fn decode_payload(payload: &[u8]) -> Result<ClientMessage, (GoodbyeReason, Strin
         ),
         _ => (GoodbyeReason::ProtocolError, e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn client_sockets_get_keepalive_and_user_timeout() {
+        use socket2::SockRef;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let cfg = ServerConfig {
+            keepalive_idle: Duration::from_secs(7),
+            keepalive_interval: Duration::from_secs(3),
+            keepalive_count: 4,
+            tcp_user_timeout: Some(Duration::from_millis(2500)),
+            ..ServerConfig::default()
+        };
+        configure_client_socket(&accepted, &cfg);
+        let s = SockRef::from(&accepted);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            s.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert!(s.tcp_nodelay().unwrap());
+        configure_client_socket(
+            &accepted,
+            &ServerConfig {
+                tcp_user_timeout: None,
+                ..cfg
+            },
+        );
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
+    }
 }

@@ -4,6 +4,7 @@ use super::translate::{self, TranslateFn};
 use crate::datastore::{DriverEvent, DriverSender};
 use crate::metrics::Metrics;
 use crate::model::{entry_hash, KvUpdate, SyncStatus};
+use crate::status::StatusBoard;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
@@ -27,6 +28,9 @@ pub struct KubernetesConfig {
     pub page_size: u32,
     /// Count replicas and nodes for connection rebalancing (Kubernetes rebalancing mode).
     pub rebalance: Option<crate::rebalance::RebalanceConfig>,
+    /// How often the API server is asked for its version, so that `/liveness` knows it is
+    /// reachable even while every watch is quiet.
+    pub probe_interval: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -36,6 +40,7 @@ impl Default for KubernetesConfig {
             missing_api_retry: Duration::from_secs(30 * 60),
             page_size: 500,
             rebalance: None,
+            probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -329,8 +334,50 @@ async fn connect(cfg: &KubernetesConfig) -> Result<Client, String> {
     Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
 }
 
+/// Asks the API server for its version every `cfg.probe_interval`, recording each answer as
+/// contact. Watch events count as contact too, but a healthy cluster can be quiet for hours,
+/// and a watch that reconnected without news says nothing either way.
+async fn probe_reachability(client: Client, every: Duration, board: Arc<StatusBoard>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        // A black-holed server never answers; the next probe is due anyway.
+        match tokio::time::timeout(
+            every.max(Duration::from_secs(1)),
+            client.apiserver_version(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                board.datastore_contact();
+                if std::mem::take(&mut failing) {
+                    info!("API server reachable again");
+                }
+            }
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!(error = %e, "API server unreachable");
+                }
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut failing, true) {
+                    warn!("API server did not answer a version request in time");
+                }
+            }
+        }
+    }
+}
+
 /// Runs the driver until `tx` closes.
-pub async fn run(cfg: KubernetesConfig, tx: DriverSender, metrics: Arc<Metrics>) {
+pub async fn run(
+    cfg: KubernetesConfig,
+    tx: DriverSender,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+) {
+    board.track_datastore_contact();
     if tx
         .send(DriverEvent::Status(SyncStatus::WaitingForDatastore))
         .await
@@ -362,7 +409,22 @@ pub async fn run(cfg: KubernetesConfig, tx: DriverSender, metrics: Arc<Metrics>)
     if let Some(r) = cfg.rebalance.clone() {
         tokio::spawn(super::replicas::run(client.clone(), r, metrics.clone()));
     }
+    let prober = tokio::spawn(probe_reachability(
+        client.clone(),
+        cfg.probe_interval.max(Duration::from_millis(10)),
+        board.clone(),
+    ));
     let kinds = watched_kinds();
+    // Every kind's series exists (at zero) from the first scrape, so `rate()` and alerts work.
+    for spec in &kinds {
+        let l = [spec.name];
+        metrics.datastore_events.with_label_values(&l);
+        metrics.datastore_updates_emitted.with_label_values(&l);
+        metrics.datastore_translate_errors.with_label_values(&l);
+        metrics.datastore_errors.with_label_values(&l);
+        metrics.datastore_watch_restarts.with_label_values(&l);
+        metrics.datastore_kind_absent.with_label_values(&l);
+    }
     let tracker: Tracker = Arc::new(Mutex::new(SyncTracker {
         pending: kinds.iter().map(|k| k.name).collect(),
         status: SyncStatus::WaitingForDatastore,
@@ -376,11 +438,13 @@ pub async fn run(cfg: KubernetesConfig, tx: DriverSender, metrics: Arc<Metrics>)
             tx.clone(),
             tracker.clone(),
             metrics.clone(),
+            board.clone(),
         )));
     }
     for t in tasks {
         let _ = t.await;
     }
+    prober.abort();
 }
 
 /// What one object yielded last: each key with the hash of its value.
@@ -472,6 +536,7 @@ async fn watch_kind(
     tx: DriverSender,
     tracker: Tracker,
     metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
 ) {
     let mut state = KindState {
         spec,
@@ -527,6 +592,9 @@ async fn watch_kind(
             _ = tx.closed() => return,
         };
         let Some(ev) = ev else { return };
+        if ev.is_ok() {
+            board.datastore_contact();
+        }
         let updates = match ev {
             Ok(Event::Init) => {
                 if listed_once {
