@@ -289,7 +289,10 @@ impl ApiwatchReport {
             None => o.push_str("API server CPU: not measured (no --apiserver-pid)\n"),
         }
         if let (Some(s), Some(e)) = (self.apiserver_rss_start_kib, self.apiserver_rss_end_kib) {
-            let _ = write!(o, "API server RSS: {s} KiB before the watches, {e} KiB at the end");
+            let _ = write!(
+                o,
+                "API server RSS: {s} KiB before the watches, {e} KiB at the end"
+            );
             if let Some(p) = self.rss_per_watcher_kib() {
                 let _ = write!(o, " ({p:.1} KiB per watcher)");
             }
@@ -313,12 +316,7 @@ fn unix_nanos() -> u64 {
 
 /// The stamp label of a pod, if it has a valid one.
 pub fn pod_stamp(pod: &Pod) -> Option<u64> {
-    pod.metadata
-        .labels
-        .as_ref()?
-        .get(STAMP_LABEL)?
-        .parse()
-        .ok()
+    pod.metadata.labels.as_ref()?.get(STAMP_LABEL)?.parse().ok()
 }
 
 /// Counts and latencies the watchers share.
@@ -457,7 +455,10 @@ async fn load_config(path: &Path) -> anyhow::Result<kube::Config> {
             .await?;
     let url = cfg.cluster_url.to_string();
     if !is_loopback_url(&url) {
-        anyhow::bail!("--kubeconfig {}: {server} is not on loopback", path.display());
+        anyhow::bail!(
+            "--kubeconfig {}: {server} is not on loopback",
+            path.display()
+        );
     }
     // Loopback only: never through a proxy.
     cfg.proxy_url = None;
@@ -560,10 +561,7 @@ pub fn connections_to_port(port: u16) -> Option<usize> {
     for e in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         if let Ok(target) = std::fs::read_link(e.path()) {
             let t = target.to_string_lossy();
-            if let Some(n) = t
-                .strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-            {
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
                 inodes.insert(n.to_owned());
             }
         }

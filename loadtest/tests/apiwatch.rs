@@ -16,7 +16,11 @@ fn apiwatch(args: &[&str]) -> (Option<i32>, Value, String) {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    (out.status.code(), v, format!("stdout: {stdout}\nstderr: {stderr}"))
+    (
+        out.status.code(),
+        v,
+        format!("stdout: {stdout}\nstderr: {stderr}"),
+    )
 }
 
 #[test]
@@ -58,7 +62,10 @@ fn direct_watchers_each_get_every_write_on_their_own_connection() {
     let cpu = r["apiserver_cpu_secs"].as_f64().expect("API server CPU");
     assert!(cpu > 0.0, "{r}");
     assert!(r["cpu_us_per_delivery"].as_f64().unwrap() > 0.0);
-    assert!(r["apiserver_rss_start_kib"].as_u64().unwrap() > 10_000, "{r}");
+    assert!(
+        r["apiserver_rss_start_kib"].as_u64().unwrap() > 10_000,
+        "{r}"
+    );
     assert!(r["rss_per_watcher_kib"].is_number(), "{r}");
 
     // The writer alone (the configuration with a typha daemon as the only watcher).
