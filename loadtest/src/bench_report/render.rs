@@ -412,6 +412,17 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
          from docs/benchmarks/results.json; edit docs/benchmarks/preamble.md or the generator, \
          not this text. -->\n\n",
     );
+    if all.is_empty() {
+        md.push_str(
+            "No cells recorded: the matrix has not been run on this tree yet. Run `make \
+             bench-report` (about 20 minutes) to measure and write this section.\n",
+        );
+        return Ok(Rendered {
+            markdown: md,
+            plots,
+            failed_cells: 0,
+        });
+    }
     let matrix = st(results, "/matrix").unwrap_or("?");
     let _ = writeln!(
         md,
@@ -435,9 +446,6 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
     );
 
     let failed: Vec<&Value> = all.iter().copied().filter(|c| status(c) != "ok").collect();
-    if all.is_empty() {
-        md.push_str("No cells recorded: run `make bench-report`.\n");
-    }
     if !failed.is_empty() {
         md.push_str("### Cells without a passing result\n\n");
         md.push_str("| cell | status | what happened |\n|---|---|---|\n");
@@ -540,11 +548,7 @@ fn check(ok: Option<bool>) -> Verdict {
 }
 
 /// The row of `rows` with the largest N among those `pick` accepts.
-fn largest<'r, T>(
-    rows: &'r [T],
-    n: impl Fn(&T) -> f64,
-    pick: impl Fn(&T) -> bool,
-) -> Option<&'r T> {
+fn largest<T>(rows: &[T], n: impl Fn(&T) -> f64, pick: impl Fn(&T) -> bool) -> Option<&T> {
     rows.iter()
         .filter(|r| pick(r))
         .max_by(|a, b| n(a).total_cmp(&n(b)))
