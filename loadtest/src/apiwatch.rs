@@ -682,7 +682,28 @@ async fn run_async(cfg: ApiwatchConfig) -> anyhow::Result<ApiwatchReport> {
     shared.window_start.store(unix_nanos(), Ordering::Release);
     let until = tokio::time::Instant::now() + cfg.duration;
     let (writes, write_errors) = if writing {
-        write_stamps(control.clone(), &cfg, until).await
+        // The writer runs on its own thread and runtime, so thousands of busy watchers cannot
+        // delay the writes (a real writer is another process).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (wcfg, kc, deadline) = (cfg.clone(), kcfg.clone(), until.into_std());
+        std::thread::Builder::new()
+            .name("apiwatch-writer".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| {
+                        rt.block_on(async {
+                            let client = connect(&kc).await?;
+                            let until = tokio::time::Instant::from_std(deadline);
+                            Ok(write_stamps(client, &wcfg, until).await)
+                        })
+                    });
+                let _ = tx.send(result);
+            })?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the writer thread ended without a result"))??
     } else {
         tokio::time::sleep_until(until).await;
         (0, 0)
