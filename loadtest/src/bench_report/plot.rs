@@ -14,6 +14,39 @@ const FONT: &str = "sans-serif";
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 560;
 const CAPTION_LINE: u32 = 17;
+/// Characters of caption text that fit on one line of the plot's width.
+const CAPTION_CHARS: usize = 150;
+const CAPTION_MAX_LINES: usize = 5;
+
+/// Breaks each line at spaces into lines of at most `width` characters; at most `max` lines,
+/// the last ending in "…" when text was left out.
+pub fn wrap(lines: &[String], width: usize, max: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in lines {
+        let mut cur = String::new();
+        for word in line.split(' ') {
+            if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+        out.push(cur);
+    }
+    let max = max.max(1);
+    if out.len() > max {
+        // Keep the last line (the machine) and cut the cells.
+        let last = out.pop().unwrap_or_default();
+        out.truncate(max - 1);
+        if let Some(l) = out.last_mut() {
+            l.push_str(" …");
+        }
+        out.push(last);
+    }
+    out
+}
 
 /// A line per series over N.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,11 +148,15 @@ pub fn tick(v: f64) -> String {
 pub fn draw(spec: &PlotSpec, path: &Path) -> Result<(), String> {
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let caption = match spec {
-        PlotSpec::Lines(l) => &l.caption,
-        PlotSpec::Bars(b) => &b.caption,
-        PlotSpec::Pair(_, _, c) => c,
-    };
+    let caption = wrap(
+        match spec {
+            PlotSpec::Lines(l) => &l.caption,
+            PlotSpec::Bars(b) => &b.caption,
+            PlotSpec::Pair(_, _, c) => c,
+        },
+        CAPTION_CHARS,
+        CAPTION_MAX_LINES,
+    );
     let foot_h = CAPTION_LINE * caption.len() as u32 + if caption.is_empty() { 0 } else { 8 };
     let (body, foot) = root.split_vertically(HEIGHT - foot_h);
     match spec {
@@ -355,6 +392,13 @@ mod tests {
 
     #[test]
     fn ticks() {
+        let caption = vec!["cells: a, bb, cc, dd".to_owned(), "machine".to_owned()];
+        assert_eq!(
+            wrap(&caption, 9, 5),
+            ["cells: a,", "bb, cc,", "dd", "machine"]
+        );
+        assert_eq!(wrap(&caption, 9, 3), ["cells: a,", "bb, cc, …", "machine"]);
+        assert_eq!(wrap(&caption, 100, 3), caption);
         assert_eq!(tick(0.0), "0");
         assert_eq!(tick(0.123), "0.12");
         assert_eq!(tick(3.0), "3");

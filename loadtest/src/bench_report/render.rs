@@ -222,7 +222,7 @@ fn api_row(c: &Value) -> Option<ApiRow<'_>> {
             None => (
                 pct(&r["lag"], "p50"),
                 pct(&r["lag"], "p99"),
-                "frame lag (no stamp latency in the run's JSON)",
+                "frame lag: the run reported no stamp latency",
                 cpu,
             ),
         }
