@@ -223,3 +223,80 @@ fn a_cell_whose_binary_is_missing_is_recorded_as_failed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One real cell end to end: the runner starts the test API server, runs `apiwatch`, records
+/// its JSON with the commands, stops the server and renders the API server section.
+#[test]
+fn an_apiserver_cell_runs_end_to_end() {
+    let dir = tmp("apicell");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let repo_root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let results = dir.join("results.json");
+    let o = bench_report(&[
+        "--quick",
+        "--cells",
+        "apiserver-direct",
+        "--bin-dir",
+        bin_dir.to_str().unwrap(),
+        "--repo-root",
+        repo_root,
+        "--results",
+        results.to_str().unwrap(),
+        "--out",
+        dir.join("report.md").to_str().unwrap(),
+        "--plots-dir",
+        dir.join("plots").to_str().unwrap(),
+        "--preamble",
+        PREAMBLE,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert!(r["finished_at_unix"].as_u64() >= r["started_at_unix"].as_u64());
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 1, "{r}");
+    let c = &cells[0];
+    assert_eq!(c["id"], "apiserver-direct-n20");
+    assert_eq!(c["status"], "ok", "{c}");
+    let cmds: Vec<&str> = c["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(cmds[0].contains("test-apiserver.sh start "), "{cmds:?}");
+    assert!(
+        cmds.last().unwrap().contains("apiwatch --kubeconfig")
+            && cmds.last().unwrap().contains("--watchers 20"),
+        "{cmds:?}"
+    );
+    let w = &c["results"]["apiwatch"];
+    assert_eq!(w["passed"], true, "{w}");
+    assert_eq!(w["watchers_open"], 20, "{w}");
+    let writes = w["writes"].as_u64().unwrap();
+    assert!(
+        writes > 0 && w["delivered"].as_u64() == Some(20 * writes),
+        "{w}"
+    );
+    assert!(w["apiserver_cpu_secs"].as_f64().unwrap() > 0.0, "{w}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "| [apiserver-direct-n20](#cell-apiserver-direct-n20) | direct watchers | 20 |"
+        ),
+        "{md}"
+    );
+    assert!(!md.contains("### Cells without a passing result"), "{md}");
+    let (w, h, _) = png_info(&dir.join("plots/apiserver.png"));
+    assert_eq!((w, h), (1000, 560));
+    // The API server was stopped: its directory (named after the runner's pid) is gone.
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("typha-bench-apiserver-") && cmds[0].contains(&format!("/{name}"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
