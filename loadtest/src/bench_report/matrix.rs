@@ -146,14 +146,19 @@ fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
 }
 
 /// The full matrix: about 14 minutes of measurement plus start-up, within 20 minutes on a
-/// 2-core machine. Durations: fan-out 20 s, 100k-key snapshot 25 s, storms 30 s, idle 15 s,
+/// 2-core machine. Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
 /// pub/sub 15 s, API server cells 20 s of writes.
 pub fn full() -> Vec<Cell> {
     let mut v = Vec::new();
     for churn in [100.0, 1000.0] {
         for n in [100, 1000, 5000, 10_000] {
-            let ramp = if n > 1000 { 2000.0 } else { 1000.0 };
-            v.push(run_cell(RunGroup::Fanout, n, churn, 10_000, ramp, 20.0));
+            // Above 1,000 clients the ramp and the snapshots take longer: 10 s more.
+            let (ramp, d) = if n > 1000 {
+                (2000.0, 30.0)
+            } else {
+                (1000.0, 20.0)
+            };
+            v.push(run_cell(RunGroup::Fanout, n, churn, 10_000, ramp, d));
         }
     }
     for n in [100, 1000] {

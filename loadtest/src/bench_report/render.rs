@@ -189,6 +189,8 @@ struct ApiRow<'a> {
     latency_source: &'static str,
     rss_per_watcher_kib: Option<f64>,
     typha_cpu_us: Option<f64>,
+    /// The typha daemon's CPU over its whole run as a fraction of one core.
+    typha_cores: Option<f64>,
 }
 
 fn api_row(c: &Value) -> Option<ApiRow<'_>> {
@@ -203,6 +205,17 @@ fn api_row(c: &Value) -> Option<ApiRow<'_>> {
         (Some(cpu), Some(win)) if win > 0.0 => Some(cpu / win),
         _ => None,
     };
+    let r = c
+        .pointer("/results/run")
+        .filter(|r| r.is_object())
+        .unwrap_or(&empty);
+    let typha_cores = match (
+        f(r, "/server/whole_run/server_cpu_secs"),
+        f(r, "/server/whole_run/secs"),
+    ) {
+        (Some(cpu), Some(secs)) if !direct && secs > 0.0 => Some(cpu / secs),
+        _ => None,
+    };
     let (p50, p99, latency_source, typha_cpu_us) = if direct {
         (
             pct(&w["latency_us"], "p50"),
@@ -211,10 +224,6 @@ fn api_row(c: &Value) -> Option<ApiRow<'_>> {
             None,
         )
     } else {
-        let r = c
-            .pointer("/results/run")
-            .filter(|r| r.is_object())
-            .unwrap_or(&empty);
         let cpu = f(r, "/server/steady_state/server_cpu_us_per_frame")
             .or_else(|| f(r, "/server/whole_run/server_cpu_us_per_frame"));
         match stamp_latency(r) {
@@ -238,6 +247,7 @@ fn api_row(c: &Value) -> Option<ApiRow<'_>> {
         latency_source,
         rss_per_watcher_kib: f(w, "/rss_per_watcher_kib"),
         typha_cpu_us,
+        typha_cores,
     })
 }
 
@@ -1091,11 +1101,11 @@ fn apiserver(
          is measured the same way. API server CPU is its CPU time over the window as a share of \
          one core.\n\n",
     );
-    md.push_str("| cell | setup | N | API server CPU (of a core) | API server CPU per delivery | latency p50 | latency p99 (source) | API server RSS per watcher | typha-rs CPU per delivery | result |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| cell | setup | N | API server CPU (of a core) | API server CPU per delivery | latency p50 | latency p99 (source) | API server RSS per watcher | typha-rs CPU (of a core) | typha-rs CPU per delivery | result |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             cell_link(r.cell),
             if r.direct {
                 "direct watchers"
@@ -1111,6 +1121,8 @@ fn apiserver(
             r.latency_source,
             r.rss_per_watcher_kib
                 .map_or(DASH.into(), |k| format!("{k:.1} KiB")),
+            r.typha_cores
+                .map_or(DASH.into(), |c| format!("{:.0}%", c * 100.0)),
             r.typha_cpu_us.map_or(DASH.into(), |c| format!("{c:.2} µs")),
             result_word(r.cell)
         );
