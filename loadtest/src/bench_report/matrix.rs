@@ -594,6 +594,14 @@ impl ApiServerProc {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut start_commands = Vec::new();
+        // It runs in its own session, so an interrupt of this process does not reach it.
+        eprintln!(
+            "typha-loadtest bench-report: starting the test API server in {}; if this run is \
+             interrupted, stop it with: bash {} stop {}",
+            dir.display(),
+            script.display(),
+            dir.display()
+        );
         for sub in ["install", "start", "crds"] {
             let mut argv = vec![s("bash"), script.display().to_string(), s(sub)];
             if sub != "install" {
