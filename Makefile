@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
 ARGS ?=
 
-.PHONY: run build test lint fmt bench bench-codecs doc clean deps apiserver image
+.PHONY: run build test lint fmt bench bench-codecs bench-report doc clean deps apiserver image
 
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
@@ -34,9 +34,23 @@ fmt:
 bench: deps
 	$(CARGO) bench --bench fanout
 
-## The codec comparison table of docs/benchmarks.md.
+## The codec comparison table of docs/benchmarks-codecs-and-micro.md.
 bench-codecs: deps
 	$(CARGO) run --release --example codecs
+
+# Options for `typha-loadtest bench-report`, e.g. BENCH_ARGS=--quick (the two-minute smoke matrix).
+BENCH_ARGS ?=
+BENCH_TARGET_DIR = $${CARGO_TARGET_DIR:-target}
+
+## The generated benchmark report docs/benchmarks.md (+ docs/benchmarks/results.json and *.png):
+## the load-test matrix against Redis, NATS, a bare writer and direct API-server watchers
+## (about 20 minutes on 2 cores).
+bench-report: deps apiserver
+	$(CARGO) build --release --workspace
+	@if [ -f scripts/install-bench-deps.sh ]; then bash scripts/install-bench-deps.sh; \
+	  else echo "scripts/install-bench-deps.sh missing: the redis and nats cells will fail"; fi
+	bash scripts/install-bench-fonts.sh
+	"$(BENCH_TARGET_DIR)/release/typha-loadtest" bench-report --repo-root . $(BENCH_ARGS)
 
 doc:
 	$(CARGO) doc --no-deps --workspace

@@ -1,4 +1,5 @@
-//! Criterion micro-benchmarks of the three hot paths, reported in `docs/benchmarks.md`:
+//! Criterion micro-benchmarks of the three hot paths, reported in
+//! `docs/benchmarks-codecs-and-micro.md`:
 //!
 //! * `encode_batch`: one syncer type's part of a 100-update churn batch, plain and with zstd;
 //! * `fanout/N`: the reactor's per-delivery CPU for N caught-up clients and one new batch

@@ -1,4 +1,4 @@
-//! Codec comparison for `docs/benchmarks.md` ("Codec choice").
+//! Codec comparison for `docs/benchmarks-codecs-and-micro.md` ("Codec choice").
 //!
 //! Builds Felix snapshots of the embedded sim cluster at three sizes, encodes each with every
 //! codec exactly as the daemon does (`encode_snapshot`, 256 KiB chunks), and measures the

@@ -24,6 +24,11 @@ pub enum Command {
     /// Drive realistic churn (pods, node heartbeats, labels, NetworkPolicies) through a
     /// Kubernetes API server on loopback, for load and integration tests.
     Churn(ChurnArgs),
+    /// N direct pod watchers on a loopback Kubernetes API server (what each Felix would do
+    /// without Typha): the API server's CPU and RSS, and the watch-event latency.
+    Apiwatch(crate::apiwatch::ApiwatchArgs),
+    /// Run the benchmark matrix (or re-render recorded results) into docs/benchmarks.md.
+    BenchReport(crate::bench_report::BenchReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,8 @@
 //! could not run (bad arguments, a kubeconfig whose server is not on loopback, the API server
 //! unreachable, nothing to churn).
 
+mod apiwatch;
+mod bench_report;
 mod churn;
 mod cli;
 mod daemon_http;
@@ -52,6 +54,18 @@ impl Outcome for churn::ChurnReport {
     }
     fn passed(&self) -> bool {
         churn::ChurnReport::passed(self)
+    }
+}
+
+impl Outcome for apiwatch::ApiwatchReport {
+    fn to_json(&self) -> serde_json::Value {
+        apiwatch::ApiwatchReport::to_json(self)
+    }
+    fn render_text(&self) -> String {
+        apiwatch::ApiwatchReport::render_text(self)
+    }
+    fn passed(&self) -> bool {
+        apiwatch::ApiwatchReport::passed(self)
     }
 }
 
@@ -100,5 +114,12 @@ fn main() -> ExitCode {
             |c| c.json,
             churn::run,
         ),
+        Command::Apiwatch(args) => execute(
+            "typha-loadtest apiwatch",
+            args.validate(),
+            |c| c.json,
+            apiwatch::run,
+        ),
+        Command::BenchReport(args) => bench_report::main(args),
     }
 }

@@ -179,7 +179,8 @@ impl Encode for CompressedRef<'_> {
 }
 
 /// zstd level used for shared frames. Each frame is compressed once for every client, so a
-/// level above zstd's fastest pays off; 3 is zstd's default and measured in `docs/benchmarks.md`.
+/// level above zstd's fastest pays off; 3 is zstd's default and measured in
+/// `docs/benchmarks-codecs-and-micro.md`.
 pub const ZSTD_LEVEL: i32 = 3;
 
 pub fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {

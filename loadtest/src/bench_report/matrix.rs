@@ -1,0 +1,1015 @@
+//! The benchmark matrix and its runner: every cell is one or more child processes printing one
+//! JSON object each; a daemon a cell needs is started on free loopback ports and stopped after
+//! it; the test API server (`scripts/test-apiserver.sh`) is started once for the API-server cells.
+
+use serde_json::{json, Value};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use typha::http::http_get;
+
+/// What a `run` cell measures (they are grouped so in the report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunGroup {
+    /// Clients ramped up, then steady churn.
+    Fanout,
+    /// Every client connects at once: time until all are in sync.
+    Storm,
+    /// No churn: memory per idle client.
+    Idle,
+}
+
+impl RunGroup {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunGroup::Fanout => "fanout",
+            RunGroup::Storm => "storm",
+            RunGroup::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellKind {
+    /// `typha` on the sim datastore + `typha-loadtest run`.
+    Run {
+        group: RunGroup,
+        clients: usize,
+        churn: f64,
+        /// `--sim-endpoints`, chosen for about `keys` keys in the Felix snapshot.
+        endpoints: usize,
+        keys: u64,
+        ramp: f64,
+        duration: f64,
+    },
+    /// `typha-loadtest pubsub --target ...`.
+    Pubsub {
+        target: &'static str,
+        subscribers: usize,
+        msg_bytes: usize,
+        rate: f64,
+        duration: f64,
+    },
+    /// `typha-loadtest apiwatch --watchers N` on the test API server.
+    ApiDirect {
+        watchers: usize,
+        write_rate: f64,
+        duration: f64,
+    },
+    /// `typha --datastore-type kubernetes` on the same server, N `run` clients behind it, and
+    /// `apiwatch --watchers 0` writing the same stamps.
+    ApiTypha {
+        clients: usize,
+        write_rate: f64,
+        duration: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub id: String,
+    pub kind: CellKind,
+}
+
+/// `--sim-endpoints` for about `keys` keys in the Felix snapshot: with the sim's default 100
+/// nodes, 3,000 endpoints give 3,736 keys and 50,000 give 52,236 (see docs/benchmarks.md).
+pub fn endpoints_for_keys(keys: u64) -> usize {
+    ((keys.saturating_sub(640)) as f64 / 1.032).round().max(1.0) as usize
+}
+
+fn run_cell(group: RunGroup, clients: usize, churn: f64, keys: u64, ramp: f64, d: f64) -> Cell {
+    let k = if keys >= 1000 {
+        format!("{}k", keys / 1000)
+    } else {
+        keys.to_string()
+    };
+    Cell {
+        id: format!("{}-n{clients}-churn{churn}-keys{k}", group.name()),
+        kind: CellKind::Run {
+            group,
+            clients,
+            churn,
+            endpoints: endpoints_for_keys(keys),
+            keys,
+            ramp,
+            duration: d,
+        },
+    }
+}
+
+fn pubsub_cells(ns: &[usize], profiles: &[(usize, f64)], duration: f64) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for &(msg_bytes, rate) in profiles {
+        for &n in ns {
+            for target in ["typha", "bare", "redis", "nats"] {
+                v.push(Cell {
+                    id: format!("pubsub-{target}-n{n}-{msg_bytes}B-{rate}hz"),
+                    kind: CellKind::Pubsub {
+                        target,
+                        subscribers: n,
+                        msg_bytes,
+                        rate,
+                        duration,
+                    },
+                });
+            }
+        }
+    }
+    v
+}
+
+fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for &n in ns {
+        v.push(Cell {
+            id: format!("apiserver-direct-n{n}"),
+            kind: CellKind::ApiDirect {
+                watchers: n,
+                write_rate,
+                duration,
+            },
+        });
+    }
+    for &n in ns {
+        v.push(Cell {
+            id: format!("apiserver-typha-n{n}"),
+            kind: CellKind::ApiTypha {
+                clients: n,
+                write_rate,
+                duration,
+            },
+        });
+    }
+    v
+}
+
+/// The full matrix: about 14 minutes of measurement plus start-up, within 20 minutes on a
+/// 2-core machine. Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
+/// pub/sub 15 s, API server cells 20 s of writes.
+pub fn full() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for churn in [100.0, 1000.0] {
+        for n in [100, 1000, 5000, 10_000] {
+            // Above 1,000 clients the ramp and the snapshots take longer: 10 s more.
+            let (ramp, d) = if n > 1000 {
+                (2000.0, 30.0)
+            } else {
+                (1000.0, 20.0)
+            };
+            v.push(run_cell(RunGroup::Fanout, n, churn, 10_000, ramp, d));
+        }
+    }
+    for n in [100, 1000] {
+        v.push(run_cell(RunGroup::Fanout, n, 100.0, 100_000, 1000.0, 25.0));
+    }
+    for n in [1000, 10_000] {
+        v.push(run_cell(RunGroup::Storm, n, 100.0, 50_000, 0.0, 30.0));
+    }
+    v.push(run_cell(RunGroup::Idle, 10_000, 0.0, 10_000, 2000.0, 15.0));
+    v.extend(pubsub_cells(
+        &[1000, 10_000],
+        &[(8192, 10.0), (512, 100.0)],
+        15.0,
+    ));
+    v.extend(api_cells(&[100, 1000, 3000], 10.0, 20.0));
+    v
+}
+
+/// The smoke matrix (about two minutes): small N, a small snapshot, 5 s runs.
+pub fn quick() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for n in [50, 200] {
+        v.push(run_cell(RunGroup::Fanout, n, 100.0, 1000, 1000.0, 5.0));
+    }
+    v.push(run_cell(RunGroup::Storm, 200, 100.0, 1000, 0.0, 5.0));
+    v.push(run_cell(RunGroup::Idle, 200, 0.0, 1000, 1000.0, 4.0));
+    v.extend(pubsub_cells(&[50], &[(8192, 10.0), (512, 100.0)], 3.0));
+    v.extend(api_cells(&[20], 10.0, 4.0));
+    v
+}
+
+/// The cells whose id contains one of the comma-separated `filter` strings (all without one).
+pub fn select(cells: Vec<Cell>, filter: Option<&str>) -> Vec<Cell> {
+    let Some(f) = filter else {
+        return cells;
+    };
+    let parts: Vec<&str> = f
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    cells
+        .into_iter()
+        .filter(|c| parts.iter().any(|p| c.id.contains(p)))
+        .collect()
+}
+
+/// Where the binaries and scripts are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub typha: PathBuf,
+    pub loadtest: PathBuf,
+    pub repo_root: PathBuf,
+}
+
+impl Env {
+    fn apiserver_script(&self) -> PathBuf {
+        self.repo_root.join("scripts/test-apiserver.sh")
+    }
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+/// One command line as a shell would take it.
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Ports {
+    server: u16,
+    health: u16,
+    metrics: u16,
+}
+
+fn free_ports() -> std::io::Result<Ports> {
+    // Held together so the three differ.
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    let c = TcpListener::bind("127.0.0.1:0")?;
+    Ok(Ports {
+        server: a.local_addr()?.port(),
+        health: b.local_addr()?.port(),
+        metrics: c.local_addr()?.port(),
+    })
+}
+
+fn daemon_argv(env: &Env, ports: &Ports, datastore: &[String]) -> Vec<String> {
+    let mut v = vec![
+        env.typha.display().to_string(),
+        s("--server-host"),
+        s("127.0.0.1"),
+        s("--server-port"),
+        s(ports.server),
+        s("--health-host"),
+        s("127.0.0.1"),
+        s("--health-port"),
+        s(ports.health),
+        s("--prometheus-metrics-host"),
+        s("127.0.0.1"),
+        s("--prometheus-metrics-port"),
+        s(ports.metrics),
+        s("--max-connections-upper-limit"),
+        s(12_000),
+    ];
+    v.extend_from_slice(datastore);
+    v
+}
+
+fn sim_datastore(endpoints: usize, churn: f64) -> Vec<String> {
+    vec![
+        s("--sim-endpoints"),
+        s(endpoints),
+        s("--sim-churn-rate"),
+        s(churn),
+    ]
+}
+
+fn k8s_datastore(kubeconfig: &str) -> Vec<String> {
+    vec![
+        s("--datastore-type"),
+        s("kubernetes"),
+        s("--kubeconfig"),
+        s(kubeconfig),
+    ]
+}
+
+fn run_argv(env: &Env, ports: &Ports, pid: u32, clients: usize, ramp: f64, d: f64) -> Vec<String> {
+    vec![
+        env.loadtest.display().to_string(),
+        s("run"),
+        s("--addr"),
+        format!("127.0.0.1:{}", ports.server),
+        s("--metrics-addr"),
+        format!("127.0.0.1:{}", ports.metrics),
+        s("--target-pid"),
+        s(pid),
+        s("--clients"),
+        s(clients),
+        s("--ramp-per-sec"),
+        s(ramp),
+        s("--duration"),
+        s(d),
+        s("--json"),
+    ]
+}
+
+fn pubsub_argv(env: &Env, target: &str, n: usize, bytes: usize, rate: f64, d: f64) -> Vec<String> {
+    vec![
+        env.loadtest.display().to_string(),
+        s("pubsub"),
+        s("--target"),
+        s(target),
+        s("--subscribers"),
+        s(n),
+        s("--msg-bytes"),
+        s(bytes),
+        s("--rate"),
+        s(rate),
+        s("--duration"),
+        s(d),
+        s("--json"),
+    ]
+}
+
+fn apiwatch_argv(
+    env: &Env,
+    api: &ApiServerProc,
+    watchers: usize,
+    rate: f64,
+    d: f64,
+) -> Vec<String> {
+    vec![
+        env.loadtest.display().to_string(),
+        s("apiwatch"),
+        s("--kubeconfig"),
+        api.kubeconfig.clone(),
+        s("--watchers"),
+        s(watchers),
+        s("--write-rate"),
+        s(rate),
+        s("--duration"),
+        s(d),
+        s("--apiserver-pid"),
+        s(api.pid),
+        s("--json"),
+    ]
+}
+
+/// A finished child: exit code (None if killed), stdout, stderr.
+#[derive(Debug, Default)]
+struct ChildOutcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    timed_out: bool,
+}
+
+struct Running {
+    child: Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+fn spawn(argv: &[String]) -> std::io::Result<Running> {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drained on threads so a chatty child never blocks on a full pipe.
+    let mut so = child.stdout.take();
+    let mut se = child.stderr.take();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = so.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = se.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    Ok(Running { child, out, err })
+}
+
+fn finish(mut r: Running, timeout: Duration) -> ChildOutcome {
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match r.child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() >= deadline => {
+                timed_out = true;
+                let _ = r.child.kill();
+                break r.child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    ChildOutcome {
+        code: status.and_then(|s| s.code()),
+        stdout: r.out.join().unwrap_or_default(),
+        stderr: r.err.join().unwrap_or_default(),
+        timed_out,
+    }
+}
+
+fn run_child(argv: &[String], timeout: Duration) -> ChildOutcome {
+    match spawn(argv) {
+        Ok(r) => finish(r, timeout),
+        Err(e) => ChildOutcome {
+            code: None,
+            stderr: format!("cannot start {}: {e}", argv[0]),
+            ..Default::default()
+        },
+    }
+}
+
+/// The last `n` characters of `s` (on a char boundary).
+fn tail(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_owned();
+    }
+    let mut i = s.len() - n;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    format!("…{}", &s[i..])
+}
+
+/// What a cell records of one child: its JSON (if it printed one) and whether it passed.
+struct Recorded {
+    json: Option<Value>,
+    /// "ok" (exit 0), "failed" (exit 1: ran, but its checks failed), "error" (no result).
+    status: &'static str,
+    note: Option<String>,
+}
+
+fn record(name: &str, o: &ChildOutcome) -> Recorded {
+    let json = serde_json::from_str::<Value>(o.stdout.trim())
+        .ok()
+        .filter(Value::is_object);
+    let status = match (o.code, &json) {
+        (Some(0), Some(_)) => "ok",
+        (Some(1), Some(_)) => "failed",
+        _ => "error",
+    };
+    let note = (status != "ok").then(|| {
+        let why = if o.timed_out {
+            "timed out and was killed".to_owned()
+        } else {
+            match o.code {
+                Some(c) => format!("exit status {c}"),
+                None => "no exit status".to_owned(),
+            }
+        };
+        format!("{name}: {why}; stderr: {}", tail(o.stderr.trim(), 1500))
+    });
+    Recorded { json, status, note }
+}
+
+fn worst(a: &'static str, b: &'static str) -> &'static str {
+    let rank = |s| match s {
+        "ok" => 0,
+        "failed" => 1,
+        _ => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// A typha daemon started for one cell, stopped on drop.
+struct DaemonProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProc {
+    fn start(argv: &[String], health: u16, log: PathBuf) -> Result<DaemonProc, String> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let file2 = file.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(file2)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+        let mut d = DaemonProc { child, log };
+        let addr = SocketAddr::from(([127, 0, 0, 1], health));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                return Err(format!("the daemon exited ({st}): {}", d.log_tail()));
+            }
+            if let Ok((200, _)) = http_get(addr, "/readiness", Duration::from_secs(2)) {
+                return Ok(d);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the daemon was not ready in 180 s: {}",
+                    d.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        tail(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            1500,
+        )
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `typha_keys{syncer="felix"}` from the daemon's metrics.
+fn felix_keys(metrics: u16) -> Option<u64> {
+    let (code, body) = http_get(
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+        "/metrics",
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("typha_keys{syncer=\"felix\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The test API server, started once for all API-server cells and stopped on drop.
+struct ApiServerProc {
+    script: PathBuf,
+    dir: PathBuf,
+    kubeconfig: String,
+    pid: u32,
+    start_commands: Vec<String>,
+}
+
+impl ApiServerProc {
+    fn start(env: &Env) -> Result<ApiServerProc, String> {
+        let script = env.apiserver_script();
+        let dir =
+            std::env::temp_dir().join(format!("typha-bench-apiserver-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut start_commands = Vec::new();
+        // It runs in its own session, so an interrupt of this process does not reach it.
+        eprintln!(
+            "typha-loadtest bench-report: starting the test API server in {}; if this run is \
+             interrupted, stop it with: bash {} stop {}",
+            dir.display(),
+            script.display(),
+            dir.display()
+        );
+        for sub in ["install", "start", "crds"] {
+            let mut argv = vec![s("bash"), script.display().to_string(), s(sub)];
+            if sub != "install" {
+                argv.push(dir.display().to_string());
+            }
+            let o = run_child(&argv, Duration::from_secs(900));
+            if o.code != Some(0) {
+                return Err(format!(
+                    "{} failed: {}",
+                    shell_line(&argv),
+                    tail(o.stderr.trim(), 1500)
+                ));
+            }
+            if sub != "install" {
+                start_commands.push(shell_line(&argv));
+            }
+        }
+        let text = std::fs::read_to_string(dir.join("env"))
+            .map_err(|e| format!("no env file from test-apiserver.sh: {e}"))?;
+        let get = |k: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(key, _)| key.trim() == k)
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let kubeconfig = get("KUBECONFIG").ok_or("no KUBECONFIG in the env file")?;
+        let pid = get("APISERVER_PID")
+            .and_then(|p| p.parse().ok())
+            .ok_or("no APISERVER_PID in the env file")?;
+        Ok(ApiServerProc {
+            script,
+            dir,
+            kubeconfig,
+            pid,
+            start_commands,
+        })
+    }
+}
+
+impl Drop for ApiServerProc {
+    fn drop(&mut self) {
+        let argv = [
+            s("bash"),
+            self.script.display().to_string(),
+            s("stop"),
+            self.dir.display().to_string(),
+        ];
+        let _ = run_child(&argv, Duration::from_secs(60));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Grace beyond a child's own duration before it is killed.
+const CHILD_GRACE: Duration = Duration::from_secs(180);
+
+fn secs(d: f64) -> Duration {
+    Duration::from_secs_f64(d)
+}
+
+impl Cell {
+    /// The cell's parameters as recorded.
+    pub fn params(&self) -> Value {
+        match &self.kind {
+            CellKind::Run {
+                group,
+                clients,
+                churn,
+                endpoints,
+                keys,
+                ramp,
+                duration,
+            } => json!({"kind": "run", "group": group.name(), "clients": clients,
+                "churn": churn, "sim_endpoints": endpoints, "keys_nominal": keys,
+                "ramp_per_sec": ramp, "duration_secs": duration}),
+            CellKind::Pubsub {
+                target,
+                subscribers,
+                msg_bytes,
+                rate,
+                duration,
+            } => json!({"kind": "pubsub", "target": target, "subscribers": subscribers,
+                "msg_bytes": msg_bytes, "rate": rate, "duration_secs": duration}),
+            CellKind::ApiDirect {
+                watchers,
+                write_rate,
+                duration,
+            } => json!({"kind": "apiserver-direct", "watchers": watchers,
+                "write_rate": write_rate, "duration_secs": duration}),
+            CellKind::ApiTypha {
+                clients,
+                write_rate,
+                duration,
+            } => json!({"kind": "apiserver-typha", "clients": clients,
+                "write_rate": write_rate, "duration_secs": duration}),
+        }
+    }
+
+    /// A one-line description for `--list`.
+    pub fn describe(&self, env: &Env) -> String {
+        let ports = Ports {
+            server: 25473,
+            health: 29098,
+            metrics: 29093,
+        };
+        match &self.kind {
+            CellKind::Run {
+                clients,
+                churn,
+                endpoints,
+                ramp,
+                duration,
+                ..
+            } => format!(
+                "{} & {}",
+                shell_line(&daemon_argv(
+                    env,
+                    &ports,
+                    &sim_datastore(*endpoints, *churn)
+                )),
+                shell_line(&run_argv(env, &ports, 0, *clients, *ramp, *duration))
+            ),
+            CellKind::Pubsub {
+                target,
+                subscribers,
+                msg_bytes,
+                rate,
+                duration,
+            } => shell_line(&pubsub_argv(
+                env,
+                target,
+                *subscribers,
+                *msg_bytes,
+                *rate,
+                *duration,
+            )),
+            CellKind::ApiDirect { watchers, .. } => {
+                format!("test API server + apiwatch --watchers {watchers}")
+            }
+            CellKind::ApiTypha { clients, .. } => format!(
+                "test API server + typha --datastore-type kubernetes + run --clients {clients} \
+                 + apiwatch --watchers 0"
+            ),
+        }
+    }
+
+    fn needs_apiserver(&self) -> bool {
+        matches!(
+            self.kind,
+            CellKind::ApiDirect { .. } | CellKind::ApiTypha { .. }
+        )
+    }
+}
+
+/// Runs every cell in order; after each, `save` gets the records so far.
+pub fn run_all(
+    env: &Env,
+    cells: &[Cell],
+    mut save: impl FnMut(&[Value]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let logs = std::env::temp_dir().join(format!("typha-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let mut api: Option<Result<ApiServerProc, String>> = None;
+    let mut records = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        eprintln!(
+            "typha-loadtest bench-report: [{}/{}] {}",
+            i + 1,
+            cells.len(),
+            cell.id
+        );
+        let started = Instant::now();
+        let mut rec = json!({
+            "id": cell.id,
+            "params": cell.params(),
+            "commands": [],
+            "results": {},
+        });
+        let outcome = if cell.needs_apiserver() {
+            let api = api.get_or_insert_with(|| ApiServerProc::start(env));
+            match api {
+                Ok(a) => run_api_cell(env, cell, a, &logs, &mut rec),
+                Err(e) => Err(format!("the test API server did not start: {e}")),
+            }
+        } else {
+            run_local_cell(env, cell, &logs, &mut rec)
+        };
+        let (status, notes) = match outcome {
+            Ok(x) => x,
+            Err(e) => ("error", vec![e]),
+        };
+        rec["status"] = json!(status);
+        rec["errors"] = json!(notes);
+        rec["elapsed_secs"] = json!(started.elapsed().as_secs_f64());
+        eprintln!("typha-loadtest bench-report:   {status}");
+        for n in &notes {
+            eprintln!("typha-loadtest bench-report:   {n}");
+        }
+        records.push(rec);
+        save(&records)?;
+    }
+    drop(api);
+    let _ = std::fs::remove_dir_all(&logs);
+    Ok(())
+}
+
+type CellOutcome = Result<(&'static str, Vec<String>), String>;
+
+fn push_command(rec: &mut Value, argv: &[String]) {
+    if let Some(a) = rec["commands"].as_array_mut() {
+        a.push(json!(shell_line(argv)));
+    }
+}
+
+fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellOutcome {
+    match &cell.kind {
+        CellKind::Run {
+            clients,
+            churn,
+            endpoints,
+            ramp,
+            duration,
+            ..
+        } => {
+            let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
+            let dargv = daemon_argv(env, &ports, &sim_datastore(*endpoints, *churn));
+            push_command(rec, &dargv);
+            let daemon =
+                DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
+            rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
+            // Let the daemon's start-up work settle before the clients' window starts.
+            std::thread::sleep(Duration::from_secs(1));
+            let rargv = run_argv(env, &ports, daemon.pid(), *clients, *ramp, *duration);
+            push_command(rec, &rargv);
+            let o = run_child(&rargv, secs(*duration) + CHILD_GRACE);
+            let r = record("run", &o);
+            rec["results"]["run"] = r.json.unwrap_or(Value::Null);
+            drop(daemon);
+            Ok((r.status, r.note.into_iter().collect()))
+        }
+        CellKind::Pubsub {
+            target,
+            subscribers,
+            msg_bytes,
+            rate,
+            duration,
+        } => {
+            let argv = pubsub_argv(env, target, *subscribers, *msg_bytes, *rate, *duration);
+            push_command(rec, &argv);
+            let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
+            let r = record("pubsub", &o);
+            rec["results"]["pubsub"] = r.json.unwrap_or(Value::Null);
+            Ok((r.status, r.note.into_iter().collect()))
+        }
+        _ => Err("not a local cell".into()),
+    }
+}
+
+fn run_api_cell(
+    env: &Env,
+    cell: &Cell,
+    api: &ApiServerProc,
+    logs: &Path,
+    rec: &mut Value,
+) -> CellOutcome {
+    for c in &api.start_commands {
+        if let Some(a) = rec["commands"].as_array_mut() {
+            a.push(json!(c));
+        }
+    }
+    match &cell.kind {
+        CellKind::ApiDirect {
+            watchers,
+            write_rate,
+            duration,
+        } => {
+            let argv = apiwatch_argv(env, api, *watchers, *write_rate, *duration);
+            push_command(rec, &argv);
+            let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
+            let r = record("apiwatch", &o);
+            rec["results"]["apiwatch"] = r.json.unwrap_or(Value::Null);
+            Ok((r.status, r.note.into_iter().collect()))
+        }
+        CellKind::ApiTypha {
+            clients,
+            write_rate,
+            duration,
+        } => {
+            let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
+            let dargv = daemon_argv(env, &ports, &k8s_datastore(&api.kubeconfig));
+            push_command(rec, &dargv);
+            let daemon =
+                DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
+            rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
+            // The clients connect and take their snapshots first; the writes start once they
+            // have had time to (ramp at 1,000/s, then 3 s).
+            let lead = *clients as f64 / 1000.0 + 3.0;
+            let rargv = run_argv(
+                env,
+                &ports,
+                daemon.pid(),
+                *clients,
+                1000.0,
+                duration + lead + 2.0,
+            );
+            push_command(rec, &rargv);
+            let running = spawn(&rargv).map_err(|e| format!("cannot start {}: {e}", rargv[0]))?;
+            std::thread::sleep(secs(lead));
+            let wargv = apiwatch_argv(env, api, 0, *write_rate, *duration);
+            push_command(rec, &wargv);
+            let wo = run_child(&wargv, secs(*duration) + CHILD_GRACE);
+            let ro = finish(running, secs(*duration + lead + 2.0) + CHILD_GRACE);
+            drop(daemon);
+            let w = record("apiwatch (writer)", &wo);
+            let r = record("run", &ro);
+            rec["results"]["apiwatch"] = w.json.unwrap_or(Value::Null);
+            rec["results"]["run"] = r.json.unwrap_or(Value::Null);
+            Ok((
+                worst(w.status, r.status),
+                w.note.into_iter().chain(r.note).collect(),
+            ))
+        }
+        _ => Err("not an API server cell".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrices() {
+        let full = full();
+        let ids: Vec<&str> = full.iter().map(|c| c.id.as_str()).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "duplicate ids: {ids:?}");
+        assert!(ids.contains(&"fanout-n10000-churn1000-keys10k"));
+        assert!(ids.contains(&"storm-n10000-churn100-keys50k"));
+        assert!(ids.contains(&"pubsub-redis-n10000-512B-100hz"));
+        assert!(ids.contains(&"apiserver-direct-n3000"));
+        assert!(ids.contains(&"apiserver-typha-n3000"));
+        // The measured time of the full matrix fits its 20-minute budget with start-up.
+        let measured: f64 = full
+            .iter()
+            .map(|c| match c.kind {
+                CellKind::Run { duration, .. }
+                | CellKind::Pubsub { duration, .. }
+                | CellKind::ApiDirect { duration, .. }
+                | CellKind::ApiTypha { duration, .. } => duration,
+            })
+            .sum();
+        assert!(measured < 15.0 * 60.0, "{measured} s");
+        let quick: f64 = quick()
+            .iter()
+            .map(|c| match c.kind {
+                CellKind::Run { duration, .. }
+                | CellKind::Pubsub { duration, .. }
+                | CellKind::ApiDirect { duration, .. }
+                | CellKind::ApiTypha { duration, .. } => duration,
+            })
+            .sum();
+        assert!(quick < 90.0, "{quick} s");
+        assert_eq!(select(full.clone(), Some("storm")).len(), 2);
+        assert_eq!(
+            select(full.clone(), Some("apiserver-direct, idle")).len(),
+            4
+        );
+        assert_eq!(select(full.clone(), None).len(), full.len());
+        assert!(select(full, Some("nothing")).is_empty());
+    }
+
+    #[test]
+    fn sim_sizes_and_quoting() {
+        // The two measured points the estimate comes from.
+        assert!((endpoints_for_keys(3736) as i64 - 3000).abs() < 10);
+        assert!((endpoints_for_keys(52_236) as i64 - 50_000).abs() < 10);
+        assert_eq!(endpoints_for_keys(0), 1);
+        assert_eq!(
+            shell_line(&[s("a"), s("--x"), s("127.0.0.1:5"), s("it's"), s("")]),
+            r"a --x 127.0.0.1:5 'it'\''s' ''"
+        );
+        assert_eq!(tail("abcdef", 3), "…def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(worst("ok", "failed"), "failed");
+        assert_eq!(worst("error", "failed"), "error");
+    }
+
+    #[test]
+    fn a_missing_command_is_recorded_not_fatal() {
+        let o = run_child(&[s("/nonexistent/typha-loadtest"), s("pubsub")], secs(5.0));
+        let r = record("pubsub", &o);
+        assert_eq!(r.status, "error");
+        assert!(r.json.is_none());
+        let note = r.note.unwrap();
+        assert!(note.contains("cannot start /nonexistent"), "{note}");
+        let o = run_child(
+            &[
+                s("sh"),
+                s("-c"),
+                s("echo '{\"passed\":false}'; echo bad >&2; exit 1"),
+            ],
+            secs(5.0),
+        );
+        let r = record("run", &o);
+        assert_eq!(r.status, "failed");
+        assert_eq!(r.json.unwrap()["passed"], false);
+        assert!(r.note.unwrap().contains("exit status 1; stderr: bad"));
+        let o = run_child(&[s("sleep"), s("5")], secs(0.2));
+        assert!(o.timed_out);
+        assert!(record("x", &o).note.unwrap().contains("timed out"));
+    }
+}
