@@ -23,5 +23,5 @@ mod state;
 
 pub use blocking::BlockingClient;
 pub use error::ClientError;
-pub use session::{ClientOptions, ClientSession};
+pub use session::{find_stamp, ClientOptions, ClientSession, FrameRecord};
 pub use state::{ClientEntry, ClientEvent, SyncState, Tracking};
