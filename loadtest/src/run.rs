@@ -696,7 +696,7 @@ mod tests {
         let r = run(cfg).unwrap();
         assert!(r.passed(), "{}", r.render_text());
         assert_eq!((r.connected, r.in_sync, r.open_at_end), (40, 40, 40));
-        assert_eq!(r.verification.verified, 5, "{:?}", r.verification);
+        assert_eq!(r.verification.full_map_verified, 5, "{:?}", r.verification);
         assert!(r.verification.mismatches.is_empty());
         assert!(r.updates > 0 && r.update_frames > 0 && r.lag.count > 0);
         assert_eq!(r.time_to_sync.count, 40);
