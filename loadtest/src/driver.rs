@@ -85,6 +85,10 @@ pub struct Shared {
     pub restarts: AtomicU64,
     /// Verification mismatches found while running (frame contents, full-map digests).
     pub mismatches: AtomicU64,
+    /// At the end: the highest seq a digest-only client reached, and threads that have
+    /// stopped reading their digest-only clients (see [`Driver::catch_up`]).
+    pub target_seq: AtomicU64,
+    pub frozen: AtomicU64,
     // Published every PUBLISH_EVERY:
     pub updates: AtomicU64,
     pub update_frames: AtomicU64,
@@ -147,7 +151,12 @@ pub struct DriverConfig {
     pub kills_per_sec: f64,
     /// A killed client reconnects after a random delay up to this.
     pub restart_delay: Duration,
+    /// Client threads in the run.
+    pub threads: usize,
 }
+
+/// Longest the full-map clients are given at the end to reach the digest-only clients' seq.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct ClientPlan {
@@ -166,6 +175,8 @@ pub struct FullMapState {
     pub seq: u64,
     pub keys: u64,
     pub digest: String,
+    /// Seq of its snapshot: from there to `seq` it recorded its digest after every frame.
+    pub snap_seq: Option<u64>,
     /// Set by the end-of-run check.
     pub verified: bool,
 }
@@ -238,6 +249,8 @@ struct Client {
     session_bytes: u64,
     /// The current session's record (digest-only roles, once its snapshot completed).
     segment: Option<Segment>,
+    /// Seq of the current session's snapshot.
+    snap_seq: Option<u64>,
 }
 
 struct Local {
@@ -339,6 +352,7 @@ pub fn run_thread(
             throttled: false,
             session_bytes: 0,
             segment: None,
+            snap_seq: None,
         })
         .collect();
     let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
@@ -463,7 +477,52 @@ impl Driver {
             }
         }
         self.publish();
-        Ok(())
+        self.catch_up(&mut buf)
+    }
+
+    /// At the end, the digest-only clients stop reading and the full-map clients read on until
+    /// they hold the highest seq any digest-only client reached (or [`CATCH_UP`] passes): a
+    /// digest-only client is verified through a full-map client that held its final seq, and
+    /// a full-map client keeping a map decodes more slowly than one that does not.
+    fn catch_up(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mine = self
+            .clients
+            .iter()
+            .filter(|c| c.plan.role != Role::Full && c.state == ConnState::Open)
+            .filter_map(|c| c.session.as_ref().map(|s| s.state().seq()))
+            .max()
+            .unwrap_or(0);
+        self.shared.target_seq.fetch_max(mine, Relaxed);
+        self.shared.frozen.fetch_add(1, Relaxed);
+        let until = Instant::now() + CATCH_UP;
+        while self.shared.frozen.load(Relaxed) < self.cfg.threads as u64 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let target = self.shared.target_seq.load(Relaxed);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let behind: Vec<usize> = (0..self.clients.len())
+                .filter(|&i| {
+                    let c = &self.clients[i];
+                    c.plan.role == Role::Full
+                        && c.state == ConnState::Open
+                        && c.session.as_ref().is_some_and(|s| {
+                            s.state().snapshot_complete() && s.state().seq() < target
+                        })
+                })
+                .collect();
+            if behind.is_empty() || Instant::now() >= until {
+                return Ok(());
+            }
+            for i in behind {
+                self.service(i, buf);
+            }
+            match self.poll.poll(&mut events, Some(Duration::from_millis(5))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn enqueue(&mut self, i: usize) {
@@ -529,6 +588,7 @@ impl Driver {
         c.snapshot_done = false;
         c.in_sync = false;
         c.segment = None;
+        c.snap_seq = None;
         let mut stream = match TcpStream::connect(self.cfg.addr) {
             Ok(s) => s,
             Err(e) => return self.close(i, format!("connect failed: {e}")),
@@ -783,6 +843,7 @@ impl Driver {
         }
         let (idx, role) = (c.plan.idx, c.plan.role);
         if let Some((seq, keys, digest)) = snapshot {
+            self.clients[i].snap_seq = Some(seq);
             if role == Role::Full {
                 self.note_ref_digest(idx, seq, digest);
             } else {
@@ -1001,6 +1062,7 @@ impl Driver {
                         seq: st.seq(),
                         keys: st.len() as u64,
                         digest: st.digest().to_string(),
+                        snap_seq: c.snap_seq,
                         verified: false,
                     });
                 }
