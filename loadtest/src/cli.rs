@@ -103,6 +103,14 @@ pub struct RunArgs {
     /// Longest delay (seconds) before a killed client reconnects.
     #[arg(long, default_value_t = 1.0)]
     pub restart_delay: f64,
+    /// At the end, list every watched kind from the Kubernetes API server of --kubeconfig,
+    /// translate it and compare its digest with the daemon's newest /digest (needs
+    /// --metrics-addr; run it after the churn has stopped).
+    #[arg(long, requires = "kubeconfig")]
+    pub verify_datastore: bool,
+    /// Kubeconfig of the daemon's API server (loopback only), for --verify-datastore.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -231,6 +239,8 @@ pub struct RunConfig {
     pub stalled_fraction: f64,
     pub kill_rate: f64,
     pub restart_delay: Duration,
+    /// `--verify-datastore --kubeconfig PATH`.
+    pub verify_datastore: Option<PathBuf>,
 }
 
 /// Largest client count accepted (far beyond what one host can open).
@@ -321,6 +331,9 @@ impl RunArgs {
                 "--restart-delay must be between 0 and {MAX_DURATION_SECS} seconds"
             ));
         }
+        if self.verify_datastore && metrics_addr.is_none() {
+            return Err("--verify-datastore needs --metrics-addr (the daemon's /digest)".into());
+        }
         Ok(RunConfig {
             addr,
             clients: self.clients,
@@ -339,6 +352,10 @@ impl RunArgs {
             stalled_fraction: self.stalled_fraction,
             kill_rate: self.kill_rate,
             restart_delay: Duration::from_secs_f64(self.restart_delay),
+            verify_datastore: self
+                .verify_datastore
+                .then(|| self.kubeconfig.clone())
+                .flatten(),
         })
     }
 }
@@ -543,6 +560,23 @@ mod tests {
             assert!(args(&bad).is_err(), "{bad:?}");
         }
         assert!(args(&["--slow-fraction", "0.6", "--stalled-fraction", "0.6"]).is_err());
+        assert!(args(&["--verify-datastore"]).is_err());
+        assert!(args(&["--verify-datastore", "--kubeconfig", "kc"])
+            .unwrap_err()
+            .contains("--metrics-addr"));
+        let c = args(&[
+            "--verify-datastore",
+            "--kubeconfig",
+            "kc",
+            "--metrics-addr",
+            "127.0.0.1:9093",
+        ])
+        .unwrap();
+        assert_eq!(c.verify_datastore, Some(PathBuf::from("kc")));
+        assert_eq!(
+            args(&["--kubeconfig", "kc"]).unwrap().verify_datastore,
+            None
+        );
     }
 
     #[test]

@@ -195,6 +195,19 @@ pub fn parse_digest_json(body: &str, syncer: SyncerType) -> Result<DaemonDigest,
     Ok(DaemonDigest { seq, keys, digest })
 }
 
+/// The daemon's newest record.
+pub fn fetch_latest_digest(addr: SocketAddr, syncer: SyncerType) -> Result<DaemonDigest, String> {
+    let (code, body) = http_get(addr, "/digest", HTTP_TIMEOUT)
+        .map_err(|e| format!("GET http://{addr}/digest: {e}"))?;
+    if code != 200 {
+        return Err(format!(
+            "GET http://{addr}/digest: HTTP {code}: {}",
+            body.trim()
+        ));
+    }
+    parse_digest_json(&body, syncer)
+}
+
 /// The daemon's record for `seq`: `Ok(None)` when it no longer (or never) held it (HTTP 404).
 pub fn fetch_digest(
     addr: SocketAddr,

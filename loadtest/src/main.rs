@@ -15,6 +15,7 @@
 mod churn;
 mod cli;
 mod daemon_http;
+mod datastore_check;
 mod driver;
 mod report;
 mod run;

@@ -275,6 +275,8 @@ pub struct Report {
     /// The daemon's `typha_connections_dropped_by_reason_total` over the run (non-zero only).
     pub daemon_drops: Option<BTreeMap<String, u64>>,
     pub daemon_drops_error: Option<String>,
+    /// `--verify-datastore`: the API server's translated objects against the daemon.
+    pub datastore_check: Option<Result<crate::datastore_check::DatastoreCheck, String>>,
 }
 
 impl Report {
@@ -373,6 +375,18 @@ impl Report {
             "datastore_to_client_latency": self.datastore_lag.to_json(),
             "daemon_drops_by_reason": self.daemon_drops,
             "daemon_drops_error": self.daemon_drops_error,
+            "datastore_check": match &self.datastore_check {
+                None => Value::Null,
+                Some(Ok(c)) => json!({
+                    "matches": c.matches(),
+                    "keys": c.keys,
+                    "digest": c.digest,
+                    "daemon_seq": c.daemon.seq,
+                    "daemon_keys": c.daemon.keys,
+                    "daemon_digest": c.daemon.digest,
+                }),
+                Some(Err(e)) => json!({ "error": e }),
+            },
         })
     }
 
@@ -534,6 +548,22 @@ impl Report {
                 "  (frames compared between clients: {})",
                 v.frames_compared
             );
+        }
+        match &self.datastore_check {
+            Some(Ok(c)) if c.matches() => {
+                let _ = writeln!(
+                    o,
+                    "datastore: the API server's objects translate to the daemon's {} keys, digest {} (seq {})",
+                    c.keys, c.digest, c.daemon.seq
+                );
+            }
+            Some(Ok(_)) => {
+                let _ = writeln!(o, "datastore: MISMATCH (below)");
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(o, "datastore: not checked ({e})");
+            }
+            None => {}
         }
         for m in &v.mismatches {
             let _ = writeln!(o, "  MISMATCH {m}");

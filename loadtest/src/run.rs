@@ -481,6 +481,24 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     );
     v.verified_at_end += full_maps.iter().filter(|f| f.open && f.verified).count() as u64;
     drop(streams);
+    if let (Some(kc), Some(m)) = (&cfg.verify_datastore, cfg.metrics_addr) {
+        match crate::datastore_check::check(kc, m, cfg.syncer) {
+            Ok(c) => {
+                if !c.matches() {
+                    r.verification.mismatches.push(format!(
+                        "datastore: the API server's objects translate to {} keys, digest {}; the \
+                         daemon (seq {}) has {} keys, digest {}",
+                        c.keys, c.digest, c.daemon.seq, c.daemon.keys, c.daemon.digest
+                    ));
+                }
+                r.datastore_check = Some(Ok(c));
+            }
+            Err(e) => {
+                r.verification.unverified.push(format!("datastore: {e}"));
+                r.datastore_check = Some(Err(e));
+            }
+        }
+    }
     Ok(r)
 }
 
@@ -670,6 +688,7 @@ mod tests {
             stalled_fraction: 0.0,
             kill_rate: 0.0,
             restart_delay: Duration::from_millis(300),
+            verify_datastore: None,
         }
     }
 

@@ -13,4 +13,4 @@
 mod driver;
 pub mod translate;
 
-pub use driver::{run, watched_kinds, KindSpec, KubernetesConfig};
+pub use driver::{list_translated, run, watched_kinds, KindSpec, KubernetesConfig};
