@@ -86,9 +86,9 @@ impl DaemonDigests {
             let Some(seq) = self.pending.pop_first() else {
                 return;
             };
-            if !self.known.contains_key(&seq) {
-                self.known.insert(seq, fetch_digest(addr, seq, syncer));
-            }
+            self.known
+                .entry(seq)
+                .or_insert_with(|| fetch_digest(addr, seq, syncer));
         }
     }
 
