@@ -438,7 +438,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     r.steady_lag = HistSummary::of(&steady_lag);
     r.time_to_sync = HistSummary::of(&sync);
     r.datastore_lag = HistSummary::of(&ds_lag);
-    r.all_in_sync_after = last_in_sync.filter(|_| r.in_sync == clients);
+    // Stalled clients never read, so never sync: "all" means all the others.
+    let stalled = r.scenario.roles.get("stalled").copied().unwrap_or(0);
+    r.all_in_sync_after = last_in_sync.filter(|_| r.in_sync == clients - stalled);
     r.whole = Some(window(&before, &after));
     r.steady = steady_start
         .filter(|s| (after.at - s.at) >= Duration::from_secs(1))
