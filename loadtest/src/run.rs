@@ -794,6 +794,68 @@ mod tests {
     }
 
     #[test]
+    fn digest_only_sessions_are_verified_through_the_full_map_clients() {
+        let dg = |n: u128| Digest(n);
+        let dd = |seq: u64, keys: u64, n: u128| {
+            Ok(Some(DaemonDigest {
+                seq,
+                keys,
+                digest: dg(n).to_string(),
+            }))
+        };
+        // A full-map client held seqs 10..=30: digest 1 at 10, 2 at 20 (a frame 11..=20), 3 at
+        // 30 (a frame 21..=30).
+        let refs = RefDigests {
+            by_seq: [(10, (dg(1), 0)), (20, (dg(2), 0)), (30, (dg(3), 0))]
+                .into_iter()
+                .collect(),
+            coverage: vec![(10, 30)],
+        };
+        assert_eq!(refs.at(15), Some((dg(1), 0)));
+        assert_eq!(refs.at(20), Some((dg(2), 0)));
+        assert_eq!(refs.at(9), None);
+        assert_eq!(refs.at(31), None);
+        let mut daemon = DaemonDigests {
+            addr: Some("127.0.0.1:9".parse().unwrap()),
+            syncer: Some(SyncerType::Felix),
+            ..Default::default()
+        };
+        daemon.known.insert(15, dd(15, 5, 1));
+        daemon.known.insert(30, dd(30, 6, 3));
+        daemon.known.insert(20, dd(20, 6, 99));
+        daemon.known.insert(5, Ok(None));
+        let seg = |idx, snap_seq, snap_digest: u128, final_seq| Segment {
+            idx,
+            snap_seq,
+            snap_keys: 5,
+            snap_digest: dg(snap_digest),
+            final_seq,
+            first_frame_seq: Some(snap_seq + 1),
+            frames_compared: true,
+            ended: "open at the end",
+        };
+        let segments = [
+            // Snapshot mid-frame at 15 (same map as at 10), then frames to 30: verified.
+            seg(1, 15, 1, 30),
+            // Its snapshot disagrees with the daemon's at 15.
+            seg(2, 15, 7, 30),
+            // Ends at 20, where the daemon disagrees with the full-map client.
+            seg(3, 15, 1, 20),
+            // Snapshot before any full-map client and outside the daemon's history.
+            seg(4, 5, 1, 30),
+        ];
+        let mut v = Verification::default();
+        verify_segments(&segments, &refs, &mut daemon, &mut v);
+        assert_eq!(v.digest_only_verified, 1, "{v:?}");
+        assert_eq!(v.verified_at_end, 1);
+        assert_eq!(v.mismatches.len(), 2, "{v:?}");
+        assert!(v.mismatches[0].starts_with("client 2 (open at the end): snapshot at seq 15"));
+        assert!(v.mismatches[1].contains("client 3") && v.mismatches[1].contains("seq 20"));
+        assert_eq!(v.unverified.len(), 1, "{v:?}");
+        assert!(v.unverified[0].starts_with("client 4"));
+    }
+
+    #[test]
     fn a_sequence_gap_is_a_hard_failure() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
