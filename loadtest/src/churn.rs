@@ -17,7 +17,9 @@
 //!     the more pods a node has, the likelier a delete.
 //!   - `heartbeats`: `patch_status` of a node's Ready condition with a new `lastHeartbeatTime`
 //!     (never the same second twice for a node, so every heartbeat is a real change).
-//!   - `labels`: change a pod's `app` and `rev` labels.
+//!   - `labels`: change a pod's `app` and `rev` labels, and set its `typha-loadtest/stamp`
+//!     label ([`STAMP_LABEL`]) to the Unix time in nanoseconds taken just before the request
+//!     is sent: `run` measures datastore → client latency from it, `apiwatch` too.
 //!   - `ns-labels`: change a namespace's `team` and `rev` labels.
 //!   - `policies`: create, edit (selector and port) or delete one of three Kubernetes
 //!     NetworkPolicies per namespace.
@@ -911,6 +913,10 @@ fn policy_obj(ns: &str, name: &str, app_idx: usize, from: usize, port: u16) -> V
 // Execution
 // ---------------------------------------------------------------------------------------------
 
+/// The write-time label of pod label changes (value: Unix nanoseconds, decimal). The name is
+/// shared with `run` and `apiwatch`.
+pub use crate::driver::STAMP_LABEL;
+
 fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1102,7 +1108,9 @@ impl Ctx {
                 app: a,
                 rev,
             } => {
-                let p = json!({"metadata": {"labels": {"app": app(*a), "rev": rev.to_string()}}});
+                let p = json!({"metadata": {"labels": {
+                    "app": app(*a), "rev": rev.to_string(),
+                    STAMP_LABEL: unix_nanos().to_string()}}});
                 let api = Api::<Pod>::namespaced(c, ns);
                 self.write(
                     kind,

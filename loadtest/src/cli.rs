@@ -89,6 +89,33 @@ pub struct RunArgs {
     /// Print one JSON object on stdout at the end instead of the summary, and no progress lines.
     #[arg(long)]
     pub json: bool,
+    /// Fraction (0..1) of the clients that are not full-map clients which read slowly, at most
+    /// --slow-bytes-per-sec each.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_fraction: f64,
+    /// Read rate of the slow clients.
+    #[arg(long, default_value_t = 65536)]
+    pub slow_bytes_per_sec: u64,
+    /// Fraction (0..1) of the clients that are not full-map clients which connect, send their
+    /// Hello and never read (the daemon is expected to drop them as too slow; not a failure).
+    #[arg(long, default_value_t = 0.0)]
+    pub stalled_fraction: f64,
+    /// Kill this many random connected clients per second (abrupt close with a reset); each
+    /// reconnects after a random delay up to --restart-delay and must resync and verify.
+    /// Full-map and stalled clients are never killed.
+    #[arg(long, default_value_t = 0.0)]
+    pub kill_rate: f64,
+    /// Longest delay (seconds) before a killed client reconnects.
+    #[arg(long, default_value_t = 1.0)]
+    pub restart_delay: f64,
+    /// At the end, list every watched kind from the Kubernetes API server of --kubeconfig,
+    /// translate it and compare its digest with the daemon's newest /digest (needs
+    /// --metrics-addr; run it after the churn has stopped).
+    #[arg(long, requires = "kubeconfig")]
+    pub verify_datastore: bool,
+    /// Kubeconfig of the daemon's API server (loopback only), for --verify-datastore.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -212,6 +239,13 @@ pub struct RunConfig {
     pub target_pid: Option<u32>,
     pub metrics_addr: Option<SocketAddr>,
     pub json: bool,
+    pub slow_fraction: f64,
+    pub slow_bytes_per_sec: u64,
+    pub stalled_fraction: f64,
+    pub kill_rate: f64,
+    pub restart_delay: Duration,
+    /// `--verify-datastore --kubeconfig PATH`.
+    pub verify_datastore: Option<PathBuf>,
 }
 
 /// Largest client count accepted (far beyond what one host can open).
@@ -277,6 +311,34 @@ impl RunArgs {
         if self.target_pid == Some(0) {
             return Err("--target-pid 0 is not a process".into());
         }
+        for (flag, f) in [
+            ("--slow-fraction", self.slow_fraction),
+            ("--stalled-fraction", self.stalled_fraction),
+        ] {
+            if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
+                return Err(format!("{flag} must be between 0 and 1"));
+            }
+        }
+        if self.slow_fraction + self.stalled_fraction > 1.0 {
+            return Err("--slow-fraction plus --stalled-fraction must be at most 1".into());
+        }
+        if self.slow_bytes_per_sec == 0 {
+            return Err("--slow-bytes-per-sec must be positive".into());
+        }
+        if !(self.kill_rate.is_finite() && self.kill_rate >= 0.0) {
+            return Err("--kill-rate must be 0 (none) or a positive rate".into());
+        }
+        if !(self.restart_delay.is_finite()
+            && self.restart_delay >= 0.0
+            && self.restart_delay <= MAX_DURATION_SECS)
+        {
+            return Err(format!(
+                "--restart-delay must be between 0 and {MAX_DURATION_SECS} seconds"
+            ));
+        }
+        if self.verify_datastore && metrics_addr.is_none() {
+            return Err("--verify-datastore needs --metrics-addr (the daemon's /digest)".into());
+        }
         Ok(RunConfig {
             addr,
             clients: self.clients,
@@ -290,11 +352,64 @@ impl RunArgs {
             target_pid: self.target_pid,
             metrics_addr,
             json: self.json,
+            slow_fraction: self.slow_fraction,
+            slow_bytes_per_sec: self.slow_bytes_per_sec,
+            stalled_fraction: self.stalled_fraction,
+            kill_rate: self.kill_rate,
+            restart_delay: Duration::from_secs_f64(self.restart_delay),
+            verify_datastore: self
+                .verify_datastore
+                .then(|| self.kubeconfig.clone())
+                .flatten(),
         })
     }
 }
 
 impl RunConfig {
+    /// What client `i` does. The first `--full-maps` are the full-map references; among the
+    /// rest, stalled and slow clients are spread evenly (by a low-discrepancy sequence) so that
+    /// a ramp meets them throughout.
+    pub fn role(&self, i: usize) -> crate::driver::Role {
+        use crate::driver::Role;
+        if i < self.full_maps {
+            return Role::Full;
+        }
+        let u = ((i - self.full_maps) as f64 * 0.618_033_988_749_895).fract();
+        if u < self.stalled_fraction {
+            Role::Stalled
+        } else if u < self.stalled_fraction + self.slow_fraction {
+            Role::Slow
+        } else {
+            Role::DigestOnly
+        }
+    }
+
+    /// The scenario flags in effect, for the report.
+    pub fn scenario(&self) -> Vec<String> {
+        let mut v = vec![if self.ramp_per_sec == 0.0 {
+            "reconnect storm (--ramp-per-sec 0)".to_owned()
+        } else {
+            format!("ramp --ramp-per-sec {}", self.ramp_per_sec)
+        }];
+        if self.slow_fraction > 0.0 {
+            v.push(format!(
+                "--slow-fraction {} --slow-bytes-per-sec {}",
+                self.slow_fraction, self.slow_bytes_per_sec
+            ));
+        }
+        if self.stalled_fraction > 0.0 {
+            v.push(format!("--stalled-fraction {}", self.stalled_fraction));
+        }
+        if self.kill_rate > 0.0 {
+            v.push(format!(
+                "--kill-rate {} --restart-delay {}",
+                self.kill_rate,
+                self.restart_delay.as_secs_f64()
+            ));
+        }
+        v
+    }
+
     /// When client `i` connects, relative to the start of the run.
     pub fn connect_offset(&self, i: usize) -> Duration {
         if self.ramp_per_sec == 0.0 {
@@ -398,6 +513,75 @@ mod tests {
         assert_eq!(c.target_pid, None);
         assert_eq!(c.metrics_addr, None);
         assert!(!c.json);
+        assert_eq!(
+            (c.slow_fraction, c.stalled_fraction, c.kill_rate),
+            (0.0, 0.0, 0.0)
+        );
+        assert_eq!(c.scenario(), ["ramp --ramp-per-sec 1000"]);
+    }
+
+    #[test]
+    fn scenario_flags() {
+        let c = args(&[
+            "--clients",
+            "1000",
+            "--full-maps",
+            "10",
+            "--slow-fraction",
+            "0.2",
+            "--stalled-fraction",
+            "0.1",
+            "--kill-rate",
+            "5",
+            "--restart-delay",
+            "0.5",
+            "--ramp-per-sec",
+            "0",
+        ])
+        .unwrap();
+        use crate::driver::Role;
+        let count = |r: Role| (0..1000).filter(|&i| c.role(i) == r).count();
+        assert_eq!(count(Role::Full), 10);
+        assert!(
+            (90..=108).contains(&count(Role::Stalled)),
+            "{}",
+            count(Role::Stalled)
+        );
+        assert!(
+            (188..=208).contains(&count(Role::Slow)),
+            "{}",
+            count(Role::Slow)
+        );
+        assert_eq!(c.restart_delay, Duration::from_millis(500));
+        assert_eq!(c.scenario().len(), 4);
+        assert!(c.scenario()[0].contains("storm"));
+        for bad in [
+            ["--slow-fraction", "1.5"],
+            ["--stalled-fraction", "-0.1"],
+            ["--kill-rate", "-1"],
+            ["--restart-delay", "NaN"],
+            ["--slow-bytes-per-sec", "0"],
+        ] {
+            assert!(args(&bad).is_err(), "{bad:?}");
+        }
+        assert!(args(&["--slow-fraction", "0.6", "--stalled-fraction", "0.6"]).is_err());
+        assert!(args(&["--verify-datastore"]).is_err());
+        assert!(args(&["--verify-datastore", "--kubeconfig", "kc"])
+            .unwrap_err()
+            .contains("--metrics-addr"));
+        let c = args(&[
+            "--verify-datastore",
+            "--kubeconfig",
+            "kc",
+            "--metrics-addr",
+            "127.0.0.1:9093",
+        ])
+        .unwrap();
+        assert_eq!(c.verify_datastore, Some(PathBuf::from("kc")));
+        assert_eq!(
+            args(&["--kubeconfig", "kc"]).unwrap().verify_datastore,
+            None
+        );
     }
 
     #[test]

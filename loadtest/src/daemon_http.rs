@@ -1,6 +1,7 @@
 //! What the harness reads from the daemon's HTTP listener: fan-out counters from `/metrics`
 //! and `(seq, keys, digest)` records from `/digest`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use typha::http::http_get;
@@ -133,6 +134,42 @@ pub fn fetch_fanout_counters(addr: SocketAddr) -> Result<FanoutCounters, String>
     parse_fanout_counters(&body)
 }
 
+/// `typha_connections_dropped_by_reason_total{reason="..."}` samples: reason → count.
+pub fn parse_drops_by_reason(text: &str) -> BTreeMap<String, u64> {
+    let prefix = "typha_connections_dropped_by_reason_total{";
+    let mut out = BTreeMap::new();
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let Some(reason) = labels
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix("reason=\""))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            if v.is_finite() && v >= 0.0 {
+                out.insert(reason.to_owned(), v as u64);
+            }
+        }
+    }
+    out
+}
+
+pub fn fetch_drops_by_reason(addr: SocketAddr) -> Result<BTreeMap<String, u64>, String> {
+    let (code, body) = http_get(addr, "/metrics", HTTP_TIMEOUT)
+        .map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    if code != 200 {
+        return Err(format!("GET http://{addr}/metrics: HTTP {code}"));
+    }
+    Ok(parse_drops_by_reason(&body))
+}
+
 /// One syncer type's view in a `/digest` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonDigest {
@@ -156,6 +193,19 @@ pub fn parse_digest_json(body: &str, syncer: SyncerType) -> Result<DaemonDigest,
         .ok_or_else(|| format!("/digest has no digest for {}", syncer.as_str()))?
         .to_owned();
     Ok(DaemonDigest { seq, keys, digest })
+}
+
+/// The daemon's newest record.
+pub fn fetch_latest_digest(addr: SocketAddr, syncer: SyncerType) -> Result<DaemonDigest, String> {
+    let (code, body) = http_get(addr, "/digest", HTTP_TIMEOUT)
+        .map_err(|e| format!("GET http://{addr}/digest: {e}"))?;
+    if code != 200 {
+        return Err(format!(
+            "GET http://{addr}/digest: HTTP {code}: {}",
+            body.trim()
+        ));
+    }
+    parse_digest_json(&body, syncer)
 }
 
 /// The daemon's record for `seq`: `Ok(None)` when it no longer (or never) held it (HTTP 404).
@@ -215,6 +265,9 @@ mod tests {
                 latency: Buckets::default(),
             }
         );
+        let drops = parse_drops_by_reason(text);
+        assert_eq!(drops.len(), 1);
+        assert_eq!(drops["too-slow"], 3);
         assert!(parse_fanout_counters("typha_write_calls_total 1\n")
             .unwrap_err()
             .contains("typha_frames_written_total"));

@@ -6,15 +6,17 @@
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use typha::client::{ClientError, ClientEvent, ClientOptions, ClientSession, Tracking};
-use typha::model::{SyncStatus, SyncerType};
+use typha::client::{
+    ClientError, ClientEvent, ClientOptions, ClientSession, FrameRecord, Tracking,
+};
+use typha::model::{Digest, SyncStatus, SyncerType};
 use typha::proto::Codec;
 
 /// Largest value the histograms track: one hour in microseconds (larger values saturate).
@@ -34,6 +36,22 @@ const READ_BUDGET: usize = 4 * 1024 * 1024;
 const MAX_TURN: Duration = Duration::from_millis(20);
 /// Hard failures kept verbatim (the rest are only counted).
 const MAX_FAILURE_MESSAGES: usize = 20;
+/// Verification mismatches kept verbatim per thread (the rest are only counted).
+const MAX_MISMATCH_MESSAGES: usize = 50;
+/// `Updates` frames (and full-map digests per seq) a thread remembers for comparing clients;
+/// beyond this the later frames are not compared (and said so), keeping memory bounded.
+pub const MAX_FRAMES_REMEMBERED: usize = 1 << 20;
+/// Write stamps remembered to tell their first delivery from later ones.
+const MAX_STAMPS_REMEMBERED: usize = 1 << 20;
+/// How often throttled (slow) clients are looked at again.
+const THROTTLE_TICK: Duration = Duration::from_millis(10);
+/// The label the churn generator stamps its pod label writes with (Unix nanoseconds, decimal).
+/// `apiwatch` parses the same label: keep the name.
+pub const STAMP_LABEL: &str = "typha-loadtest/stamp";
+/// Only workload endpoints carry pod labels.
+const STAMP_KEY_PART: &str = "/workload/";
+/// Drop reason of a client killed on purpose (`--kill-rate`); such kills are counted apart.
+pub const KILLED: &str = "killed by the harness";
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
@@ -60,10 +78,64 @@ pub struct Shared {
     pub closed: AtomicU64,
     /// Protocol errors and undecodable frames: each is a hard failure of the run.
     pub hard_failures: AtomicU64,
+    /// Stalled clients (`--stalled-fraction`) connected now: they never read, so never sync.
+    pub stalled_open: AtomicU64,
+    /// Clients killed on purpose so far (`--kill-rate`), and reconnects after a kill.
+    pub kills: AtomicU64,
+    pub restarts: AtomicU64,
+    /// Verification mismatches found while running (frame contents, full-map digests).
+    pub mismatches: AtomicU64,
+    /// At the end: the highest seq a digest-only client reached, and threads that have
+    /// stopped reading their digest-only clients (see [`Driver::catch_up`]).
+    pub target_seq: AtomicU64,
+    pub frozen: AtomicU64,
     // Published every PUBLISH_EVERY:
     pub updates: AtomicU64,
     pub update_frames: AtomicU64,
     pub bytes: AtomicU64,
+}
+
+/// What a client does besides the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Keeps the whole map: the reference the others are verified against. Never slowed,
+    /// stalled or killed.
+    Full,
+    /// Keeps no map ([`Tracking::DigestOnly`]).
+    DigestOnly,
+    /// As `DigestOnly`, reading at most `--slow-bytes-per-sec`.
+    Slow,
+    /// Connects, sends its `Hello`, then never reads.
+    Stalled,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Full => "full-map",
+            Role::DigestOnly => "digest-only",
+            Role::Slow => "slow",
+            Role::Stalled => "stalled",
+        }
+    }
+}
+
+/// One session of a digest-only client (a killed and restarted client has several): what it
+/// received, to verify against the full-map clients and the daemon at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub idx: usize,
+    pub snap_seq: u64,
+    pub snap_keys: u64,
+    /// Checked by the session against the entries received.
+    pub snap_digest: Digest,
+    /// The last `Updates` frame's `last_seq` (the snapshot's seq without one).
+    pub final_seq: u64,
+    /// `first_seq` of the first `Updates` frame, if any.
+    pub first_frame_seq: Option<u64>,
+    /// Every frame of the segment was compared with the thread's record of it.
+    pub frames_compared: bool,
+    pub ended: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -73,15 +145,25 @@ pub struct DriverConfig {
     pub codecs: Vec<Codec>,
     pub start: Instant,
     pub deadline: Instant,
+    /// Read rate of [`Role::Slow`] clients.
+    pub slow_bytes_per_sec: u64,
+    /// Clients killed per second by each thread.
+    pub kills_per_sec: f64,
+    /// A killed client reconnects after a random delay up to this.
+    pub restart_delay: Duration,
+    /// Client threads in the run.
+    pub threads: usize,
 }
+
+/// Longest the full-map clients are given at the end to reach the digest-only clients' seq.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct ClientPlan {
     pub idx: usize,
     /// When to connect, from the start of the run.
     pub offset: Duration,
-    /// Keep the full map (verified at the end) rather than sequence numbers only.
-    pub full: bool,
+    pub role: Role,
 }
 
 /// A full-map client's state at the end, to compare with the daemon's `/digest`.
@@ -93,6 +175,10 @@ pub struct FullMapState {
     pub seq: u64,
     pub keys: u64,
     pub digest: String,
+    /// Seq of its snapshot: from there to `seq` it recorded its digest after every frame.
+    pub snap_seq: Option<u64>,
+    /// Set by the end-of-run check.
+    pub verified: bool,
 }
 
 /// What a thread hands back at the end.
@@ -121,6 +207,19 @@ pub struct ThreadResult {
     pub last_in_sync: Option<Duration>,
     /// Open connections, kept open until the caller has sampled the server.
     pub streams: Vec<TcpStream>,
+    /// Datastore write → client latency, from write stamps (µs).
+    pub ds_lag_us: Histogram<u64>,
+    /// Content hash of every `Updates` frame, by `(first_seq, last_seq)`, with the client that
+    /// first received it.
+    pub frames_seen: HashMap<(u64, u64), (u128, usize)>,
+    /// Full-map clients' map digests by seq (their snapshot's and after each frame).
+    pub ref_digests: HashMap<u64, (Digest, usize)>,
+    /// The frame or digest records were full: later ones were not compared.
+    pub records_full: bool,
+    pub segments: Vec<Segment>,
+    pub mismatches: Vec<String>,
+    pub kills: u64,
+    pub restarts: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +241,16 @@ struct Client {
     queued: bool,
     snapshot_done: bool,
     in_sync: bool,
+    /// Reached in-sync in any session.
+    ever_in_sync: bool,
+    /// Waiting in the throttled list (a slow client over its read rate).
+    throttled: bool,
+    /// Bytes read in this session (for the read rate).
+    session_bytes: u64,
+    /// The current session's record (digest-only roles, once its snapshot completed).
+    segment: Option<Segment>,
+    /// Seq of the current session's snapshot.
+    snap_seq: Option<u64>,
 }
 
 struct Local {
@@ -159,6 +268,44 @@ struct Local {
     drops: BTreeMap<String, u64>,
     failures: Vec<String>,
     last_in_sync: Option<Duration>,
+    ds_lag_us: Histogram<u64>,
+    kills: u64,
+    restarts: u64,
+}
+
+/// What a thread knows to compare its clients' streams with each other.
+#[derive(Default)]
+struct Verify {
+    frames: HashMap<(u64, u64), (u128, usize)>,
+    /// The highest `last_seq` recorded: a client at it is the first to decode what follows.
+    frontier: u64,
+    ref_digests: HashMap<u64, (Digest, usize)>,
+    records_full: bool,
+    /// Stamps by the `last_seq` of the frame that first carried them (empty: scanned, none).
+    stamps_by_frame: HashMap<u64, Vec<u64>>,
+    seen_stamps: HashSet<u64>,
+    segments: Vec<Segment>,
+    mismatches: Vec<String>,
+}
+
+/// xorshift64*: the kill schedule's choices need no quality beyond "spread out".
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 struct Driver {
@@ -169,15 +316,25 @@ struct Driver {
     clients: Vec<Client>,
     /// Sockets with something to do (a readiness event, or a read budget that ran out).
     ready: VecDeque<usize>,
+    /// Slow clients over their read rate, with data possibly waiting.
+    throttled: Vec<usize>,
+    /// Killed clients and when they reconnect.
+    restarts: Vec<(Instant, usize)>,
+    rng: Rng,
+    /// Snapshot and final seqs whose daemon digest the main thread should fetch.
+    seq_tx: Sender<u64>,
+    verify: Verify,
     local: Local,
 }
 
 /// Runs one thread's clients until the deadline or until `shared.stop` is set.
 pub fn run_thread(
+    thread: usize,
     plans: Vec<ClientPlan>,
     cfg: Arc<DriverConfig>,
     shared: Arc<Shared>,
     lag_tx: Sender<Histogram<u64>>,
+    seq_tx: Sender<u64>,
 ) -> io::Result<ThreadResult> {
     let clients = plans
         .into_iter()
@@ -191,8 +348,14 @@ pub fn run_thread(
             queued: false,
             snapshot_done: false,
             in_sync: false,
+            ever_in_sync: false,
+            throttled: false,
+            session_bytes: 0,
+            segment: None,
+            snap_seq: None,
         })
         .collect();
+    let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
     let mut d = Driver {
         cfg,
         shared,
@@ -200,6 +363,11 @@ pub fn run_thread(
         poll: Poll::new()?,
         clients,
         ready: VecDeque::new(),
+        throttled: Vec::new(),
+        restarts: Vec::new(),
+        rng: Rng(seed),
+        seq_tx,
+        verify: Verify::default(),
         local: Local {
             lag_us: new_histogram(),
             steady_lag_us: new_histogram(),
@@ -215,6 +383,9 @@ pub fn run_thread(
             drops: BTreeMap::new(),
             failures: Vec::new(),
             last_in_sync: None,
+            ds_lag_us: new_histogram(),
+            kills: 0,
+            restarts: 0,
         },
     };
     d.run()?;
@@ -227,6 +398,7 @@ impl Driver {
         let mut buf = vec![0u8; READ_BUF];
         let mut next = 0;
         let mut last_publish = Instant::now();
+        let mut kills_done = 0u64;
         loop {
             let now = Instant::now();
             if self.shared.stop.load(Relaxed) || now >= self.cfg.deadline {
@@ -237,9 +409,26 @@ impl Driver {
                 && made < CONNECTS_PER_ITERATION
                 && self.cfg.start + self.clients[next].plan.offset <= now
             {
+                self.shared.started.fetch_add(1, Relaxed);
                 self.connect(next);
                 next += 1;
                 made += 1;
+            }
+            if self.cfg.kills_per_sec > 0.0 {
+                let due = ((now - self.cfg.start).as_secs_f64() * self.cfg.kills_per_sec) as u64;
+                while kills_done < due {
+                    kills_done += 1;
+                    self.kill_one(now);
+                }
+            }
+            let mut i = 0;
+            while i < self.restarts.len() {
+                if self.restarts[i].0 <= now {
+                    let (_, c) = self.restarts.swap_remove(i);
+                    self.restart(c);
+                } else {
+                    i += 1;
+                }
             }
             let connects_due =
                 next < self.clients.len() && self.cfg.start + self.clients[next].plan.offset <= now;
@@ -250,6 +439,9 @@ impl Driver {
                 if let Some(c) = self.clients.get(next) {
                     t = t.min((self.cfg.start + c.plan.offset).saturating_duration_since(now));
                 }
+                if !self.throttled.is_empty() || !self.restarts.is_empty() {
+                    t = t.min(THROTTLE_TICK);
+                }
                 t
             };
             match self.poll.poll(&mut events, Some(timeout)) {
@@ -258,8 +450,12 @@ impl Driver {
                 Err(e) => return Err(e),
             }
             for ev in events.iter() {
-                self.enqueue(ev.token().0);
+                let i = ev.token().0;
+                if !self.clients[i].throttled {
+                    self.enqueue(i);
+                }
             }
+            self.release_throttled();
             // Serve the ready sockets round-robin, a bounded amount each, for a bounded time,
             // so that connects stay on schedule and one big snapshot does not starve the rest.
             let turn = Instant::now();
@@ -281,7 +477,52 @@ impl Driver {
             }
         }
         self.publish();
-        Ok(())
+        self.catch_up(&mut buf)
+    }
+
+    /// At the end, the digest-only clients stop reading and the full-map clients read on until
+    /// they hold the highest seq any digest-only client reached (or [`CATCH_UP`] passes): a
+    /// digest-only client is verified through a full-map client that held its final seq, and
+    /// a full-map client keeping a map decodes more slowly than one that does not.
+    fn catch_up(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mine = self
+            .clients
+            .iter()
+            .filter(|c| c.plan.role != Role::Full && c.state == ConnState::Open)
+            .filter_map(|c| c.session.as_ref().map(|s| s.state().seq()))
+            .max()
+            .unwrap_or(0);
+        self.shared.target_seq.fetch_max(mine, Relaxed);
+        self.shared.frozen.fetch_add(1, Relaxed);
+        let until = Instant::now() + CATCH_UP;
+        while self.shared.frozen.load(Relaxed) < self.cfg.threads as u64 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let target = self.shared.target_seq.load(Relaxed);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let behind: Vec<usize> = (0..self.clients.len())
+                .filter(|&i| {
+                    let c = &self.clients[i];
+                    c.plan.role == Role::Full
+                        && c.state == ConnState::Open
+                        && c.session.as_ref().is_some_and(|s| {
+                            s.state().snapshot_complete() && s.state().seq() < target
+                        })
+                })
+                .collect();
+            if behind.is_empty() || Instant::now() >= until {
+                return Ok(());
+            }
+            for i in behind {
+                self.service(i, buf);
+            }
+            match self.poll.poll(&mut events, Some(Duration::from_millis(5))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn enqueue(&mut self, i: usize) {
@@ -292,6 +533,32 @@ impl Driver {
         }
     }
 
+    /// Bytes slow client `i` may read now.
+    fn allowance(&self, i: usize) -> usize {
+        let c = &self.clients[i];
+        let secs = c.connect_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let allowed = (self.cfg.slow_bytes_per_sec as f64 * secs) as u64;
+        allowed.saturating_sub(c.session_bytes) as usize
+    }
+
+    /// Puts slow clients whose rate allows another read back in the ready queue.
+    fn release_throttled(&mut self) {
+        let mut i = 0;
+        while i < self.throttled.len() {
+            let c = self.throttled[i];
+            if self.clients[c].stream.is_none() {
+                self.clients[c].throttled = false;
+                self.throttled.swap_remove(i);
+            } else if self.allowance(c) > 0 {
+                self.clients[c].throttled = false;
+                self.throttled.swap_remove(i);
+                self.enqueue(c);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn options(&self, plan: &ClientPlan) -> ClientOptions {
         ClientOptions {
             hostname: format!("typha-loadtest-{}", plan.idx),
@@ -299,22 +566,29 @@ impl Driver {
             syncer_type: self.cfg.syncer,
             accept_compression: self.cfg.codecs.clone(),
             answer_pings: true,
-            tracking: if plan.full {
+            tracking: if plan.role == Role::Full {
                 Tracking::Full
             } else {
-                Tracking::SeqOnly
+                Tracking::DigestOnly
             },
             ..ClientOptions::default()
         }
     }
 
     fn connect(&mut self, i: usize) {
-        self.shared.started.fetch_add(1, Relaxed);
         let opts = self.options(&self.clients[i].plan);
         let c = &mut self.clients[i];
-        c.session = Some(ClientSession::new(opts));
+        let mut session = ClientSession::new(opts);
+        session.record_frames(true);
+        session.set_stamp_label(STAMP_LABEL, STAMP_KEY_PART);
+        c.session = Some(session);
         c.connect_at = Some(Instant::now());
         c.state = ConnState::Connecting;
+        c.session_bytes = 0;
+        c.snapshot_done = false;
+        c.in_sync = false;
+        c.segment = None;
+        c.snap_seq = None;
         let mut stream = match TcpStream::connect(self.cfg.addr) {
             Ok(s) => s,
             Err(e) => return self.close(i, format!("connect failed: {e}")),
@@ -327,6 +601,39 @@ impl Driver {
             return self.close(i, format!("poll register failed: {e}"));
         }
         self.clients[i].stream = Some(stream);
+    }
+
+    /// Reconnects a killed client (it was counted closed while away).
+    fn restart(&mut self, i: usize) {
+        if self.clients[i].state != ConnState::Closed {
+            return;
+        }
+        self.shared.closed.fetch_sub(1, Relaxed);
+        self.shared.restarts.fetch_add(1, Relaxed);
+        self.local.restarts += 1;
+        self.connect(i);
+    }
+
+    /// Kills one random connected client that may be killed: closes its socket abruptly
+    /// (SO_LINGER 0: the daemon sees a reset) and schedules its reconnect.
+    fn kill_one(&mut self, now: Instant) {
+        let n = self.clients.len();
+        for _ in 0..32 {
+            let i = self.rng.below(n);
+            let c = &self.clients[i];
+            if c.state != ConnState::Open || !matches!(c.plan.role, Role::DigestOnly | Role::Slow) {
+                continue;
+            }
+            if let Some(s) = &c.stream {
+                set_linger_zero(s);
+            }
+            self.close(i, KILLED.to_owned());
+            self.local.kills += 1;
+            self.shared.kills.fetch_add(1, Relaxed);
+            let delay = self.cfg.restart_delay.mul_f64(self.rng.unit());
+            self.restarts.push((now + delay, i));
+            return;
+        }
     }
 
     /// Serves one ready socket: completes its connect, reads up to [`READ_BUDGET`] bytes,
@@ -350,6 +657,9 @@ impl Driver {
                     c.established = true;
                     self.shared.connected.fetch_add(1, Relaxed);
                     self.shared.open.fetch_add(1, Relaxed);
+                    if c.plan.role == Role::Stalled {
+                        self.shared.stalled_open.fetch_add(1, Relaxed);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
                 Err(e) => {
@@ -358,11 +668,16 @@ impl Driver {
                 }
             }
         }
-        let more = match self.read_some(i, buf) {
-            Ok(more) => more,
-            Err(reason) => {
-                self.close(i, reason);
-                return false;
+        let more = if self.clients[i].plan.role == Role::Stalled {
+            // Never reads: the daemon's buffers for it fill up until it drops it.
+            false
+        } else {
+            match self.read_some(i, buf) {
+                Ok(more) => more,
+                Err(reason) => {
+                    self.close(i, reason);
+                    return false;
+                }
             }
         };
         if let Err(reason) = self.flush(i) {
@@ -372,14 +687,29 @@ impl Driver {
         more
     }
 
-    /// Reads until `WouldBlock` or [`READ_BUDGET`] bytes, feeding the session. `Ok(true)` when
-    /// the budget ran out first (more may be waiting); `Err` is why the connection ended.
+    /// Reads until `WouldBlock` or [`READ_BUDGET`] bytes (for a slow client: what its rate
+    /// allows), feeding the session. `Ok(true)` when the budget ran out first (more may be
+    /// waiting); `Err` is why the connection ended.
     fn read_some(&mut self, i: usize, buf: &mut [u8]) -> Result<bool, String> {
-        let mut budget = READ_BUDGET;
+        let slow = self.clients[i].plan.role == Role::Slow;
+        let mut budget = if slow {
+            self.allowance(i).min(READ_BUDGET)
+        } else {
+            READ_BUDGET
+        };
         loop {
             if budget == 0 {
+                if slow {
+                    let c = &mut self.clients[i];
+                    if !c.throttled {
+                        c.throttled = true;
+                        self.throttled.push(i);
+                    }
+                    return Ok(false);
+                }
                 return Ok(true);
             }
+            let frontier = self.verify.frontier;
             let c = &mut self.clients[i];
             let (Some(stream), Some(session)) = (c.stream.as_mut(), c.session.as_mut()) else {
                 return Ok(false);
@@ -395,7 +725,12 @@ impl Driver {
                 }
                 Ok(n) => {
                     budget -= n;
+                    c.session_bytes += n as u64;
                     self.local.bytes += n as u64;
+                    // Only a client at the thread's frontier decodes frames no other client of
+                    // the thread has seen: it scans them for write stamps, the others look the
+                    // stamps up.
+                    session.set_scan_stamps(session.state().seq() >= frontier);
                     let fed = session.feed(&buf[..n]);
                     self.drain_events(i);
                     if let Err(e) = fed {
@@ -437,20 +772,34 @@ impl Driver {
         reason.into()
     }
 
+    fn mismatch(&mut self, msg: String) {
+        if self.verify.mismatches.len() < MAX_MISMATCH_MESSAGES {
+            self.verify.mismatches.push(msg);
+        }
+        self.shared.mismatches.fetch_add(1, Relaxed);
+    }
+
     fn drain_events(&mut self, i: usize) {
+        let steady = self.shared.steady.load(Relaxed);
         let c = &mut self.clients[i];
         let Some(session) = c.session.as_mut() else {
             return;
         };
         let l = &mut self.local;
-        let steady = self.shared.steady.load(Relaxed);
+        let mut snapshot: Option<(u64, u64, Digest)> = None;
         while let Some(ev) = session.poll_event() {
             let became_in_sync = match ev {
-                ClientEvent::SnapshotComplete { status, .. } => {
+                ClientEvent::SnapshotComplete {
+                    status,
+                    seq,
+                    key_count,
+                    digest,
+                } => {
                     c.snapshot_done = true;
                     l.snapshots += 1;
                     // Includes whatever followed the SnapshotEnd in the same read.
                     l.snapshot_bytes += session.bytes_received();
+                    snapshot = Some((seq, key_count, digest));
                     status == SyncStatus::InSync
                 }
                 ClientEvent::Status(SyncStatus::InSync) => c.snapshot_done,
@@ -479,10 +828,105 @@ impl Driver {
                     .saturating_record(u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
                 let at = now - self.cfg.start;
                 l.last_in_sync = Some(l.last_in_sync.map_or(at, |t| t.max(at)));
-                self.shared.in_sync.fetch_add(1, Relaxed);
+                if !c.ever_in_sync {
+                    c.ever_in_sync = true;
+                    self.shared.in_sync.fetch_add(1, Relaxed);
+                }
                 if c.state == ConnState::Open {
                     self.shared.in_sync_open.fetch_add(1, Relaxed);
                 }
+            }
+        }
+        let mut records = Vec::new();
+        while let Some(r) = session.pop_frame_record() {
+            records.push(r);
+        }
+        let (idx, role) = (c.plan.idx, c.plan.role);
+        if let Some((seq, keys, digest)) = snapshot {
+            self.clients[i].snap_seq = Some(seq);
+            if role == Role::Full {
+                self.note_ref_digest(idx, seq, digest);
+            } else {
+                self.clients[i].segment = Some(Segment {
+                    idx,
+                    snap_seq: seq,
+                    snap_keys: keys,
+                    snap_digest: digest,
+                    final_seq: seq,
+                    first_frame_seq: None,
+                    frames_compared: true,
+                    ended: "open at the end",
+                });
+                let _ = self.seq_tx.send(seq);
+            }
+        }
+        for r in records {
+            self.note_frame(i, r);
+        }
+    }
+
+    fn note_ref_digest(&mut self, idx: usize, seq: u64, digest: Digest) {
+        let v = &mut self.verify;
+        match v.ref_digests.get(&seq) {
+            Some(&(d, other)) if d != digest => self.mismatch(format!(
+                "full-map clients {other} and {idx} disagree at seq {seq}: digest {d} vs {digest}"
+            )),
+            Some(_) => {}
+            None if v.ref_digests.len() >= MAX_FRAMES_REMEMBERED => v.records_full = true,
+            None => {
+                v.ref_digests.insert(seq, (digest, idx));
+            }
+        }
+    }
+
+    /// Compares one client's `Updates` frame with the thread's record of that frame, records
+    /// full-map digests, and turns write stamps into datastore → client latency.
+    fn note_frame(&mut self, i: usize, r: FrameRecord) {
+        let (idx, role) = (self.clients[i].plan.idx, self.clients[i].plan.role);
+        let key = (r.first_seq, r.last_seq);
+        let mut compared = true;
+        match self.verify.frames.get(&key) {
+            Some(&(h, other)) if h != r.content_hash => self.mismatch(format!(
+                "client {idx}: Updates {}..={} differs from client {other}'s (content hash {:032x} vs {h:032x})",
+                r.first_seq, r.last_seq, r.content_hash
+            )),
+            Some(_) => {}
+            None if self.verify.frames.len() >= MAX_FRAMES_REMEMBERED => {
+                self.verify.records_full = true;
+                compared = false;
+            }
+            None => {
+                self.verify.frames.insert(key, (r.content_hash, idx));
+                self.verify.frontier = self.verify.frontier.max(r.last_seq);
+            }
+        }
+        if let (Role::Full, Some(d)) = (role, r.digest_after) {
+            self.note_ref_digest(idx, r.last_seq, d);
+        }
+        if let Some(seg) = self.clients[i].segment.as_mut() {
+            seg.final_seq = r.last_seq;
+            seg.first_frame_seq.get_or_insert(r.first_seq);
+            seg.frames_compared &= compared;
+        }
+        let v = &mut self.verify;
+        if r.scanned && !v.stamps_by_frame.contains_key(&r.last_seq) {
+            if v.seen_stamps.len() >= MAX_STAMPS_REMEMBERED {
+                v.seen_stamps.clear();
+            }
+            let first: Vec<u64> = r
+                .stamps
+                .iter()
+                .copied()
+                .filter(|s| v.seen_stamps.insert(*s))
+                .collect();
+            if !first.is_empty() || v.stamps_by_frame.len() < MAX_FRAMES_REMEMBERED {
+                v.stamps_by_frame.insert(r.last_seq, first);
+            }
+        }
+        if let Some(stamps) = v.stamps_by_frame.get(&r.last_seq) {
+            for &s in stamps {
+                let us = r.decoded_at.saturating_sub(s) / 1000;
+                self.local.ds_lag_us.saturating_record(us);
             }
         }
     }
@@ -515,11 +959,25 @@ impl Driver {
             if c.in_sync {
                 self.shared.in_sync_open.fetch_sub(1, Relaxed);
             }
+            if c.plan.role == Role::Stalled {
+                self.shared.stalled_open.fetch_sub(1, Relaxed);
+            }
         }
+        if let Some(mut seg) = c.segment.take() {
+            seg.ended = if reason == KILLED {
+                "killed"
+            } else {
+                "dropped"
+            };
+            self.verify.segments.push(seg);
+        }
+        c.in_sync = false;
         if c.state != ConnState::Closed {
             c.state = ConnState::Closed;
             self.shared.closed.fetch_add(1, Relaxed);
-            *self.local.drops.entry(reason).or_default() += 1;
+            if reason != KILLED {
+                *self.local.drops.entry(reason).or_default() += 1;
+            }
         }
     }
 
@@ -541,6 +999,7 @@ impl Driver {
 
     fn finish(self) -> ThreadResult {
         let l = self.local;
+        let mut v = self.verify;
         let mut r = ThreadResult {
             lag_us: l.lag_us,
             steady_lag_us: l.steady_lag_us,
@@ -562,6 +1021,14 @@ impl Driver {
             full_maps: Vec::new(),
             last_in_sync: l.last_in_sync,
             streams: Vec::new(),
+            ds_lag_us: l.ds_lag_us,
+            frames_seen: HashMap::new(),
+            ref_digests: HashMap::new(),
+            records_full: v.records_full,
+            segments: Vec::new(),
+            mismatches: std::mem::take(&mut v.mismatches),
+            kills: l.kills,
+            restarts: l.restarts,
         };
         for c in self.clients {
             let open = c.state == ConnState::Open;
@@ -579,11 +1046,14 @@ impl Driver {
                 r.open_at_end += 1;
                 r.in_sync_at_end += u64::from(c.in_sync);
             }
-            r.in_sync += u64::from(c.in_sync);
+            r.in_sync += u64::from(c.ever_in_sync);
             r.connected += u64::from(c.established);
+            if let Some(seg) = c.segment {
+                v.segments.push(seg);
+            }
             if let Some(s) = &c.session {
                 r.frames += s.frames_received();
-                if c.plan.full {
+                if c.plan.role == Role::Full {
                     let st = s.state();
                     r.full_maps.push(FullMapState {
                         idx: c.plan.idx,
@@ -592,6 +1062,8 @@ impl Driver {
                         seq: st.seq(),
                         keys: st.len() as u64,
                         digest: st.digest().to_string(),
+                        snap_seq: c.snap_seq,
+                        verified: false,
                     });
                 }
             }
@@ -601,6 +1073,28 @@ impl Driver {
                 }
             }
         }
+        r.frames_seen = v.frames;
+        r.ref_digests = v.ref_digests;
+        r.segments = v.segments;
         r
+    }
+}
+
+/// Makes the next close of `s` send a reset instead of a FIN (an abrupt client death).
+fn set_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }

@@ -3,9 +3,10 @@
 //! and what it measured.
 //!
 //! Exit status: 0 when the run passed; 1 when it failed (a protocol error, an undecodable frame,
-//! a full-map client whose digest differs from the daemon's, or no client could connect); 2 when
-//! it could not run (bad arguments, too few file descriptors, the daemon's process or metrics
-//! unreadable). Clients that did not reach in-sync within the duration are reported, not failed.
+//! a verification mismatch — a client's frames or digest disagreeing with another client's, the
+//! daemon's `/digest` or, with `--verify-datastore`, the API server's objects — or no client
+//! could connect); 2 when it could not run (bad arguments, too few file descriptors, the
+//! daemon's process or metrics unreadable). Clients that did not reach in-sync within the duration are reported, not failed.
 //!
 //! `churn` drives writes through a Kubernetes API server on loopback (see `churn.rs`). Exit
 //! status: 0 when every write succeeded; 1 when some failed (counted in the summary); 2 when it
@@ -17,6 +18,7 @@ mod bench_report;
 mod churn;
 mod cli;
 mod daemon_http;
+mod datastore_check;
 mod driver;
 mod report;
 mod run;

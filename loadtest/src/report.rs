@@ -178,12 +178,52 @@ impl Window {
 
 #[derive(Debug, Clone, Default)]
 pub struct Verification {
-    /// Why nothing was verified, if nothing was.
+    /// Why nothing was verified against the daemon, if nothing was.
     pub skipped: Option<String>,
+    /// Client sessions verified: full-map clients plus digest-only sessions (a killed and
+    /// restarted client has one session per connection).
     pub verified: u64,
+    pub full_map_verified: u64,
+    pub digest_only_verified: u64,
+    /// Clients connected at the end whose current session verified.
+    pub verified_at_end: u64,
+    /// Distinct `Updates` frames whose content every client that received them agreed on.
+    pub frames_compared: u64,
     pub mismatches: Vec<String>,
     /// Clients that could not be checked (no snapshot, seq no longer held by the daemon).
     pub unverified: Vec<String>,
+}
+
+/// The scenario flags of a run and what they did.
+#[derive(Debug, Clone, Default)]
+pub struct Scenario {
+    /// The flags in effect, as text.
+    pub flags: Vec<String>,
+    pub slow_fraction: f64,
+    pub slow_bytes_per_sec: u64,
+    pub stalled_fraction: f64,
+    pub kill_rate: f64,
+    pub restart_delay_secs: f64,
+    /// Clients per role (full-map, digest-only, slow, stalled).
+    pub roles: BTreeMap<String, u64>,
+    pub kills: u64,
+    pub restarts: u64,
+}
+
+impl Scenario {
+    fn to_json(&self) -> Value {
+        json!({
+            "flags": self.flags,
+            "slow_fraction": self.slow_fraction,
+            "slow_bytes_per_sec": self.slow_bytes_per_sec,
+            "stalled_fraction": self.stalled_fraction,
+            "kill_rate": self.kill_rate,
+            "restart_delay_secs": self.restart_delay_secs,
+            "roles": self.roles,
+            "kills": self.kills,
+            "restarts": self.restarts,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -229,6 +269,14 @@ pub struct Report {
     pub rss_end: Option<u64>,
     pub harness_cpu_secs: Option<f64>,
     pub verification: Verification,
+    pub scenario: Scenario,
+    /// Write stamp (`typha-loadtest/stamp` label set by `churn`) → first delivery to a client.
+    pub datastore_lag: HistSummary,
+    /// The daemon's `typha_connections_dropped_by_reason_total` over the run (non-zero only).
+    pub daemon_drops: Option<BTreeMap<String, u64>>,
+    pub daemon_drops_error: Option<String>,
+    /// `--verify-datastore`: the API server's translated objects against the daemon.
+    pub datastore_check: Option<Result<crate::datastore_check::DatastoreCheck, String>>,
 }
 
 impl Report {
@@ -249,7 +297,8 @@ impl Report {
         }
         if !self.verification.mismatches.is_empty() {
             r.push(format!(
-                "{} full-map client(s) disagree with the daemon's /digest",
+                "{} verification mismatch(es): a client's data disagrees with another client's \
+                 or with the daemon's /digest",
                 self.verification.mismatches.len()
             ));
         }
@@ -317,6 +366,26 @@ impl Report {
                 "verified": self.verification.verified,
                 "mismatches": self.verification.mismatches,
                 "unverified": self.verification.unverified,
+                "full_map_verified": self.verification.full_map_verified,
+                "digest_only_verified": self.verification.digest_only_verified,
+                "verified_at_end": self.verification.verified_at_end,
+                "frames_compared": self.verification.frames_compared,
+            },
+            "scenario": self.scenario.to_json(),
+            "datastore_to_client_latency": self.datastore_lag.to_json(),
+            "daemon_drops_by_reason": self.daemon_drops,
+            "daemon_drops_error": self.daemon_drops_error,
+            "datastore_check": match &self.datastore_check {
+                None => Value::Null,
+                Some(Ok(c)) => json!({
+                    "matches": c.matches(),
+                    "keys": c.keys,
+                    "digest": c.digest,
+                    "daemon_seq": c.daemon.seq,
+                    "daemon_keys": c.daemon.keys,
+                    "daemon_digest": c.daemon.digest,
+                }),
+                Some(Err(e)) => json!({ "error": e }),
             },
         })
     }
@@ -341,6 +410,16 @@ impl Report {
         if let Some(why) = &self.stopped_early {
             let _ = writeln!(o, "  STOPPED EARLY: {why}");
         }
+        let sc = &self.scenario;
+        let roles: Vec<String> = sc.roles.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let _ = writeln!(
+            o,
+            "scenario:  {}; clients: {}; {} killed, {} restarted",
+            sc.flags.join(", "),
+            roles.join(", "),
+            sc.kills,
+            sc.restarts
+        );
         let _ = writeln!(
             o,
             "clients:   {} connected, {} reached in-sync, {} held at the end ({} in sync), {} never started",
@@ -368,6 +447,11 @@ impl Report {
         let _ = writeln!(o, "  steady:  {}", self.steady_lag);
         let _ = writeln!(
             o,
+            "datastore → client (write stamps): {}",
+            self.datastore_lag
+        );
+        let _ = writeln!(
+            o,
             "received:  {} snapshots ({} total), {} updates in {} Updates frames (deliveries), {} frames, {}, {} pings",
             self.snapshots,
             fmt_bytes(self.snapshot_bytes),
@@ -386,6 +470,19 @@ impl Report {
                 .map(|(r, n)| format!("{r}: {n}"))
                 .collect();
             let _ = writeln!(o, "drops:     {}", list.join(", "));
+        }
+        match (&self.daemon_drops, &self.daemon_drops_error) {
+            (Some(d), _) if d.is_empty() => {
+                let _ = writeln!(o, "daemon drops: none");
+            }
+            (Some(d), _) => {
+                let list: Vec<String> = d.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+                let _ = writeln!(o, "daemon drops: {}", list.join(", "));
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(o, "daemon drops: not read ({e})");
+            }
+            (None, None) => {}
         }
         if let Some(w) = &self.whole {
             w.render(&mut o, "server, whole run");
@@ -432,18 +529,50 @@ impl Report {
             None => {
                 let _ = writeln!(
                     o,
-                    "verification: {} full-map clients match the daemon's /digest, {} mismatch, {} unverified",
+                    "verification: {} sessions verified ({} full-map clients match the daemon's /digest, \
+                     {} digest-only sessions), {} of the clients held at the end; {} frames compared; \
+                     {} mismatch, {} unverified",
                     v.verified,
+                    v.full_map_verified,
+                    v.digest_only_verified,
+                    v.verified_at_end,
+                    v.frames_compared,
                     v.mismatches.len(),
                     v.unverified.len()
                 );
             }
         }
+        if v.skipped.is_some() && !v.mismatches.is_empty() {
+            let _ = writeln!(
+                o,
+                "  (frames compared between clients: {})",
+                v.frames_compared
+            );
+        }
+        match &self.datastore_check {
+            Some(Ok(c)) if c.matches() => {
+                let _ = writeln!(
+                    o,
+                    "datastore: the API server's objects translate to the daemon's {} keys, digest {} (seq {})",
+                    c.keys, c.digest, c.daemon.seq
+                );
+            }
+            Some(Ok(_)) => {
+                let _ = writeln!(o, "datastore: MISMATCH (below)");
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(o, "datastore: not checked ({e})");
+            }
+            None => {}
+        }
         for m in &v.mismatches {
             let _ = writeln!(o, "  MISMATCH {m}");
         }
-        for m in &v.unverified {
+        for m in v.unverified.iter().take(20) {
             let _ = writeln!(o, "  unverified {m}");
+        }
+        if v.unverified.len() > 20 {
+            let _ = writeln!(o, "  ... and {} more unverified", v.unverified.len() - 20);
         }
         if self.hard_failures > 0 {
             let _ = writeln!(o, "HARD FAILURES: {}", self.hard_failures);

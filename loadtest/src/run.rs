@@ -2,17 +2,25 @@
 //! deadline, sample again, verify the full-map clients against `/digest`, build the report.
 
 use crate::cli::RunConfig;
-use crate::daemon_http::{fetch_digest, fetch_fanout_counters, FanoutCounters};
-use crate::driver::{new_histogram, run_thread, ClientPlan, DriverConfig, FullMapState, Shared};
-use crate::report::{fmt_us, HistSummary, Report, Verification, Window};
+use crate::daemon_http::{
+    fetch_digest, fetch_drops_by_reason, fetch_fanout_counters, DaemonDigest, FanoutCounters,
+};
+use crate::driver::{
+    new_histogram, run_thread, ClientPlan, DriverConfig, FullMapState, Segment, Shared,
+    MAX_FRAMES_REMEMBERED,
+};
+use crate::report::{fmt_us, HistSummary, Report, Scenario, Verification, Window};
 use crate::sys::{raise_nofile_limit, sample_process, ProcSample};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use typha::model::SyncerType;
+use typha::model::{Digest, SyncerType};
 
 /// File descriptors kept beyond one per client (epoll, HTTP, stdio, the daemon's own probes).
 pub const FD_HEADROOM: u64 = 100;
@@ -57,14 +65,101 @@ fn window(a: &ServerSample, b: &ServerSample) -> Window {
     }
 }
 
+/// The daemon's `/digest` records fetched so far, by seq: fetched while the run goes on (the
+/// daemon keeps a bounded history), once per distinct seq.
+#[derive(Default)]
+struct DaemonDigests {
+    addr: Option<SocketAddr>,
+    syncer: Option<SyncerType>,
+    known: HashMap<u64, Result<Option<DaemonDigest>, String>>,
+    pending: BTreeSet<u64>,
+}
+
+impl DaemonDigests {
+    /// Fetches up to `max` pending seqs.
+    fn fetch_some(&mut self, max: usize) {
+        let (Some(addr), Some(syncer)) = (self.addr, self.syncer) else {
+            self.pending.clear();
+            return;
+        };
+        for _ in 0..max {
+            let Some(seq) = self.pending.pop_first() else {
+                return;
+            };
+            self.known
+                .entry(seq)
+                .or_insert_with(|| fetch_digest(addr, seq, syncer));
+        }
+    }
+
+    fn get(&mut self, seq: u64) -> Result<Option<DaemonDigest>, String> {
+        if !self.known.contains_key(&seq) {
+            self.pending.insert(seq);
+            self.fetch_some(1);
+        }
+        self.known
+            .get(&seq)
+            .cloned()
+            .unwrap_or_else(|| Err("no --metrics-addr".into()))
+    }
+}
+
+/// Once a second: a progress bar on a terminal, a plain line otherwise, nothing with --json.
+enum Progress {
+    Bar(ProgressBar),
+    Lines,
+    Quiet,
+}
+
+impl Progress {
+    fn new(json: bool, clients: u64) -> Progress {
+        if json {
+            return Progress::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Progress::Lines;
+        }
+        let bar = ProgressBar::new(clients);
+        let style = ProgressStyle::with_template(
+            "[{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} in sync  {msg}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        Progress::Bar(bar)
+    }
+
+    fn show(&self, elapsed: Duration, in_sync: u64, line: &str, clients: u64) {
+        match self {
+            Progress::Bar(b) => {
+                b.set_position(in_sync.min(clients));
+                b.set_message(line.to_owned());
+            }
+            Progress::Lines => eprintln!(
+                "[{:>5.1}s] in-sync {in_sync}/{clients}  {line}",
+                elapsed.as_secs_f64()
+            ),
+            Progress::Quiet => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(b) = self {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// Runs the load test; `Ok` carries the report (which may still say FAIL).
 pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let fds = raise_nofile_limit().context("cannot read or raise RLIMIT_NOFILE")?;
     let need = cfg.clients as u64 + FD_HEADROOM;
-    eprintln!(
-        "typha-loadtest: {fds} file descriptors available ({need} needed for {} clients)",
-        cfg.clients
-    );
+    if !cfg.json {
+        eprintln!(
+            "typha-loadtest: {fds} file descriptors available ({need} needed for {} clients)",
+            cfg.clients
+        );
+    }
     if fds < need {
         bail!(
             "only {fds} file descriptors are available but {} clients need {need}; raise the hard \
@@ -74,6 +169,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
 
     let before = sample_server(&cfg)?;
+    let drops_before = cfg.metrics_addr.map(fetch_drops_by_reason).transpose();
     let me = std::process::id();
     let harness_before = sample_process(me).ok();
 
@@ -85,24 +181,33 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         codecs: cfg.compression.codecs(),
         start,
         deadline,
+        slow_bytes_per_sec: cfg.slow_bytes_per_sec,
+        kills_per_sec: cfg.kill_rate / cfg.threads as f64,
+        restart_delay: cfg.restart_delay,
+        threads: cfg.threads,
     });
     let shared = Arc::new(Shared::default());
     let (lag_tx, lag_rx) = mpsc::channel::<Histogram<u64>>();
+    let (seq_tx, seq_rx) = mpsc::channel::<u64>();
     let mut plans: Vec<Vec<ClientPlan>> = vec![Vec::new(); cfg.threads];
+    let mut roles: BTreeMap<&'static str, u64> = BTreeMap::new();
     for idx in 0..cfg.clients {
+        let role = cfg.role(idx);
+        *roles.entry(role.as_str()).or_default() += 1;
         plans[idx % cfg.threads].push(ClientPlan {
             idx,
             offset: cfg.connect_offset(idx),
-            full: idx < cfg.full_maps,
+            role,
         });
     }
     let mut handles = Vec::with_capacity(cfg.threads);
     for (t, p) in plans.into_iter().enumerate() {
-        let (dcfg, shared, tx) = (dcfg.clone(), shared.clone(), lag_tx.clone());
+        let (dcfg, shared, tx, stx) =
+            (dcfg.clone(), shared.clone(), lag_tx.clone(), seq_tx.clone());
         let h = std::thread::Builder::new()
             .name(format!("loadtest-{t}"))
             .spawn(move || {
-                let r = run_thread(p, dcfg, shared.clone(), tx);
+                let r = run_thread(t, p, dcfg, shared.clone(), tx, stx);
                 if r.is_err() {
                     shared.stop.store(true, Relaxed);
                 }
@@ -112,10 +217,17 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         handles.push(h);
     }
     drop(lag_tx);
+    drop(seq_tx);
+    let mut daemon = DaemonDigests {
+        addr: cfg.metrics_addr,
+        syncer: Some(cfg.syncer),
+        ..Default::default()
+    };
 
     // Wait for the deadline: progress every second, and note when the steady state begins
-    // (every client connected and in sync, or gone).
+    // (every client connected and in sync, or gone, or stalled on purpose).
     let clients = cfg.clients as u64;
+    let progress = Progress::new(cfg.json, clients);
     let mut steady_start: Option<ServerSample> = None;
     let mut window_lag = new_histogram();
     let mut next_progress = start + Duration::from_secs(1);
@@ -125,7 +237,10 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         if now >= deadline || shared.stop.load(Relaxed) {
             break;
         }
-        if shared.started.load(Relaxed) == clients && shared.closed.load(Relaxed) == clients {
+        if shared.started.load(Relaxed) == clients
+            && shared.closed.load(Relaxed) == clients
+            && shared.kills.load(Relaxed) == shared.restarts.load(Relaxed)
+        {
             // Every client has come and gone: nothing is left to measure.
             shared.stop.store(true, Relaxed);
             break;
@@ -134,11 +249,18 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         while let Ok(h) = lag_rx.try_recv() {
             let _ = window_lag.add(&h);
         }
+        while let Ok(seq) = seq_rx.try_recv() {
+            if !daemon.known.contains_key(&seq) {
+                daemon.pending.insert(seq);
+            }
+        }
+        daemon.fetch_some(DIGEST_FETCHES_PER_TICK);
         let in_sync_open = shared.in_sync_open.load(Relaxed);
         if steady_start.is_none()
             && shared.started.load(Relaxed) == clients
             && in_sync_open > 0
-            && in_sync_open + shared.closed.load(Relaxed) == clients
+            && in_sync_open + shared.closed.load(Relaxed) + shared.stalled_open.load(Relaxed)
+                == clients
         {
             // A failed sample only costs the steady-state figures.
             steady_start = sample_server(&cfg).ok();
@@ -152,28 +274,30 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 shared.update_frames.load(Relaxed),
             );
             let dt = (now - last.0).as_secs_f64().max(1e-9);
-            if !cfg.json {
-                let p99 = if window_lag.is_empty() {
-                    "-".to_owned()
-                } else {
-                    fmt_us(window_lag.value_at_quantile(0.99))
-                };
-                eprintln!(
-                    "[{:>5.1}s] connected {}/{}  in-sync {}  updates/s {:.0}  deliveries/s {:.0}  lag p99 {}  dropped {}",
-                    (now - start).as_secs_f64(),
-                    shared.open.load(Relaxed),
-                    clients,
-                    in_sync_open,
-                    (updates - last.1) as f64 / dt,
-                    (frames - last.2) as f64 / dt,
-                    p99,
-                    shared.closed.load(Relaxed),
-                );
-            }
+            let p99 = if window_lag.is_empty() {
+                "-".to_owned()
+            } else {
+                fmt_us(window_lag.value_at_quantile(0.99))
+            };
+            let line = format!(
+                "connected {}/{}  updates/s {:.0}  deliveries/s {:.0}  lag p99 {}  dropped {}  killed {}",
+                shared.open.load(Relaxed),
+                clients,
+                (updates - last.1) as f64 / dt,
+                (frames - last.2) as f64 / dt,
+                p99,
+                shared
+                    .closed
+                    .load(Relaxed)
+                    .saturating_sub(shared.kills.load(Relaxed) - shared.restarts.load(Relaxed)),
+                shared.kills.load(Relaxed),
+            );
+            progress.show(now - start, in_sync_open, &line, clients);
             window_lag.reset();
             last = (now, updates, frames);
         }
     }
+    progress.finish();
     let stopped_early = (Instant::now() < deadline).then(|| {
         if shared.hard_failures.load(Relaxed) > 0 {
             "a client hit a protocol error".to_owned()
@@ -186,6 +310,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     // Sample the daemon with every client still connected, then stop the threads.
     let after = sample_server(&cfg)?;
+    let drops_after = cfg.metrics_addr.map(fetch_drops_by_reason).transpose();
     let harness_after = sample_process(me).ok();
     shared.stop.store(true, Relaxed);
     let mut results = Vec::with_capacity(handles.len());
@@ -194,6 +319,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             Ok(Ok(r)) => results.push(r),
             Ok(Err(e)) => bail!("a client thread failed: {e}"),
             Err(_) => bail!("a client thread panicked"),
+        }
+    }
+    while let Ok(seq) = seq_rx.try_recv() {
+        if !daemon.known.contains_key(&seq) {
+            daemon.pending.insert(seq);
         }
     }
     let elapsed = start.elapsed();
@@ -209,18 +339,48 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         stopped_early,
         requested: clients,
         full_maps: cfg.full_maps as u64,
+        scenario: Scenario {
+            flags: cfg.scenario(),
+            slow_fraction: cfg.slow_fraction,
+            slow_bytes_per_sec: cfg.slow_bytes_per_sec,
+            stalled_fraction: cfg.stalled_fraction,
+            kill_rate: cfg.kill_rate,
+            restart_delay_secs: cfg.restart_delay.as_secs_f64(),
+            roles: roles.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            kills: 0,
+            restarts: 0,
+        },
         ..Default::default()
     };
+    match (drops_before, drops_after) {
+        (Ok(Some(a)), Ok(Some(b))) => {
+            r.daemon_drops = Some(
+                b.iter()
+                    .map(|(k, v)| (k.clone(), v.saturating_sub(*a.get(k).unwrap_or(&0))))
+                    .filter(|(_, v)| *v > 0)
+                    .collect(),
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => r.daemon_drops_error = Some(e),
+        _ => {}
+    }
     let mut lag = new_histogram();
     let mut steady_lag = new_histogram();
     let mut sync = new_histogram();
+    let mut ds_lag = new_histogram();
     let mut full_maps: Vec<FullMapState> = Vec::new();
     let mut streams = Vec::new();
     let mut last_in_sync: Option<Duration> = None;
+    let mut frames: HashMap<(u64, u64), (u128, usize)> = HashMap::new();
+    let mut refs: BTreeMap<u64, (Digest, usize)> = BTreeMap::new();
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut mismatches: Vec<String> = Vec::new();
+    let mut records_full = false;
     for t in results {
         let _ = lag.add(&t.lag_us);
         let _ = steady_lag.add(&t.steady_lag_us);
         let _ = sync.add(&t.sync_us);
+        let _ = ds_lag.add(&t.ds_lag_us);
         r.never_started += t.never_started;
         r.connected += t.connected;
         r.in_sync += t.in_sync;
@@ -233,6 +393,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         r.frames += t.frames;
         r.bytes += t.bytes;
         r.pings += t.pings;
+        r.scenario.kills += t.kills;
+        r.scenario.restarts += t.restarts;
         for (k, v) in t.drops {
             *r.drops.entry(k).or_default() += v;
         }
@@ -243,12 +405,42 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        // Threads compared their own clients; now compare the threads with each other.
+        for (k, (h, idx)) in t.frames_seen {
+            match frames.get(&k) {
+                Some(&(h2, idx2)) if h2 != h => mismatches.push(format!(
+                    "client {idx}: Updates {}..={} differs from client {idx2}'s (content hash {h:032x} vs {h2:032x})",
+                    k.0, k.1
+                )),
+                Some(_) => {}
+                None => {
+                    frames.insert(k, (h, idx));
+                }
+            }
+        }
+        for (seq, (d, idx)) in t.ref_digests {
+            match refs.get(&seq) {
+                Some(&(d2, idx2)) if d2 != d => mismatches.push(format!(
+                    "full-map clients {idx} and {idx2} disagree at seq {seq}: digest {d} vs {d2}"
+                )),
+                Some(_) => {}
+                None => {
+                    refs.insert(seq, (d, idx));
+                }
+            }
+        }
+        segments.extend(t.segments);
+        mismatches.extend(t.mismatches);
+        records_full |= t.records_full;
     }
     r.hard_failures = shared.hard_failures.load(Relaxed);
     r.lag = HistSummary::of(&lag);
     r.steady_lag = HistSummary::of(&steady_lag);
     r.time_to_sync = HistSummary::of(&sync);
-    r.all_in_sync_after = last_in_sync.filter(|_| r.in_sync == clients);
+    r.datastore_lag = HistSummary::of(&ds_lag);
+    // Stalled clients never read, so never sync: "all" means all the others.
+    let stalled = r.scenario.roles.get("stalled").copied().unwrap_or(0);
+    r.all_in_sync_after = last_in_sync.filter(|_| r.in_sync == clients - stalled);
     r.whole = Some(window(&before, &after));
     r.steady = steady_start
         .filter(|s| (after.at - s.at) >= Duration::from_secs(1))
@@ -259,13 +451,172 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .zip(harness_after)
         .map(|(a, b)| b.cpu_secs - a.cpu_secs);
     full_maps.sort_by_key(|f| f.idx);
-    r.verification = verify(cfg.metrics_addr, cfg.syncer, &full_maps);
+    segments.sort_by_key(|s| (s.idx, s.snap_seq));
+    r.verification = verify(cfg.metrics_addr, cfg.syncer, &mut full_maps);
+    let lost = shared.mismatches.load(Relaxed) as usize;
+    let v = &mut r.verification;
+    v.frames_compared = frames.len() as u64;
+    if lost > mismatches.len() {
+        mismatches.push(format!(
+            "... and {} more mismatches not listed",
+            lost - mismatches.len()
+        ));
+    }
+    v.mismatches.extend(mismatches);
+    if records_full {
+        v.unverified.push(format!(
+            "more than {MAX_FRAMES_REMEMBERED} frames: later frames were not compared"
+        ));
+    }
+    let coverage: Vec<(u64, u64)> = full_maps
+        .iter()
+        .filter_map(|f| f.snap_seq.map(|s| (s, f.seq)))
+        .collect();
+    verify_segments(
+        &segments,
+        &RefDigests {
+            by_seq: refs,
+            coverage,
+        },
+        &mut daemon,
+        v,
+    );
+    v.verified_at_end += full_maps.iter().filter(|f| f.open && f.verified).count() as u64;
     drop(streams);
+    if let (Some(kc), Some(m)) = (&cfg.verify_datastore, cfg.metrics_addr) {
+        match crate::datastore_check::check(kc, m, cfg.syncer) {
+            Ok(c) => {
+                if !c.matches() {
+                    r.verification.mismatches.push(format!(
+                        "datastore: the API server's objects translate to {} keys, digest {}; the \
+                         daemon (seq {}) has {} keys, digest {}",
+                        c.keys, c.digest, c.daemon.seq, c.daemon.keys, c.daemon.digest
+                    ));
+                }
+                r.datastore_check = Some(Ok(c));
+            }
+            Err(e) => {
+                r.verification.unverified.push(format!("datastore: {e}"));
+                r.datastore_check = Some(Err(e));
+            }
+        }
+    }
     Ok(r)
 }
 
+/// The full-map clients' map digests: recorded at their snapshot seq and at the `last_seq` of
+/// every frame after it. A syncer type's frames chain (each starts right after the previous
+/// one ends) but one frame can span batches that had nothing for that type, so its map is the
+/// same at every seq from the end of one frame to just before the end of the next: the digest
+/// at `x` is the one recorded at the greatest seq at or below `x`, provided a full-map client
+/// received every frame around `x` (held a range of seqs containing it).
+struct RefDigests {
+    by_seq: BTreeMap<u64, (Digest, usize)>,
+    /// `(snapshot seq, final seq)` of each full-map client.
+    coverage: Vec<(u64, u64)>,
+}
+
+impl RefDigests {
+    fn at(&self, seq: u64) -> Option<(Digest, usize)> {
+        if !self.coverage.iter().any(|&(a, b)| a <= seq && seq <= b) {
+            return None;
+        }
+        self.by_seq.range(..=seq).next_back().map(|(_, v)| *v)
+    }
+}
+
+/// Daemon digests fetched per progress tick while running.
+const DIGEST_FETCHES_PER_TICK: usize = 50;
+
+/// Verifies every digest-only session (see `docs/benchmarks.md`, "Verification"): its snapshot
+/// equals the daemon's at its seq, and the full-map clients' maps went from a map with the same
+/// digest at its snapshot seq to the daemon's at its final seq through the very frames it
+/// received.
+fn verify_segments(
+    segments: &[Segment],
+    refs: &RefDigests,
+    daemon: &mut DaemonDigests,
+    v: &mut Verification,
+) {
+    if daemon.addr.is_none() {
+        return;
+    }
+    for s in segments {
+        let who = format!("client {} ({})", s.idx, s.ended);
+        let snap = daemon.get(s.snap_seq);
+        match &snap {
+            Ok(Some(d)) if d.keys != s.snap_keys || d.digest != s.snap_digest.to_string() => {
+                v.mismatches.push(format!(
+                    "{who}: snapshot at seq {} has {} keys, digest {}; the daemon's has {} keys, digest {}",
+                    s.snap_seq, s.snap_keys, s.snap_digest, d.keys, d.digest
+                ));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                v.unverified.push(format!("{who}: {e}"));
+                continue;
+            }
+        }
+        let snap_known = matches!(snap, Ok(Some(_)));
+        if s.final_seq == s.snap_seq {
+            if snap_known {
+                v.digest_only_verified += 1;
+                v.verified_at_end += u64::from(s.ended == "open at the end");
+            } else {
+                v.unverified.push(format!(
+                    "{who}: the daemon no longer holds its snapshot seq {}",
+                    s.snap_seq
+                ));
+            }
+            continue;
+        }
+        if !s.frames_compared {
+            v.unverified
+                .push(format!("{who}: some of its frames were not compared"));
+            continue;
+        }
+        let (Some((ref_snap, r1)), Some((ref_final, r2))) =
+            (refs.at(s.snap_seq), refs.at(s.final_seq))
+        else {
+            v.unverified.push(format!(
+                "{who}: no full-map client held both its snapshot seq {} and its final seq {}",
+                s.snap_seq, s.final_seq
+            ));
+            continue;
+        };
+        if ref_snap != s.snap_digest {
+            v.mismatches.push(format!(
+                "{who}: snapshot at seq {} has digest {}, full-map client {r1} had {ref_snap}",
+                s.snap_seq, s.snap_digest
+            ));
+            continue;
+        }
+        match daemon.get(s.final_seq) {
+            Ok(Some(d)) if d.digest == ref_final.to_string() => {
+                v.digest_only_verified += 1;
+                v.verified_at_end += u64::from(s.ended == "open at the end");
+            }
+            Ok(Some(d)) => v.mismatches.push(format!(
+                "{who}: at its final seq {} its map (as full-map client {r2}'s) has digest {ref_final}; the daemon's is {}",
+                s.final_seq, d.digest
+            )),
+            Ok(None) => v.unverified.push(format!(
+                "{who}: the daemon no longer holds its final seq {}",
+                s.final_seq
+            )),
+            Err(e) => v.unverified.push(format!("{who}: {e}")),
+        }
+    }
+    v.verified += v.digest_only_verified;
+}
+
 /// Compares each full-map client's `(keys, digest)` at its sequence number with the daemon's.
-fn verify(addr: Option<SocketAddr>, syncer: SyncerType, clients: &[FullMapState]) -> Verification {
+fn verify(
+    addr: Option<SocketAddr>,
+    syncer: SyncerType,
+    clients: &mut [FullMapState],
+) -> Verification {
     let mut v = Verification::default();
     let Some(addr) = addr else {
         v.skipped = Some("no --metrics-addr".into());
@@ -285,6 +636,8 @@ fn verify(addr: Option<SocketAddr>, syncer: SyncerType, clients: &[FullMapState]
             Ok(Some(d)) => {
                 if d.seq == c.seq && d.keys == c.keys && d.digest == c.digest {
                     v.verified += 1;
+                    v.full_map_verified += 1;
+                    c.verified = true;
                 } else {
                     v.mismatches.push(format!(
                         "client {}{} at seq {}: client has {} keys, digest {}; daemon (seq {}) has {} keys, digest {}",
@@ -332,6 +685,12 @@ mod tests {
             target_pid: None,
             metrics_addr: None,
             json: true,
+            slow_fraction: 0.0,
+            slow_bytes_per_sec: 65536,
+            stalled_fraction: 0.0,
+            kill_rate: 0.0,
+            restart_delay: Duration::from_millis(300),
+            verify_datastore: None,
         }
     }
 
@@ -385,7 +744,7 @@ mod tests {
         let r = run(cfg).unwrap();
         assert!(r.passed(), "{}", r.render_text());
         assert_eq!((r.connected, r.in_sync, r.open_at_end), (40, 40, 40));
-        assert_eq!(r.verification.verified, 5, "{:?}", r.verification);
+        assert_eq!(r.verification.full_map_verified, 5, "{:?}", r.verification);
         assert!(r.verification.mismatches.is_empty());
         assert!(r.updates > 0 && r.update_frames > 0 && r.lag.count > 0);
         assert_eq!(r.time_to_sync.count, 40);
@@ -396,7 +755,104 @@ mod tests {
         assert!(r.drops.is_empty(), "{:?}", r.drops);
         let j = r.to_json();
         assert_eq!(j["clients"]["in_sync"], 40);
+        // Every digest-only client verified too, through the full-map clients' frames.
+        assert_eq!(
+            r.verification.digest_only_verified, 35,
+            "{:?}",
+            r.verification
+        );
+        assert_eq!(r.verification.verified, 40);
+        assert_eq!(r.verification.verified_at_end, 40);
+        assert!(r.verification.frames_compared > 0);
         drop(d);
+    }
+
+    #[test]
+    fn killed_slow_and_stalled_clients() {
+        let d = daemon();
+        let mut cfg = config(d.protocol_addr, 60, 4, 3.0);
+        cfg.metrics_addr = d.metrics_addr;
+        cfg.kill_rate = 8.0;
+        cfg.slow_fraction = 0.2;
+        cfg.slow_bytes_per_sec = 1 << 20;
+        cfg.stalled_fraction = 0.1;
+        let r = run(cfg).unwrap();
+        assert!(r.passed(), "{}", r.render_text());
+        assert!(r.scenario.kills >= 10, "{:?}", r.scenario);
+        assert!(r.scenario.restarts > 0);
+        let stalled = r.scenario.roles["stalled"];
+        assert!(stalled > 0 && r.scenario.roles["slow"] > 0);
+        // Killed sessions were verified as well as the final ones.
+        assert!(
+            r.verification.digest_only_verified > 56 - stalled,
+            "{:?}",
+            r.verification
+        );
+        assert!(r.verification.mismatches.is_empty());
+        assert!(r.drops.is_empty(), "{:?}", r.drops);
+        drop(d);
+    }
+
+    #[test]
+    fn digest_only_sessions_are_verified_through_the_full_map_clients() {
+        let dg = |n: u128| Digest(n);
+        let dd = |seq: u64, keys: u64, n: u128| {
+            Ok(Some(DaemonDigest {
+                seq,
+                keys,
+                digest: dg(n).to_string(),
+            }))
+        };
+        // A full-map client held seqs 10..=30: digest 1 at 10, 2 at 20 (a frame 11..=20), 3 at
+        // 30 (a frame 21..=30).
+        let refs = RefDigests {
+            by_seq: [(10, (dg(1), 0)), (20, (dg(2), 0)), (30, (dg(3), 0))]
+                .into_iter()
+                .collect(),
+            coverage: vec![(10, 30)],
+        };
+        assert_eq!(refs.at(15), Some((dg(1), 0)));
+        assert_eq!(refs.at(20), Some((dg(2), 0)));
+        assert_eq!(refs.at(9), None);
+        assert_eq!(refs.at(31), None);
+        let mut daemon = DaemonDigests {
+            addr: Some("127.0.0.1:9".parse().unwrap()),
+            syncer: Some(SyncerType::Felix),
+            ..Default::default()
+        };
+        daemon.known.insert(15, dd(15, 5, 1));
+        daemon.known.insert(30, dd(30, 6, 3));
+        daemon.known.insert(20, dd(20, 6, 99));
+        daemon.known.insert(5, Ok(None));
+        let seg = |idx, snap_seq, snap_digest: u128, final_seq| Segment {
+            idx,
+            snap_seq,
+            snap_keys: 5,
+            snap_digest: dg(snap_digest),
+            final_seq,
+            first_frame_seq: Some(snap_seq + 1),
+            frames_compared: true,
+            ended: "open at the end",
+        };
+        let segments = [
+            // Snapshot mid-frame at 15 (same map as at 10), then frames to 30: verified.
+            seg(1, 15, 1, 30),
+            // Its snapshot disagrees with the daemon's at 15.
+            seg(2, 15, 7, 30),
+            // Ends at 20, where the daemon disagrees with the full-map client.
+            seg(3, 15, 1, 20),
+            // Snapshot before any full-map client and outside the daemon's history.
+            seg(4, 5, 1, 30),
+        ];
+        let mut v = Verification::default();
+        verify_segments(&segments, &refs, &mut daemon, &mut v);
+        assert_eq!(v.digest_only_verified, 1, "{v:?}");
+        assert_eq!(v.verified_at_end, 1);
+        assert_eq!(v.mismatches.len(), 2, "{v:?}");
+        assert!(v.mismatches[0].starts_with("client 2 (open at the end): snapshot at seq 15"));
+        assert!(v.mismatches[1].contains("client 3") && v.mismatches[1].contains("seq 20"));
+        assert_eq!(v.unverified.len(), 1, "{v:?}");
+        assert!(v.unverified[0].starts_with("client 4"));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //!
 //! * [`SyncState`] applies decoded [`ServerMessage`](crate::proto::ServerMessage)s to a local
 //!   map, enforcing the message order and sequence rule of protocol v1 and checking the
-//!   snapshot's key count and digest. [`Tracking::SeqOnly`] keeps no map, for load tests with
-//!   thousands of clients.
+//!   snapshot's key count and digest. [`Tracking::SeqOnly`] and [`Tracking::DigestOnly`] keep
+//!   no map, for load tests with thousands of clients; `DigestOnly` decodes bulk frames
+//!   zero-copy and still checks the snapshot's digest, and with
+//!   [`ClientSession::record_frames`] every `Updates` frame's content is hashed so streams can
+//!   be compared across clients.
 //! * [`ClientSession`] is "bytes in, events out": it does no I/O, so any event loop (mio, tokio,
 //!   a plain thread) can drive it. It queues the `Hello`, decodes frames, answers pings and
 //!   hands out [`ClientEvent`]s.
@@ -30,5 +33,5 @@ pub use blocking::BlockingClient;
 pub use discovery::{Discovery, ServiceDiscovery};
 pub use error::ClientError;
 pub use reconnect::{ReconnectEvent, ReconnectOptions, ReconnectingClient};
-pub use session::{ClientOptions, ClientSession};
+pub use session::{find_stamp, ClientOptions, ClientSession, FrameRecord};
 pub use state::{ClientEntry, ClientEvent, SyncState, Tracking};

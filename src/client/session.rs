@@ -2,9 +2,10 @@
 
 use super::state::{ClientEvent, SyncState, Tracking};
 use super::ClientError;
-use crate::model::{now_unix_nanos, SyncerType};
+use crate::model::{now_unix_nanos, Digest, SyncerType};
 use crate::proto::{
-    self, ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello, ServerMessage,
+    self, ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello, ProtoError,
+    ServerFrameRef, WireUpdateRef,
 };
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -67,6 +68,58 @@ impl ClientOptions {
     }
 }
 
+/// What one `Updates` frame was, for comparing streams across clients without keeping them
+/// (see [`ClientSession::record_frames`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub received_at: u64,
+    /// When it was decoded (Unix nanoseconds).
+    pub decoded_at: u64,
+    /// xxh3-128 of the frame's payload after decompression: equal for every client that
+    /// received the same frame, whatever codec it was compressed with.
+    pub content_hash: u128,
+    /// The map's digest after applying it ([`Tracking::Full`] only).
+    pub digest_after: Option<Digest>,
+    /// Values of the stamp label found in its updates (see [`ClientSession::set_stamp_label`]),
+    /// when stamp scanning was on.
+    pub stamps: Vec<u64>,
+    /// Whether the updates were scanned for stamps.
+    pub scanned: bool,
+}
+
+/// Looks for `"<label>":"<decimal>"` in `value` (a JSON document) and parses the decimal.
+pub fn find_stamp(pattern: &[u8], value: &[u8]) -> Option<u64> {
+    let at = value.windows(pattern.len()).position(|w| w == pattern)? + pattern.len();
+    let digits = &value[at..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    if end == 0 || end > 20 || digits[end] != b'"' {
+        return None;
+    }
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// Stamp scanning settings of a session.
+#[derive(Debug, Default)]
+struct Stamps {
+    /// `"<label>":"` as it appears in a value's JSON.
+    pattern: Option<Vec<u8>>,
+    /// Key substring an update's key must contain to be scanned.
+    key_part: String,
+    scan: bool,
+}
+
+impl Stamps {
+    fn scan_into(&self, u: &WireUpdateRef<'_>, out: &mut Vec<u64>) {
+        if let (Some(p), Some(v)) = (&self.pattern, u.value) {
+            if u.key.contains(self.key_part.as_str()) {
+                out.extend(find_stamp(p, v));
+            }
+        }
+    }
+}
+
 /// One connection's protocol state, driven by whoever owns the socket: hand it the bytes read
 /// with [`feed`](Self::feed), write what [`take_output`](Self::take_output) returns, and consume
 /// [`poll_event`](Self::poll_event). The `Hello` is queued on creation.
@@ -85,6 +138,9 @@ pub struct ClientSession {
     failed: Option<String>,
     frames_received: u64,
     bytes_received: u64,
+    record_frames: bool,
+    records: VecDeque<FrameRecord>,
+    stamps: Stamps,
 }
 
 impl ClientSession {
@@ -100,8 +156,34 @@ impl ClientSession {
             failed: None,
             frames_received: 0,
             bytes_received: 0,
+            record_frames: false,
+            records: VecDeque::new(),
+            stamps: Stamps::default(),
             opts,
         }
+    }
+
+    /// Keep a [`FrameRecord`] of every `Updates` frame, to be taken with
+    /// [`pop_frame_record`](Self::pop_frame_record). Set it before feeding anything.
+    pub fn record_frames(&mut self, on: bool) {
+        self.record_frames = on;
+    }
+
+    /// The oldest frame record not yet taken.
+    pub fn pop_frame_record(&mut self) -> Option<FrameRecord> {
+        self.records.pop_front()
+    }
+
+    /// Scan the values of `Updates` whose key contains `key_part` for the label `label` whose
+    /// value is a decimal (a write's timestamp), into [`FrameRecord::stamps`] while
+    /// [`set_scan_stamps`](Self::set_scan_stamps) is on.
+    pub fn set_stamp_label(&mut self, label: &str, key_part: &str) {
+        self.stamps.pattern = Some(format!("\"{label}\":\"").into_bytes());
+        self.stamps.key_part = key_part.to_owned();
+    }
+
+    pub fn set_scan_stamps(&mut self, on: bool) {
+        self.stamps.scan = on;
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -138,59 +220,104 @@ impl ClientSession {
             events,
             out,
             frames_received,
+            record_frames,
+            records,
+            stamps,
             ..
         } = self;
+        let bulk_path = *record_frames || opts.tracking == Tracking::DigestOnly;
         let res = decoder.feed(input, |payload| -> Result<(), ClientError> {
             *frames_received += 1;
+            if bulk_path {
+                let inflated;
+                let mut plain = payload;
+                let mut decompressed = false;
+                if let ServerFrameRef::Compressed {
+                    codec,
+                    uncompressed_len,
+                    data,
+                } = proto::decode_server_frame_ref(payload, opts.max_frame)?
+                {
+                    let max = opts.max_frame.min(proto::MAX_SERVER_FRAME);
+                    inflated = proto::decompress(codec, data, uncompressed_len as usize, max)?;
+                    plain = &inflated;
+                    decompressed = true;
+                }
+                match proto::decode_server_frame_ref(plain, opts.max_frame)? {
+                    ServerFrameRef::Compressed { .. } => {
+                        return Err(ProtoError::NestedCompression.into())
+                    }
+                    ServerFrameRef::SnapshotChunk { seq, updates }
+                        if opts.tracking == Tracking::DigestOnly =>
+                    {
+                        return state.apply_snapshot_chunk_ref(seq, updates);
+                    }
+                    ServerFrameRef::Updates {
+                        first_seq,
+                        last_seq,
+                        received_at,
+                        updates,
+                    } => {
+                        let now = clock();
+                        let scan = stamps.scan && stamps.pattern.is_some();
+                        let mut found = Vec::new();
+                        let ev = if opts.tracking == Tracking::DigestOnly {
+                            let mut count = 0usize;
+                            let mut updates = updates;
+                            for u in updates.by_ref() {
+                                let u = u?;
+                                if scan {
+                                    stamps.scan_into(&u, &mut found);
+                                }
+                                count += 1;
+                            }
+                            updates.finish()?;
+                            state.apply_updates_counted(
+                                first_seq,
+                                last_seq,
+                                received_at,
+                                count,
+                                now,
+                            )?
+                        } else {
+                            if scan {
+                                for u in updates {
+                                    stamps.scan_into(&u?, &mut found);
+                                }
+                            }
+                            let msg = proto::decode_server_message(plain, opts.max_frame)?;
+                            match state.apply(msg, now)? {
+                                Some(ev) => ev,
+                                None => return Ok(()),
+                            }
+                        };
+                        if *record_frames {
+                            records.push_back(FrameRecord {
+                                first_seq,
+                                last_seq,
+                                received_at,
+                                decoded_at: now,
+                                content_hash: xxhash_rust::xxh3::xxh3_128(plain),
+                                digest_after: (opts.tracking == Tracking::Full)
+                                    .then(|| state.digest()),
+                                stamps: found,
+                                scanned: scan,
+                            });
+                        }
+                        events.push_back(ev);
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+                if decompressed {
+                    // Decode the inner message as it is rather than decompress it again.
+                    let msg = proto::decode_server_message(plain, opts.max_frame)?;
+                    return handle_message(opts, state, events, out, msg, clock());
+                }
+            }
             let msg = proto::decode_server_message(payload, opts.max_frame)?;
             tracing::trace!(len = payload.len(), ?msg, "frame");
-            // Copied before `apply` consumes them into the map; queued only once it accepted
-            // the frame.
-            let keys = match &msg {
-                ServerMessage::SnapshotChunk { seq, updates } if opts.report_keys => {
-                    Some((*seq, true, updates.clone()))
-                }
-                ServerMessage::Updates {
-                    last_seq, updates, ..
-                } if opts.report_keys => Some((*last_seq, false, updates.clone())),
-                _ => None,
-            };
-            let ev = state.apply(msg, clock())?;
-            if let Some((seq, snapshot, updates)) = keys {
-                events.push_back(ClientEvent::Keys {
-                    seq,
-                    snapshot,
-                    updates,
-                });
-            }
-            let Some(ev) = ev else {
-                return Ok(());
-            };
-            match &ev {
-                ClientEvent::ServerHello(h) => {
-                    if let Some(c) = h.compression {
-                        if !opts.accept_compression.contains(&c) {
-                            return Err(ClientError::protocol(format!(
-                                "server chose compression {} which was not offered",
-                                c.as_str()
-                            )));
-                        }
-                    }
-                    tracing::debug!(
-                        server_id = %h.server_id,
-                        connection_id = h.connection_id,
-                        syncer_type = %h.syncer_type,
-                        compression = ?h.compression,
-                        "server hello"
-                    );
-                }
-                ClientEvent::Ping { id } if opts.answer_pings => {
-                    out.extend_from_slice(&proto::encode_frame(&ClientMessage::Pong { id: *id }));
-                }
-                _ => {}
-            }
-            events.push_back(ev);
-            Ok(())
+            handle_message(opts, state, events, out, msg, clock())
         });
         match res {
             Ok(()) => Ok(()),
@@ -282,6 +409,63 @@ impl ClientSession {
             buffered: self.buffered(),
         }
     }
+}
+
+/// Applies one owned message and queues its event (and a `Pong` for a `Ping`).
+fn handle_message(
+    opts: &ClientOptions,
+    state: &mut SyncState,
+    events: &mut VecDeque<ClientEvent>,
+    out: &mut BytesMut,
+    msg: proto::ServerMessage,
+    now: u64,
+) -> Result<(), ClientError> {
+    // Copied before `apply` consumes them into the map; queued only once it accepted the frame.
+    let keys = match &msg {
+        proto::ServerMessage::SnapshotChunk { seq, updates } if opts.report_keys => {
+            Some((*seq, true, updates.clone()))
+        }
+        proto::ServerMessage::Updates {
+            last_seq, updates, ..
+        } if opts.report_keys => Some((*last_seq, false, updates.clone())),
+        _ => None,
+    };
+    let ev = state.apply(msg, now)?;
+    if let Some((seq, snapshot, updates)) = keys {
+        events.push_back(ClientEvent::Keys {
+            seq,
+            snapshot,
+            updates,
+        });
+    }
+    let Some(ev) = ev else {
+        return Ok(());
+    };
+    match &ev {
+        ClientEvent::ServerHello(h) => {
+            if let Some(c) = h.compression {
+                if !opts.accept_compression.contains(&c) {
+                    return Err(ClientError::protocol(format!(
+                        "server chose compression {} which was not offered",
+                        c.as_str()
+                    )));
+                }
+            }
+            tracing::debug!(
+                server_id = %h.server_id,
+                connection_id = h.connection_id,
+                syncer_type = %h.syncer_type,
+                compression = ?h.compression,
+                "server hello"
+            );
+        }
+        ClientEvent::Ping { id } if opts.answer_pings => {
+            out.extend_from_slice(&proto::encode_frame(&ClientMessage::Pong { id: *id }));
+        }
+        _ => {}
+    }
+    events.push_back(ev);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -698,6 +882,130 @@ mod tests {
         assert_eq!(s.state().updates_received(), 5);
         assert_eq!(s.state().snapshot_entries(), 20);
         assert_eq!(events(&mut s).len(), 7);
+    }
+
+    #[test]
+    fn digest_only_verifies_the_snapshot_and_records_frames() {
+        for codec in [None, Some(Codec::Zstd), Some(Codec::Lz4)] {
+            let st = stream(codec);
+            let mut full = ClientSession::new(ClientOptions::default());
+            full.record_frames(true);
+            full.feed_at(&st.bytes, now()).unwrap();
+            let mut s = ClientSession::new(ClientOptions {
+                tracking: Tracking::DigestOnly,
+                ..Default::default()
+            });
+            s.record_frames(true);
+            for c in st.bytes.chunks(11) {
+                s.feed_at(c, now()).unwrap();
+            }
+            assert_eq!(s.state().len(), 0);
+            assert_eq!(s.state().seq(), 13);
+            assert_eq!(s.state().digest(), st.snapshot_digest);
+            assert_eq!(s.state().updates_received(), 5);
+            assert_eq!(s.state().snapshot_entries(), 20);
+            // The same events as a full-map client, in the same order.
+            let want = events(&mut full);
+            assert_eq!(events(&mut s), want, "{codec:?}");
+            // Frame records agree with the full-map client's, whatever the codec.
+            let a: Vec<_> = std::iter::from_fn(|| full.pop_frame_record()).collect();
+            let b: Vec<_> = std::iter::from_fn(|| s.pop_frame_record()).collect();
+            assert_eq!(a.len(), 2);
+            assert_eq!(a[1].digest_after, Some(expected().1));
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(
+                    (x.first_seq, x.last_seq, x.content_hash, x.received_at),
+                    (y.first_seq, y.last_seq, y.content_hash, y.received_at)
+                );
+                assert_eq!(y.digest_after, None);
+            }
+            assert_ne!(b[0].content_hash, b[1].content_hash);
+            let plain = stream(None);
+            let mut p = ClientSession::new(ClientOptions::default());
+            p.record_frames(true);
+            p.feed_at(&plain.bytes, now()).unwrap();
+            assert_eq!(
+                p.pop_frame_record().unwrap().content_hash,
+                b[0].content_hash
+            );
+        }
+        // A wrong digest in the SnapshotEnd is caught without a map.
+        let snap = encode_snapshot(
+            &state_map(),
+            10,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            300,
+        );
+        let mut bad = snap.digest.to_bytes();
+        bad[0] ^= 1;
+        let mut s = ClientSession::new(ClientOptions {
+            tracking: Tracking::DigestOnly,
+            ..Default::default()
+        });
+        assert_protocol(
+            s.feed(&tampered_end(20, bad)).unwrap_err(),
+            "digest mismatch",
+        );
+        let mut s = ClientSession::new(ClientOptions {
+            tracking: Tracking::DigestOnly,
+            ..Default::default()
+        });
+        assert_protocol(
+            s.feed(&tampered_end(21, snap.digest.to_bytes()))
+                .unwrap_err(),
+            "key count mismatch",
+        );
+        // Sequence rules hold as with a map.
+        let (mut b, _) = prefix();
+        b.extend_from_slice(&updates_frame(12, 12));
+        let mut s = ClientSession::new(ClientOptions {
+            tracking: Tracking::DigestOnly,
+            ..Default::default()
+        });
+        assert_protocol(s.feed(&b).unwrap_err(), "gap");
+    }
+
+    #[test]
+    fn stamps_are_found_while_scanning() {
+        let label = "typha-loadtest/stamp";
+        assert_eq!(
+            find_stamp(
+                b"\"typha-loadtest/stamp\":\"",
+                br#"{"labels":{"a":"b","typha-loadtest/stamp":"1700000000123456789"}}"#
+            ),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(find_stamp(b"\"x\":\"", br#"{"x":"12a"}"#), None);
+        assert_eq!(find_stamp(b"\"x\":\"", br#"{"x":""}"#), None);
+        assert_eq!(find_stamp(b"\"x\":\"", br#"{"x":"12"#), None);
+        let key = "/calico/v1/host/n1/workload/k8s/ns%2fp/endpoint/eth0";
+        let v = format!(r#"{{"labels":{{"{label}":"42"}}}}"#);
+        let ups = [
+            upd(key, Some(&v), "5"),
+            upd("/calico/v1/other", Some(&v), "6"),
+        ];
+        let refs: Vec<&Update> = ups.iter().collect();
+        let frame =
+            encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default()).plain;
+        for tracking in [Tracking::Full, Tracking::DigestOnly] {
+            for scan in [false, true] {
+                let (mut b, _) = prefix();
+                b.extend_from_slice(&frame);
+                let mut s = ClientSession::new(ClientOptions {
+                    tracking,
+                    ..Default::default()
+                });
+                s.record_frames(true);
+                s.set_stamp_label(label, "/workload/");
+                s.set_scan_stamps(scan);
+                s.feed(&b).unwrap();
+                let r = s.pop_frame_record().unwrap();
+                assert_eq!(r.scanned, scan);
+                assert_eq!(r.stamps, if scan { vec![42] } else { vec![] });
+            }
+        }
     }
 
     /// Hello + snapshot (seq 10) of the plain stream, and the snapshot's frames.

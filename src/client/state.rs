@@ -2,7 +2,9 @@
 
 use super::ClientError;
 use crate::model::{Digest, SyncStatus};
-use crate::proto::{GoodbyeReason, ServerHello, ServerMessage, WireUpdate, PROTOCOL_VERSION};
+use crate::proto::{
+    GoodbyeReason, ServerHello, ServerMessage, UpdatesIter, WireUpdate, PROTOCOL_VERSION,
+};
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::time::Duration;
 
@@ -22,6 +24,13 @@ pub enum Tracking {
     /// No map: only the sequence rule, the message order and counters. The snapshot's digest
     /// is not checked; its key count is checked against the number of entries received.
     SeqOnly,
+    /// No map, and no allocation per entry: the session decodes `SnapshotChunk` and `Updates`
+    /// frames zero-copy, the snapshot's key count and digest are computed over the borrowed
+    /// entries and verified, and each `Updates` frame's content is hashed
+    /// ([`ClientSession::pop_frame_record`](super::ClientSession::pop_frame_record)) so that
+    /// the stream can be compared with a full-map client's. [`SyncState::digest`] stays the
+    /// snapshot's digest.
+    DigestOnly,
 }
 
 /// What a decoded server message meant, as handed to the application.
@@ -151,21 +160,7 @@ impl SyncState {
                 Ok(Some(ClientEvent::ServerHello(h)))
             }
             ServerMessage::SnapshotChunk { seq, updates } => {
-                self.require_hello("SnapshotChunk")?;
-                if self.snapshot_complete {
-                    return Err(ClientError::protocol(format!(
-                        "SnapshotChunk (seq {seq}) after SnapshotEnd (seq {})",
-                        self.seq
-                    )));
-                }
-                match self.snapshot_seq {
-                    Some(s) if s != seq => {
-                        return Err(ClientError::protocol(format!(
-                            "SnapshotChunk with seq {seq} in a snapshot at seq {s}"
-                        )))
-                    }
-                    _ => self.snapshot_seq = Some(seq),
-                }
+                self.check_chunk(seq)?;
                 self.snapshot_entries +=
                     updates.iter().filter(|u| u.value.is_some()).count() as u64;
                 self.apply_updates(updates);
@@ -190,6 +185,20 @@ impl SyncState {
                 }
                 let digest = Digest::from_bytes(digest);
                 match self.tracking {
+                    Tracking::DigestOnly => {
+                        if self.snapshot_entries != key_count {
+                            return Err(ClientError::protocol(format!(
+                                "snapshot key count mismatch: server says {key_count}, received {}",
+                                self.snapshot_entries
+                            )));
+                        }
+                        if self.digest != digest {
+                            return Err(ClientError::protocol(format!(
+                                "snapshot digest mismatch: server says {digest}, received {}",
+                                self.digest
+                            )));
+                        }
+                    }
                     Tracking::Full => {
                         if self.map.len() as u64 != key_count {
                             return Err(ClientError::protocol(format!(
@@ -231,27 +240,7 @@ impl SyncState {
                 received_at,
                 updates,
             } => {
-                if !self.snapshot_complete {
-                    return Err(ClientError::protocol(format!(
-                        "Updates {first_seq}..={last_seq} before SnapshotEnd"
-                    )));
-                }
-                let next = self.seq.checked_add(1).ok_or_else(|| {
-                    ClientError::protocol(format!("Updates after seq {}", u64::MAX))
-                })?;
-                if !(first_seq <= next && last_seq >= next && first_seq <= last_seq) {
-                    let what = if first_seq > last_seq {
-                        "inverted range"
-                    } else if last_seq < next {
-                        "duplicate"
-                    } else {
-                        "gap"
-                    };
-                    return Err(ClientError::protocol(format!(
-                        "{what}: Updates {first_seq}..={last_seq} after seq {}",
-                        self.seq
-                    )));
-                }
+                self.check_updates(first_seq, last_seq)?;
                 self.seq = last_seq;
                 let count = updates.len();
                 self.update_frames += 1;
@@ -287,6 +276,111 @@ impl SyncState {
         }
     }
 
+    fn check_chunk(&mut self, seq: u64) -> Result<(), ClientError> {
+        self.require_hello("SnapshotChunk")?;
+        if self.snapshot_complete {
+            return Err(ClientError::protocol(format!(
+                "SnapshotChunk (seq {seq}) after SnapshotEnd (seq {})",
+                self.seq
+            )));
+        }
+        match self.snapshot_seq {
+            Some(s) if s != seq => {
+                return Err(ClientError::protocol(format!(
+                    "SnapshotChunk with seq {seq} in a snapshot at seq {s}"
+                )))
+            }
+            _ => self.snapshot_seq = Some(seq),
+        }
+        Ok(())
+    }
+
+    fn check_updates(&self, first_seq: u64, last_seq: u64) -> Result<(), ClientError> {
+        if !self.snapshot_complete {
+            return Err(ClientError::protocol(format!(
+                "Updates {first_seq}..={last_seq} before SnapshotEnd"
+            )));
+        }
+        let next = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| ClientError::protocol(format!("Updates after seq {}", u64::MAX)))?;
+        if !(first_seq <= next && last_seq >= next && first_seq <= last_seq) {
+            let what = if first_seq > last_seq {
+                "inverted range"
+            } else if last_seq < next {
+                "duplicate"
+            } else {
+                "gap"
+            };
+            return Err(ClientError::protocol(format!(
+                "{what}: Updates {first_seq}..={last_seq} after seq {}",
+                self.seq
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_not_after_goodbye(&self, what: &str) -> Result<(), ClientError> {
+        if let Some((reason, _)) = &self.goodbye {
+            return Err(ClientError::protocol(format!(
+                "{what} after Goodbye({})",
+                reason.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A `SnapshotChunk` decoded zero-copy ([`Tracking::DigestOnly`]): the sequence and order
+    /// rules of [`apply`](Self::apply), and its entries counted and added to the digest without
+    /// being kept. A deletion in a snapshot is a protocol error (a snapshot only holds values).
+    pub fn apply_snapshot_chunk_ref(
+        &mut self,
+        seq: u64,
+        mut updates: UpdatesIter<'_>,
+    ) -> Result<(), ClientError> {
+        self.check_not_after_goodbye("SnapshotChunk")?;
+        self.check_chunk(seq)?;
+        for u in updates.by_ref() {
+            let u = u?;
+            let Some(value) = u.value else {
+                return Err(ClientError::protocol(format!(
+                    "deletion of {:?} in a snapshot chunk",
+                    u.key
+                )));
+            };
+            self.digest.add(u.key, value);
+            self.snapshot_entries += 1;
+        }
+        updates.finish()?;
+        Ok(())
+    }
+
+    /// An `Updates` frame decoded zero-copy ([`Tracking::DigestOnly`]): the sequence and order
+    /// rules of [`apply`](Self::apply); `count` is its number of updates, already decoded by the
+    /// caller.
+    pub fn apply_updates_counted(
+        &mut self,
+        first_seq: u64,
+        last_seq: u64,
+        received_at: u64,
+        count: usize,
+        now_unix_nanos: u64,
+    ) -> Result<ClientEvent, ClientError> {
+        self.check_not_after_goodbye("Updates")?;
+        self.check_updates(first_seq, last_seq)?;
+        self.seq = last_seq;
+        self.update_frames += 1;
+        self.updates_received += count as u64;
+        Ok(ClientEvent::Updates {
+            first_seq,
+            last_seq,
+            count,
+            received_at,
+            lag: Duration::from_nanos(now_unix_nanos.saturating_sub(received_at)),
+        })
+    }
+
     fn require_hello(&self, what: &str) -> Result<(), ClientError> {
         if self.server_hello.is_none() {
             return Err(ClientError::protocol(format!("{what} before ServerHello")));
@@ -295,7 +389,8 @@ impl SyncState {
     }
 
     fn apply_updates(&mut self, updates: Vec<WireUpdate>) {
-        if self.tracking == Tracking::SeqOnly {
+        if self.tracking != Tracking::Full {
+            // DigestOnly reaches here only for an owned message handed to `apply` directly.
             return;
         }
         for u in updates {

@@ -2,9 +2,11 @@
 //! `docs/protocol.md` documents every message byte by byte; `encode` is the one seam through
 //! which batches and snapshots become shared frames.
 
+mod borrowed;
 mod codec;
 pub mod encode;
 mod messages;
 
+pub use borrowed::*;
 pub use codec::*;
 pub use messages::*;

@@ -370,6 +370,51 @@ async fn probe_reachability(client: Client, every: Duration, board: Arc<StatusBo
     }
 }
 
+/// Lists every watched kind once (the kinds the server does not serve count as empty) and
+/// returns what the driver would hold after a resync: every translated key with its value,
+/// including the default allow profile. An independent view of the datastore for checking a
+/// daemon's digest (`typha-loadtest run --verify-datastore`). Objects that do not translate
+/// yield nothing, as in the watch loop.
+pub async fn list_translated(
+    cfg: &KubernetesConfig,
+) -> Result<std::collections::BTreeMap<String, bytes::Bytes>, String> {
+    let client = connect(cfg).await?;
+    let mut out: std::collections::BTreeMap<String, bytes::Bytes> =
+        translate::default_allow_profile()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    for spec in watched_kinds() {
+        let Some(ar) = resolve(&client, &spec)
+            .await
+            .map_err(|e| format!("{}: {e}", spec.name))?
+        else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let mut lp = ListParams::default().limit(cfg.page_size);
+        loop {
+            let page = api
+                .list(&lp)
+                .await
+                .map_err(|e| format!("listing {}: {e}", spec.plural))?;
+            for obj in &page.items {
+                let Ok(v) = serde_json::to_value(obj) else {
+                    continue;
+                };
+                if let Ok(kvs) = (spec.translate)(&v) {
+                    out.extend(kvs);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp = lp.continue_token(&c),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the driver until `tx` closes.
 pub async fn run(
     cfg: KubernetesConfig,

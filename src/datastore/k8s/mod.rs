@@ -14,4 +14,4 @@ mod driver;
 mod replicas;
 pub mod translate;
 
-pub use driver::{run, watched_kinds, KindSpec, KubernetesConfig};
+pub use driver::{list_translated, run, watched_kinds, KindSpec, KubernetesConfig};
