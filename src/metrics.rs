@@ -49,6 +49,8 @@ pub struct Metrics {
     pub datastore_errors: IntCounterVec,
     pub datastore_watch_restarts: IntCounterVec,
     pub datastore_kind_absent: IntGaugeVec,
+    // TLS.
+    pub tls_reloads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -278,6 +280,12 @@ impl Metrics {
                 "typha_datastore_kind_absent",
                 "1 while the API server does not serve a watched kind (CRD not installed).",
                 &["kind"],
+            ),
+            tls_reloads: counter_vec(
+                &r,
+                "typha_tls_reloads_total",
+                "Reloads of the server's TLS files after they changed, by result (success, failure).",
+                &["result"],
             ),
             registry: r,
         }

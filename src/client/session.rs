@@ -26,6 +26,9 @@ pub struct ClientOptions {
     pub read_timeout: Option<Duration>,
     /// For [`BlockingClient`](super::BlockingClient).
     pub connect_timeout: Duration,
+    /// For [`BlockingClient`](super::BlockingClient): connect with TLS, reading these files
+    /// at each connect. Other event loops use [`ClientTls`](super::tls::ClientTls) directly.
+    pub tls: Option<super::tls::ClientTlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -40,6 +43,7 @@ impl Default for ClientOptions {
             tracking: Tracking::Full,
             read_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
