@@ -269,7 +269,10 @@ fn fanout_tls(c: &mut Criterion) {
         outbox.next_seq = Some(seq);
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let (k, _) = outbox.gather(&ring, &mut iov);
-        s.conn.writer().write_vectored(&iov[..k]).unwrap();
+        assert_eq!(
+            s.conn.writer().write_vectored(&iov[..k]).unwrap(),
+            frame_len
+        );
         let mut wire = Vec::new();
         while s.conn.wants_write() {
             s.conn.write_tls(&mut wire).unwrap();
