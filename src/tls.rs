@@ -39,7 +39,9 @@ pub enum TlsError {
     NoCertificate { what: &'static str, path: PathBuf },
     #[error("CA file {path}: {detail}")]
     BadCa { path: PathBuf, detail: String },
-    /// The key does not match the certificate, or one of them is unusable.
+    #[error("key {key} does not match certificate {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// The key or the certificate is unusable.
     #[error("server certificate and key: {0}")]
     CertKey(rustls::Error),
     #[error("client certificate and key: {0}")]
@@ -177,6 +179,24 @@ fn describe_wanted(cn: Option<&str>, uri: Option<&str>) -> String {
         (Some(c), None) => format!("CN {c:?}"),
         (None, Some(u)) => format!("URI SAN {u:?}"),
         (None, None) => "nothing (no identity configured)".to_owned(),
+    }
+}
+
+/// A certificate/key error, with the key mismatch named plainly.
+pub(crate) fn cert_key_error(
+    e: rustls::Error,
+    cert: &Path,
+    key: &Path,
+    other: fn(rustls::Error) -> TlsError,
+) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            TlsError::KeyMismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            }
+        }
+        e => other(e),
     }
 }
 

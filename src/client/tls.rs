@@ -73,9 +73,9 @@ impl ClientTls {
                 let certs = parse_certs(what, cert_file, &read_pem_file(what, cert_file)?)?;
                 let what = "client key file";
                 let key = parse_key(what, key_file, &read_pem_file(what, key_file)?)?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(TlsError::ClientCertKey)?
+                builder.with_client_auth_cert(certs, key).map_err(|e| {
+                    crate::tls::cert_key_error(e, cert_file, key_file, TlsError::ClientCertKey)
+                })?
             }
             (None, None) => builder.with_no_client_auth(),
             _ => {

@@ -231,6 +231,12 @@ impl Server {
             .map(ServerTls::load)
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if tls.is_some() {
+            // Both series exist from the start, so a dashboard shows 0 rather than nothing.
+            for result in ["success", "failure"] {
+                metrics.tls_reloads.with_label_values(&[result]);
+            }
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = bind_listener(cfg.listen, cfg.listen_backlog)?;

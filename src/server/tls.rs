@@ -9,7 +9,9 @@
 //! client's TLS buffer.
 
 use crate::metrics::Metrics;
-use crate::tls::{parse_certs, parse_key, parse_roots, read_pem_file, Identity, TlsError};
+use crate::tls::{
+    cert_key_error, parse_certs, parse_key, parse_roots, read_pem_file, Identity, TlsError,
+};
 use mio::net::TcpStream;
 use rustls::server::WebPkiClientVerifier;
 use std::io::{self, Read};
@@ -88,7 +90,7 @@ impl Material {
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs, key)
-            .map_err(TlsError::CertKey)?;
+            .map_err(|e| cert_key_error(e, &s.cert_file, &s.key_file, TlsError::CertKey))?;
         Ok(Arc::new(cfg))
     }
 }
