@@ -768,3 +768,63 @@ fn client_refuses_a_server_with_the_wrong_name_or_ca() {
     ));
     h.stop();
 }
+
+/// The binary as an operator runs it: TLS from environment variables (Typha's names), a
+/// TLS client syncs; an unloadable key stops it at startup with a clear message.
+#[test]
+fn daemon_binary_serves_tls_from_typha_settings() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let pki = Pki::new("daemon");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let run = |key: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_typha"))
+            .args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
+            .args(["--server-port", &port.to_string()])
+            .args([
+                "--health-enabled=false",
+                "--prometheus-metrics-enabled=false",
+            ])
+            .args(["--sim-endpoints", "50", "--sim-churn-rate", "0"])
+            .args(["--log-severity-screen", "warning"])
+            .env("TYPHA_SERVERCERTFILE", pki.path("server.pem"))
+            .env("TYPHA_SERVERKEYFILE", key)
+            .env("TYPHA_CAFILE", pki.path("ca.pem"))
+            .env("TYPHA_CLIENTURISAN", CLIENT_URI)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(run(&pki.path("server-key.pem")));
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line:?}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let c = try_sync(addr, pki.good_client("daemon-client")).expect("TLS client syncs");
+    assert!(!c.state().is_empty());
+    drop(c);
+    drop(child);
+
+    let (_, other_key) = pki.ca.leaf(SERVER_CN, None, true);
+    let bad_key = pki.dir.write("other-key.pem", &other_key);
+    let out = run(&bad_key).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS setup failed") && err.contains("does not match"),
+        "{err}"
+    );
+}
