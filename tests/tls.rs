@@ -429,9 +429,17 @@ fn good_client_gets_snapshot_and_updates_over_tls() {
         .unwrap();
     h.assert_digest_equal(&c);
     assert_eq!(c.state().get(&wep(2000)).unwrap().value, big);
-    h.wait_for("a pong over TLS", |h| {
-        h.metrics.ping_latency.get_sample_count() > 0
-    });
+    // The client answers pings as it reads: keep it reading until the server has a pong.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.metrics.ping_latency.get_sample_count() == 0 {
+        assert!(Instant::now() < deadline, "no pong arrived over TLS");
+        match c.next_event_timeout(Duration::from_millis(50)) {
+            Ok(_) => {}
+            Err(e) if e.is_timeout() => {}
+            Err(e) => panic!("client failed: {e}"),
+        }
+    }
+    assert_eq!(h.dropped("pong-timeout"), 0);
     // Shutdown: the Goodbye arrives over TLS, followed by a close_notify (a clean close).
     h.stop();
     let e = c.run_until(Duration::from_secs(20), |_| false).unwrap_err();
@@ -644,12 +652,21 @@ fn rotated_certificates_serve_new_clients_and_keep_old_ones() {
         h.reloads("success") >= 1
     });
 
+    // The files were written one by one, so a reload may have caught only some of them: poll
+    // (bounded) until a client of the new CA gets in.
     let new_ca_file = pki.path("new-ca.pem");
-    let mut fresh = try_sync(
-        addr,
-        pki.client("fresh", &new_ca, CLIENT_CN, None, &new_ca_file),
-    )
-    .expect("a client of the new CA connects after the rotation");
+    let fresh_opts = pki.client("fresh", &new_ca, CLIENT_CN, None, &new_ca_file);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut fresh = loop {
+        match try_sync(addr, fresh_opts.clone()) {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "a client of the new CA cannot connect after the rotation: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // A client trusting only the old CA now refuses the server.
     let old_ca_file = pki.dir.write("old-ca.pem", &pki.ca.pem());
     let e = assert_refused(
