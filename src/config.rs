@@ -11,7 +11,7 @@ use crate::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
 use crate::proto::encode::EncodeOptions;
 use crate::proto::{Codec, MAX_CLIENT_FRAME};
 use crate::rebalance::{ConnectionTarget, RebalanceConfig, TargetParams};
-use crate::server::ServerConfig;
+use crate::server::{ServerConfig, TlsSettings};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::ffi::OsString;
@@ -307,6 +307,25 @@ pub struct Config {
         default_value_t = 1.0
     )]
     pub shutdown_connection_drop_interval_max_secs: f64,
+
+    // ---- TLS (setting any of these turns TLS on and requires all but one of CN / URI SAN) ----
+    /// TLS: the server's certificate (PEM, leaf first, then any intermediates).
+    #[arg(long = "server-cert-file", env = "TYPHA_SERVERCERTFILE")]
+    pub server_cert_file: Option<PathBuf>,
+    /// TLS: the server certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long = "server-key-file", env = "TYPHA_SERVERKEYFILE")]
+    pub server_key_file: Option<PathBuf>,
+    /// TLS: CA bundle (PEM) that client certificates must chain to.
+    #[arg(long = "ca-file", env = "TYPHA_CAFILE")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: a client is admitted if its certificate's Common Name is this (or see
+    /// client-uri-san).
+    #[arg(long = "client-cn", env = "TYPHA_CLIENTCN")]
+    pub client_cn: Option<String>,
+    /// TLS: a client is admitted if one of its certificate's URI SANs is this (or see
+    /// client-cn).
+    #[arg(long = "client-uri-san", env = "TYPHA_CLIENTURISAN")]
+    pub client_uri_san: Option<String>,
 
     // ---- batching ----
     /// Most updates in one delta batch.
@@ -667,6 +686,7 @@ impl Config {
                 msg: "must be a positive number of seconds".into(),
             });
         }
+        self.tls_settings()?;
         Ok(self)
     }
 
@@ -721,6 +741,7 @@ impl Config {
             keepalive_count: self.server_keepalive_count,
             tcp_user_timeout: (self.server_tcp_user_timeout_secs > 0.0)
                 .then(|| secs(self.server_tcp_user_timeout_secs)),
+            tls: self.tls_settings()?,
         })
     }
 
@@ -741,6 +762,56 @@ impl Config {
             poll_interval: Duration::from_secs_f64(self.k8s_service_poll_interval_secs),
             target: ConnectionTarget::default(),
         })
+    }
+
+    /// The TLS settings, if any is set. As in Typha, setting any one requires the certificate,
+    /// key and CA files and at least one of the client CN and URI SAN; empty counts as unset.
+    pub fn tls_settings(&self) -> Result<Option<TlsSettings>, ConfigError> {
+        let path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let text = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let (cert, key, ca) = (
+            path(&self.server_cert_file),
+            path(&self.server_key_file),
+            path(&self.ca_file),
+        );
+        let (cn, uri) = (text(&self.client_cn), text(&self.client_uri_san));
+        if cert.is_none() && key.is_none() && ca.is_none() && cn.is_none() && uri.is_none() {
+            return Ok(None);
+        }
+        let mut missing = Vec::new();
+        for (set, name) in [
+            (cert.is_some(), "TYPHA_SERVERCERTFILE"),
+            (key.is_some(), "TYPHA_SERVERKEYFILE"),
+            (ca.is_some(), "TYPHA_CAFILE"),
+            (
+                cn.is_some() || uri.is_some(),
+                "TYPHA_CLIENTCN or TYPHA_CLIENTURISAN",
+            ),
+        ] {
+            if !set {
+                missing.push(name);
+            }
+        }
+        match (cert, key, ca) {
+            (Some(cert_file), Some(key_file), Some(ca_file)) if missing.is_empty() => {
+                Ok(Some(TlsSettings {
+                    cert_file,
+                    key_file,
+                    ca_file,
+                    client_cn: cn,
+                    client_uri_san: uri,
+                    reload_interval: Duration::from_secs(5),
+                }))
+            }
+            _ => Err(ConfigError::Invalid {
+                name: "tls",
+                msg: format!(
+                    "incomplete TLS configuration: with any TLS setting given, all must be, \
+                     except that one of the client CN and URI SAN may be left out; missing: {}",
+                    missing.join(", ")
+                ),
+            }),
+        }
     }
 
     pub fn datastore_config(&self) -> Result<DatastoreThreadConfig, ConfigError> {
@@ -914,5 +985,72 @@ mod tests {
             .unwrap()
             .server_config()
             .is_err());
+    }
+
+    #[test]
+    fn tls_settings_are_all_or_nothing_as_in_typha() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.server_config().unwrap().tls, None);
+        let full = [
+            "--server-cert-file=/c.pem",
+            "--server-key-file=/k.pem",
+            "--ca-file=/ca.pem",
+        ];
+        // Certificate, key and CA, plus a CN or a URI SAN (or both).
+        for extra in [
+            &["--client-cn=felix"][..],
+            &["--client-uri-san=spiffe://x/felix"][..],
+            &["--client-cn=felix", "--client-uri-san=spiffe://x/felix"][..],
+        ] {
+            let mut args = full.to_vec();
+            args.extend_from_slice(extra);
+            let tls = load(&args).unwrap().server_config().unwrap().tls.unwrap();
+            assert_eq!(tls.cert_file, PathBuf::from("/c.pem"));
+            assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+            assert!(tls.client_cn.is_some() || tls.client_uri_san.is_some());
+        }
+        // Neither CN nor URI SAN.
+        let e = load(&full).unwrap_err().to_string();
+        assert!(e.contains("TYPHA_CLIENTCN or TYPHA_CLIENTURISAN"), "{e}");
+        // Any one setting alone turns TLS on and names what is missing.
+        let e = load(&["--client-cn=felix"]).unwrap_err().to_string();
+        assert!(
+            e.contains("TYPHA_SERVERCERTFILE")
+                && e.contains("TYPHA_SERVERKEYFILE")
+                && e.contains("TYPHA_CAFILE"),
+            "{e}"
+        );
+        let e = load(&["--ca-file=/ca.pem", "--client-cn=felix"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("TYPHA_CAFILE") && e.contains("TYPHA_SERVERKEYFILE"),
+            "{e}"
+        );
+        // Empty values count as unset, as Typha's empty defaults do.
+        assert!(load(&["--client-cn="])
+            .unwrap()
+            .tls_settings()
+            .unwrap()
+            .is_none());
+        // Typha's config-file names work too.
+        let dir = std::env::temp_dir().join(format!("typha-rs-tls-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("typha.cfg");
+        std::fs::write(
+            &path,
+            "[global]\nServerCertFile = /c.pem\nServerKeyFile = /k.pem\nCAFile = /ca.pem\n\
+             ClientURISAN = spiffe://x/felix\n",
+        )
+        .unwrap();
+        let tls = load(&["-c", path.to_str().unwrap()])
+            .unwrap()
+            .tls_settings()
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.key_file, PathBuf::from("/k.pem"));
+        assert_eq!(tls.client_uri_san.as_deref(), Some("spiffe://x/felix"));
+        assert_eq!(tls.client_cn, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

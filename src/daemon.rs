@@ -18,6 +18,9 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS files named in the settings do not load (`source` wraps a `TlsError`).
+    #[error("TLS setup failed: {0}")]
+    Tls(std::io::Error),
     #[error("cannot start the datastore thread: {0}")]
     Datastore(std::io::Error),
     #[error("cannot start the reactor thread: {0}")]
@@ -61,9 +64,16 @@ impl Daemon {
         let listen = cfg.server.listen;
         let server =
             Server::bind(cfg.server, rx, metrics.clone(), status.clone()).map_err(|source| {
-                DaemonError::Listen {
-                    addr: listen,
-                    source,
+                if source
+                    .get_ref()
+                    .is_some_and(|e| e.is::<crate::tls::TlsError>())
+                {
+                    DaemonError::Tls(source)
+                } else {
+                    DaemonError::Listen {
+                        addr: listen,
+                        source,
+                    }
                 }
             })?;
         let protocol_addr = server.local_addr();

@@ -19,3 +19,4 @@ pub mod server;
 pub mod status;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// Set from the status board when scraped.
     pub datastore_contact_age_secs: Gauge,
     pub datastore_in_sync: IntGauge,
+    // TLS.
+    pub tls_reloads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -338,6 +340,12 @@ impl Metrics {
                 &r,
                 "typha_datastore_in_sync",
                 "1 while in sync with the datastore, else 0.",
+            ),
+            tls_reloads: counter_vec(
+                &r,
+                "typha_tls_reloads_total",
+                "Reloads of the server's TLS files after they changed, by result (success, failure).",
+                &["result"],
             ),
             registry: r,
         };

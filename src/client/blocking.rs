@@ -1,13 +1,60 @@
-//! A [`ClientSession`] driven over a blocking `std::net::TcpStream`.
+//! A [`ClientSession`] driven over a blocking `std::net::TcpStream`, in plaintext or TLS.
 
 use super::session::{ClientOptions, ClientSession};
 use super::state::{ClientEvent, SyncState};
+use super::tls::ClientTls;
 use super::ClientError;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 const READ_BUF: usize = 64 * 1024;
+
+/// The socket, in plaintext or under TLS.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => t.get_ref(),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            // A server that refuses us (or is gone) closes without a close_notify: report it
+            // as the close it is.
+            Transport::Tls(t) => match t.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+}
 
 /// A blocking client: one thread, one connection.
 ///
@@ -18,7 +65,7 @@ const READ_BUF: usize = 64 * 1024;
 /// return [`ClientError::Closed`]. [`ClientError::Timeout`] is not final.
 #[derive(Debug)]
 pub struct BlockingClient {
-    stream: TcpStream,
+    stream: Transport,
     session: ClientSession,
     buf: Vec<u8>,
     read_timeout: Option<Duration>,
@@ -40,6 +87,8 @@ fn is_timeout(e: &io::Error) -> bool {
 fn io_err(e: io::Error) -> ClientError {
     if is_timeout(&e) {
         ClientError::Timeout
+    } else if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        ClientError::Tls(t.clone())
     } else {
         ClientError::Io(e)
     }
@@ -61,7 +110,8 @@ impl BlockingClient {
         Ok(c)
     }
 
-    /// Runs the protocol over an already connected stream, sending the `Hello` now.
+    /// Runs the protocol over an already connected stream, sending the `Hello` now (after the
+    /// TLS handshake, with `opts.tls`).
     pub fn from_stream(stream: TcpStream, opts: ClientOptions) -> Result<Self, ClientError> {
         let mut c = Self::wrap(stream, opts)?;
         c.flush()?;
@@ -95,6 +145,15 @@ impl BlockingClient {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(opts.read_timeout)?;
         stream.set_write_timeout(opts.read_timeout)?;
+        let stream = match &opts.tls {
+            None => Transport::Plain(stream),
+            Some(t) => {
+                let conn = ClientTls::from_files(t)?
+                    .connection()
+                    .map_err(ClientError::Tls)?;
+                Transport::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+            }
+        };
         Ok(BlockingClient {
             read_timeout: opts.read_timeout,
             socket_timeout: opts.read_timeout,
@@ -149,7 +208,7 @@ impl BlockingClient {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) => return Err(ClientError::Timeout),
-                Err(e) => return Err(self.fail(ClientError::Io(e))),
+                Err(e) => return Err(self.fail(io_err(e))),
             };
             if let Err(e) = self.session.feed(&self.buf[..n]) {
                 // Deliver the events decoded before the error first.
@@ -174,7 +233,7 @@ impl BlockingClient {
     fn close(&mut self) {
         if !self.done {
             self.done = true;
-            let _ = self.stream.shutdown(Shutdown::Both);
+            let _ = self.stream.tcp().shutdown(Shutdown::Both);
         }
     }
 
@@ -190,7 +249,7 @@ impl BlockingClient {
             }
         };
         if want != self.socket_timeout {
-            self.stream.set_read_timeout(want)?;
+            self.stream.tcp().set_read_timeout(want)?;
             self.socket_timeout = want;
         }
         Ok(())
@@ -255,19 +314,28 @@ impl BlockingClient {
             return Ok(());
         }
         let flushed = self.flush();
+        if let Transport::Tls(t) = &mut self.stream {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
         self.done = true;
-        match self.stream.shutdown(Shutdown::Both) {
+        match self.stream.tcp().shutdown(Shutdown::Both) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(ClientError::Io(e)),
             _ => flushed,
         }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.local_addr()
+        self.stream.tcp().local_addr()
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr()
+        self.stream.tcp().peer_addr()
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Transport::Tls(_))
     }
 }
 

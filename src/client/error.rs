@@ -32,6 +32,13 @@ pub enum ClientError {
     /// Discovery found no replica to connect to.
     #[error("no replicas found")]
     NoReplicas,
+    /// The TLS files would not load.
+    #[error("TLS setup: {0}")]
+    TlsSetup(#[from] crate::tls::TlsError),
+    /// TLS failed: the server's certificate was refused (untrusted, or not the expected CN /
+    /// URI SAN), the server refused ours, or a record was bad.
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
     /// A read timeout, connect timeout or overall deadline expired.
     #[error("timed out")]
     Timeout,

@@ -12,10 +12,12 @@
 //! * [`ClientSession`] is "bytes in, events out": it does no I/O, so any event loop (mio, tokio,
 //!   a plain thread) can drive it. It queues the `Hello`, decodes frames, answers pings and
 //!   hands out [`ClientEvent`]s.
-//! * [`BlockingClient`] drives a session over a `std::net::TcpStream`.
+//! * [`BlockingClient`] drives a session over a `std::net::TcpStream`, in plaintext or TLS.
 //! * [`ReconnectingClient`] keeps a `BlockingClient` connected to one of several replicas
 //!   ([`Discovery`]: a static list or a Kubernetes Service), moving on a Goodbye, an error or
 //!   a silent peer.
+//! * [`tls::ClientTls`] is the TLS configuration (CA, client certificate, expected server CN /
+//!   URI SAN) for any event loop.
 //!
 //! The sequence rule: after a snapshot at seq `S` and after each `Updates` frame, the client's
 //! `seq` is the last sequence number it has. An `Updates{first_seq, last_seq}` is accepted only
@@ -28,6 +30,7 @@ mod error;
 pub mod reconnect;
 mod session;
 mod state;
+pub mod tls;
 
 pub use blocking::BlockingClient;
 pub use discovery::{Discovery, ServiceDiscovery};

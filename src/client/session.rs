@@ -32,6 +32,9 @@ pub struct ClientOptions {
     /// Also queue a [`ClientEvent::Keys`] with the updates of every snapshot chunk and
     /// `Updates` frame (a copy of each: for debugging tools, not load tests).
     pub report_keys: bool,
+    /// For [`BlockingClient`](super::BlockingClient): connect with TLS, reading these files
+    /// at each connect. Other event loops use [`ClientTls`](super::tls::ClientTls) directly.
+    pub tls: Option<super::tls::ClientTlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -47,6 +50,7 @@ impl Default for ClientOptions {
             read_timeout: Some(Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(10),
             report_keys: false,
+            tls: None,
         }
     }
 }

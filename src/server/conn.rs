@@ -88,6 +88,8 @@ pub struct Connection {
     /// Unique for the life of the process; a slab slot is reused, this is not.
     pub id: u64,
     pub stream: TcpStream,
+    /// The TLS session over `stream`, on a TLS port; `None` writes plaintext straight to it.
+    pub tls: Option<Box<super::tls::TlsSession>>,
     pub peer: SocketAddr,
     pub phase: Phase,
     pub codec: Option<Codec>,
@@ -120,6 +122,7 @@ impl Connection {
         Connection {
             id,
             stream,
+            tls: None,
             peer,
             phase: Phase::Handshake,
             codec: None,
@@ -140,6 +143,12 @@ impl Connection {
 
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// A TLS connection still in its TLS handshake: nothing can be said to it in our protocol
+    /// (not even a Goodbye) until the handshake completes.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.conn.is_handshaking())
     }
 
     /// Switches to closing: drops everything but a frame already started, then queues `last`.

@@ -12,10 +12,12 @@
 mod conn;
 mod ring;
 mod snapshot;
+mod tls;
 
 pub use conn::{Completion, Connection, InFlight, Outbox, Phase, WriteTime, MAX_IOV};
 pub use ring::Ring;
 pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
+pub use tls::{ServerTls, TlsRead, TlsSession, TlsSettings, TLS_OUT_BUFFER};
 
 use crate::datastore::BatchMessage;
 use crate::metrics::Metrics;
@@ -92,6 +94,8 @@ pub struct ServerConfig {
     /// TCP_USER_TIMEOUT: how long written data may stay unacknowledged before the kernel
     /// fails the socket; `None` leaves the kernel's default (about 15 minutes of retries).
     pub tcp_user_timeout: Option<Duration>,
+    /// TLS on the protocol port; `None` serves plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +127,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_count: 3,
             tcp_user_timeout: Some(Duration::from_secs(60)),
+            tls: None,
         }
     }
 }
@@ -160,6 +165,12 @@ enum DropReason {
     /// The kernel gave up on the peer: keepalive probes or TCP_USER_TIMEOUT expired.
     TcpTimeout,
     IoError,
+    /// The TLS handshake failed: no or untrusted client certificate, not TLS at all, ...
+    TlsHandshake,
+    /// The client certificate's CN / URI SAN is not the allowed one.
+    TlsIdentity,
+    /// A TLS record failed after the handshake.
+    TlsError,
 }
 
 impl DropReason {
@@ -196,6 +207,9 @@ impl DropReason {
             DropReason::WriteTimeout => "write-timeout",
             DropReason::TcpTimeout => "tcp-timeout",
             DropReason::IoError => "io-error",
+            DropReason::TlsHandshake => "tls-handshake",
+            DropReason::TlsIdentity => "tls-identity",
+            DropReason::TlsError => "tls-error",
         }
     }
 }
@@ -241,6 +255,7 @@ pub struct Server {
     ping_id: u64,
     ping_frame: Option<(u64, Bytes)>,
     recent_pings: VecDeque<(u64, Instant)>,
+    tls: Option<ServerTls>,
 }
 
 fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
@@ -288,6 +303,19 @@ impl Server {
         metrics: Arc<Metrics>,
         board: Arc<StatusBoard>,
     ) -> io::Result<Server> {
+        // Bad TLS files are a startup error; `TlsError` is the source, for the caller to tell.
+        let tls = cfg
+            .tls
+            .clone()
+            .map(ServerTls::load)
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if tls.is_some() {
+            // Both series exist from the start, so a dashboard shows 0 rather than nothing.
+            for result in ["success", "failure"] {
+                metrics.tls_reloads.with_label_values(&[result]);
+            }
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = bind_listener(cfg.listen, cfg.listen_backlog)?;
@@ -339,6 +367,7 @@ impl Server {
             ping_id: 0,
             ping_frame: None,
             recent_pings: VecDeque::new(),
+            tls,
             cfg,
         })
     }
@@ -362,7 +391,7 @@ impl Server {
     /// Runs until a graceful shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        info!(addr = %self.local_addr, "reactor listening");
+        info!(addr = %self.local_addr, tls = self.tls.is_some(), "reactor listening");
         loop {
             let now = Instant::now();
             let timeout = self.next_tick.saturating_duration_since(now);
@@ -454,15 +483,25 @@ impl Server {
             warn!(%peer, error = %e, "cannot register connection");
             return;
         }
+        let session = match self.tls.as_ref().map(ServerTls::session).transpose() {
+            Ok(s) => s.map(Box::new),
+            Err(e) => {
+                warn!(%peer, error = %e, "cannot start a TLS session");
+                let _ = self.poll.registry().deregister(&mut stream);
+                return;
+            }
+        };
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        entry.insert(Connection::new(
-            id,
-            stream,
-            peer,
-            self.cfg.max_input_frame,
-            now,
-        ));
+        entry
+            .insert(Connection::new(
+                id,
+                stream,
+                peer,
+                self.cfg.max_input_frame,
+                now,
+            ))
+            .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");
         if self.shutting_down {
@@ -486,6 +525,8 @@ impl Server {
         inbox.clear();
         let mut eof = false;
         let mut read_error = None;
+        let mut tls_failure = None;
+        let mut tls_wants_write = false;
         {
             let Some(c) = self.conns.get_mut(slot) else {
                 self.inbox = inbox;
@@ -496,7 +537,52 @@ impl Server {
             // readiness event is a flood, and draining it would hold up every other client.
             let budget = self.cfg.max_input_frame + 64 * 1024;
             let mut total = 0usize;
+            let via_tls = c.tls.is_some() && !closing;
+            if let (Some(t), Some(server_tls), false) = (c.tls.as_mut(), &self.tls, closing) {
+                let decoder = &mut c.decoder;
+                let end = t.read(
+                    &c.stream,
+                    server_tls.identity(),
+                    &mut self.scratch,
+                    budget,
+                    |plain| {
+                        let r = decoder.feed(plain, |payload| {
+                            inbox.push(decode_payload(payload));
+                            Ok::<(), ()>(())
+                        });
+                        if let Err(FeedError::Frame(e)) = r {
+                            inbox.push(Err((GoodbyeReason::ProtocolError, e.to_string())));
+                            return false;
+                        }
+                        true
+                    },
+                );
+                match end {
+                    TlsRead::Drained | TlsRead::Stopped => {}
+                    TlsRead::Eof => eof = true,
+                    TlsRead::OverBudget => inbox.push(Err((
+                        GoodbyeReason::ProtocolError,
+                        format!("sent more than {budget} bytes at once"),
+                    ))),
+                    TlsRead::Io(e) => read_error = Some(e),
+                    TlsRead::Handshake(e) => {
+                        tls_failure = Some((DropReason::TlsHandshake, e.to_string()))
+                    }
+                    TlsRead::Identity(e) => {
+                        tls_failure = Some((DropReason::TlsIdentity, e.to_string()))
+                    }
+                    TlsRead::Protocol(e) => {
+                        tls_failure = Some((DropReason::TlsError, e.to_string()))
+                    }
+                }
+                tls_wants_write = t.conn.wants_write();
+            }
+            // Plain connections, and closing ones (whose input is discarded unread), read the
+            // socket directly.
             loop {
+                if via_tls {
+                    break;
+                }
                 match (&c.stream).read(&mut self.scratch) {
                     Ok(0) => {
                         eof = true;
@@ -535,6 +621,21 @@ impl Server {
                     }
                 }
             }
+        }
+        if let Some((reason, text)) = tls_failure {
+            if let Some(c) = self.conns.get_mut(slot) {
+                warn!(peer = %c.peer, conn = c.id, reason = reason.label(), error = %text, "TLS client refused; closing connection");
+                if let Some(t) = c.tls.as_mut() {
+                    t.flush_alert(&c.stream);
+                }
+            }
+            self.close_now(slot, Some(reason));
+            self.inbox = inbox;
+            return;
+        }
+        if tls_wants_write {
+            // Handshake records or session tickets to send.
+            self.mark_dirty(slot);
         }
         for msg in inbox.drain(..) {
             if !self.conns.contains(slot) || self.conns[slot].is_closing() {
@@ -803,6 +904,9 @@ impl Server {
 
     /// Writes what `slot` is owed with one vectored write (more only past `MAX_IOV` frames).
     fn flush(&mut self, slot: usize) {
+        if self.conns[slot].tls.is_some() {
+            return self.flush_tls(slot);
+        }
         loop {
             let c = &mut self.conns[slot];
             let (result, total) = {
@@ -879,6 +983,117 @@ impl Server {
         }
     }
 
+    /// `flush` for a TLS connection. Shared plaintext is fed to rustls only while its
+    /// outgoing buffer has room (`TLS_OUT_BUFFER`), the Outbox advanced by what rustls took,
+    /// and the records written to the socket until it would block: per-client memory stays
+    /// bounded however large the snapshot.
+    fn flush_tls(&mut self, slot: usize) {
+        loop {
+            let c = &mut self.conns[slot];
+            let Some(t) = c.tls.as_mut() else { return };
+            let mut out_empty = true;
+            let mut fed = 0;
+            let had_pending = t.conn.wants_write();
+            if !t.conn.is_handshaking() {
+                let result = {
+                    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                    let (n, _) = c.out.gather(&self.ring, &mut iov);
+                    out_empty = n == 0;
+                    (n > 0).then(|| t.conn.writer().write_vectored(&iov[..n]))
+                };
+                match result {
+                    None => c.out.caught_up(&self.ring),
+                    Some(Ok(0)) if !had_pending => {
+                        // An empty buffer that takes nothing would spin this loop.
+                        warn!(peer = %c.peer, "TLS session accepts no data; closing connection");
+                        self.close_now(slot, Some(DropReason::TlsError));
+                        return;
+                    }
+                    Some(Ok(n)) => fed = n,
+                    Some(Err(e)) => {
+                        debug!(peer = %c.peer, error = %e, "TLS write failed");
+                        self.close_now(slot, Some(DropReason::TlsError));
+                        return;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if fed > 0
+                && c.out.advance(
+                    fed,
+                    &self.ring,
+                    &self.metrics,
+                    WriteTime {
+                        at: now,
+                        unix_nanos: now_unix_nanos(),
+                    },
+                )
+            {
+                c.phase = Phase::Streaming;
+                if let Some(h) = c.handshake_done_at {
+                    self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
+                        .observe(now.duration_since(h).as_secs_f64());
+                }
+            }
+            let mut blocked = false;
+            while t.conn.wants_write() {
+                match t.conn.write_tls(&mut &c.stream) {
+                    Ok(0) => {
+                        self.close_now(slot, Some(DropReason::IoError));
+                        return;
+                    }
+                    Ok(n) => {
+                        self.metrics.write_calls.inc();
+                        self.metrics.bytes_written.inc_by(n as u64);
+                        c.last_progress = now;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!(peer = %c.peer, error = %e, "write failed");
+                        self.close_now(slot, Some(DropReason::IoError));
+                        return;
+                    }
+                }
+            }
+            if blocked {
+                self.want_writable(slot);
+                return;
+            }
+            if !out_empty {
+                // rustls took some and sent it all: feed it more.
+                continue;
+            }
+            c.last_progress = now;
+            if matches!(c.phase, Phase::Closing { .. }) && !c.write_shut {
+                // Everything (the Goodbye included) is out: a close_notify, then half-close.
+                if !t.conn.is_handshaking() {
+                    t.conn.send_close_notify();
+                    if t.conn.wants_write() {
+                        continue;
+                    }
+                }
+                c.write_shut = true;
+                if c.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                    self.close_now(slot, None);
+                    return;
+                }
+            }
+            if c.writable_interest {
+                c.writable_interest = false;
+                let _ = self.poll.registry().reregister(
+                    &mut c.stream,
+                    Token(slot + FIRST_CONN),
+                    Interest::READABLE,
+                );
+            }
+            return;
+        }
+    }
+
     fn want_writable(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         if !c.writable_interest {
@@ -926,6 +1141,11 @@ impl Server {
         }
         if log {
             info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, reason = reason.as_str(), detail = text, "dropping client");
+        }
+        if c.tls_handshaking() {
+            // A Goodbye cannot be sent before the TLS handshake completes.
+            self.close_now(slot, Some(drop));
+            return;
         }
         let frame = match reason {
             GoodbyeReason::Shutdown => shared_goodbye_shutdown(),
@@ -1118,14 +1338,21 @@ impl Server {
         if std::mem::take(&mut self.accept_retry) {
             self.accept_all();
         }
+        if let Some(t) = &mut self.tls {
+            t.maybe_reload(now, &self.metrics);
+        }
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {
             let action = match c.phase {
-                Phase::Handshake => {
-                    (now.duration_since(c.accepted_at) > cfg.handshake_timeout).then_some(
-                        Housekeeping::Drop(DropReason::HandshakeTimeout, "no Hello in time"),
-                    )
-                }
+                Phase::Handshake => (now.duration_since(c.accepted_at) > cfg.handshake_timeout)
+                    .then_some(Housekeeping::Drop(
+                        DropReason::HandshakeTimeout,
+                        if c.tls_handshaking() {
+                            "TLS handshake not completed in time"
+                        } else {
+                            "no Hello in time"
+                        },
+                    )),
                 Phase::Snapshot | Phase::Streaming => {
                     if c.writable_interest
                         && now.duration_since(c.last_progress) > cfg.write_timeout
