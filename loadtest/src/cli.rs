@@ -24,6 +24,12 @@ pub enum Command {
     /// Drive realistic churn (pods, node heartbeats, labels, NetworkPolicies) through a
     /// Kubernetes API server on loopback, for load and integration tests.
     Churn(ChurnArgs),
+    /// Side-by-side fan-out comparison: start Redis, NATS, a bare writer or typha on loopback
+    /// and measure CPU per delivery and latency to N subscribers (docs/comparisons.md).
+    Pubsub(crate::pubsub::PubsubArgs),
+    /// The bare writer the `pubsub --target bare` comparison runs as its server.
+    #[command(hide = true)]
+    BareWriter(crate::pubsub::bare::BareWriterArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

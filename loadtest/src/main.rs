@@ -16,6 +16,7 @@ mod churn;
 mod cli;
 mod daemon_http;
 mod driver;
+mod pubsub;
 mod report;
 mod run;
 mod sys;
@@ -100,5 +101,12 @@ fn main() -> ExitCode {
             |c| c.json,
             churn::run,
         ),
+        Command::Pubsub(args) => execute(
+            "typha-loadtest pubsub",
+            args.validate(),
+            |c| c.json,
+            pubsub::run,
+        ),
+        Command::BareWriter(args) => pubsub::bare::main(args),
     }
 }
