@@ -17,6 +17,8 @@ use std::process::ExitCode;
 
 /// Messages a socket may have queued before it is dropped as too slow (bounds memory).
 const MAX_QUEUED: usize = 100_000;
+/// As typha's default `--server-listen-backlog` (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
 const LISTENER: Token = Token(usize::MAX - 1);
 const CONTROL_LISTENER: Token = Token(usize::MAX - 2);
 const CONTROL: Token = Token(usize::MAX - 3);
@@ -89,6 +91,18 @@ pub fn main(args: BareWriterArgs) -> ExitCode {
     }
 }
 
+/// A listener with a backlog deep enough for a connect storm: a shallow one (std's and mio's
+/// 128) overflows, and a subscriber whose handshake the kernel then drops believes it is
+/// connected while the writer never sees it (it sends nothing that would reveal the loss).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(s.into()))
+}
+
 fn run(args: &BareWriterArgs) -> io::Result<()> {
     if args.msg_bytes < HEAD {
         return Err(io::Error::new(
@@ -99,8 +113,8 @@ fn run(args: &BareWriterArgs) -> io::Result<()> {
     let _ = crate::sys::raise_nofile_limit();
     let poll = Poll::new()?;
     let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    let mut listener = TcpListener::bind(addr(args.port))?;
-    let mut control_listener = TcpListener::bind(addr(args.control_port))?;
+    let mut listener = listen(addr(args.port))?;
+    let mut control_listener = listen(addr(args.control_port))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     poll.registry()
