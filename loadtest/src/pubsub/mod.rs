@@ -366,6 +366,14 @@ fn new_wire(target: Target, idx: usize, msg_bytes: usize) -> Box<dyn Wire> {
     }
 }
 
+struct StopOnDrop<'a>(&'a Shared);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Relaxed);
+    }
+}
+
 fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
@@ -411,6 +419,8 @@ pub fn run(cfg: PubsubConfig) -> anyhow::Result<PubsubReport> {
     };
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let shared = &shared;
+        // Whichever way this closure returns, the threads must stop before the scope joins them.
+        let _stop = StopOnDrop(shared);
         let mut handles = Vec::new();
         for t in 0..threads {
             let wires: Vec<Box<dyn Wire>> = (t..n)
@@ -457,11 +467,11 @@ pub fn run(cfg: PubsubConfig) -> anyhow::Result<PubsubReport> {
                 );
             }
             sleep_until(start);
-            let server0 = sys::sample_process(server.pid)?;
+            let server0 = server.sample()?;
             let self0 = sys::sample_process(std::process::id())?;
             let w0 = Instant::now();
             sleep_until(end);
-            let server1 = sys::sample_process(server.pid)?;
+            let server1 = server.sample()?;
             let self1 = sys::sample_process(std::process::id())?;
             report.window_secs = w0.elapsed().as_secs_f64();
             report.server_cpu_secs = server1.cpu_secs - server0.cpu_secs;
@@ -476,10 +486,12 @@ pub fn run(cfg: PubsubConfig) -> anyhow::Result<PubsubReport> {
                 cfg.subscribe_timeout
             ));
         }
-        let published = match publisher {
-            Some(h) => Some(h.join().unwrap_or_default()),
-            None => None,
-        };
+        let published = publisher.map(|h| {
+            h.join().unwrap_or_else(|_| publish::Published {
+                error: Some("the publisher thread panicked".into()),
+                ..publish::Published::default()
+            })
+        });
         if let Some(p) = &published {
             report.publisher_late = p.late;
             if let Some(e) = &p.error {
@@ -525,7 +537,8 @@ pub fn run(cfg: PubsubConfig) -> anyhow::Result<PubsubReport> {
             for s in &r.subscribers {
                 report.subscribed += u64::from(s.subscribed);
                 if s.open && per_sub > 0 {
-                    report.in_flight += last.saturating_sub(s.last_seq.max(first - 1));
+                    report.in_flight +=
+                        last.saturating_sub(s.last_seq.max(first.saturating_sub(1)));
                 }
             }
             for (k, v) in r.drops {

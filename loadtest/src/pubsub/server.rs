@@ -38,6 +38,17 @@ impl ServerProcess {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// The server's CPU time and RSS now; an error (with its log) if it has exited.
+    pub fn sample(&self) -> anyhow::Result<crate::sys::ProcSample> {
+        crate::sys::sample_process(self.pid).map_err(|e| {
+            anyhow!(
+                "the server (pid {}) exited during the run ({e}); its log:\n{}",
+                self.pid,
+                self.log_tail()
+            )
+        })
+    }
+
     /// Waits until the subscriber port accepts a connection, or fails with the server's log.
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
@@ -60,6 +71,27 @@ impl ServerProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Makes the kernel kill the server if the harness dies without running its guard (a signal,
+/// an abort): no server is left running on a port after an interrupted run.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the harness is gone"));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -248,6 +280,7 @@ pub fn start(cfg: &PubsubConfig) -> anyhow::Result<ServerProcess> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
+    die_with_parent(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

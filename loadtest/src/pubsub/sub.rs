@@ -341,7 +341,7 @@ impl Thread<'_> {
                     self.window_delivered += count;
                     let us = now.saturating_sub(stamp) / 1000;
                     self.latency_us.saturating_record_n(us, count);
-                    let first = seq.saturating_sub(count - 1);
+                    let first = seq.saturating_sub(count.saturating_sub(1));
                     if first < self.min_seq {
                         self.min_seq = first;
                         self.shared.window_min_seq.fetch_min(first, Relaxed);
