@@ -710,4 +710,93 @@ mod tests {
             .unwrap();
         assert_eq!(ev, want);
     }
+
+    /// Hello, an empty snapshot at seq 3, then Updates frames 3..=4 (overlapping the snapshot),
+    /// a ping, and 5..=7 (three batches in one frame).
+    fn typha_stream() -> (Vec<u8>, Vec<WireEvent>) {
+        use typha::model::{StateMap, Update, UpdateType};
+        use typha::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions};
+        use typha::proto::{
+            encode_frame, ping_frame, ServerHello, ServerMessage, PROTOCOL_VERSION,
+        };
+        let mut s = encode_frame(&ServerMessage::ServerHello(ServerHello {
+            protocol_version: PROTOCOL_VERSION,
+            server_id: "srv".into(),
+            connection_id: 1,
+            syncer_type: "felix".into(),
+            compression: None,
+        }))
+        .to_vec();
+        let snap = encode_snapshot(
+            &StateMap::new(),
+            3,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            1024,
+        );
+        for f in &snap.frames {
+            s.extend_from_slice(f);
+        }
+        let u = Update {
+            key: "/calico/v1/config/LoadtestPayload".into(),
+            value: Some(bytes::Bytes::from(vec![b'a'; 600])),
+            revision: "9".into(),
+            update_type: UpdateType::Updated,
+        };
+        let opts = EncodeOptions {
+            codec: None,
+            ..Default::default()
+        };
+        let frame = |first, last, at| encode_batch_part(first, last, at, &[&u], None, &opts).plain;
+        s.extend_from_slice(&frame(3, 4, 1_000));
+        s.extend_from_slice(&ping_frame(42, 0));
+        s.extend_from_slice(&frame(5, 7, 2_000));
+        let want = vec![
+            WireEvent::Subscribed,
+            WireEvent::Message {
+                stamp: 1_000,
+                seq: 4,
+                count: 1,
+            },
+            WireEvent::Message {
+                stamp: 2_000,
+                seq: 7,
+                count: 3,
+            },
+        ];
+        (s, want)
+    }
+
+    #[test]
+    fn typha_counts_new_batches_and_answers_pings_at_every_split() {
+        let (s, want) = typha_stream();
+        let pong = {
+            // What the session answers to the ping, without the Hello it queued at start.
+            let mut w = TyphaWire::new(0);
+            let (mut out, mut ev) = (Vec::new(), Vec::new());
+            w.start(&mut out);
+            out.clear();
+            w.feed(&s, &mut out, &mut ev).unwrap();
+            assert_eq!(ev, want);
+            assert!(!out.is_empty(), "a pong is queued");
+            out
+        };
+        let run = |pieces: Vec<&[u8]>| {
+            let mut w = TyphaWire::new(0);
+            let (mut out, mut ev) = (Vec::new(), Vec::new());
+            w.start(&mut out);
+            assert!(!out.is_empty(), "the Hello is queued at start");
+            out.clear();
+            for p in pieces {
+                w.feed(p, &mut out, &mut ev).unwrap();
+            }
+            assert_eq!(ev, want);
+            assert_eq!(out, pong);
+        };
+        for cut in 0..=s.len() {
+            run(vec![&s[..cut], &s[cut..]]);
+        }
+        run(s.chunks(1).collect());
+    }
 }
