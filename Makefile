@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
 ARGS ?=
 
-.PHONY: run build test lint fmt bench bench-codecs bench-report doc clean deps apiserver image
+.PHONY: run build test lint fmt bench bench-codecs bench-report doc clean deps apiserver benchdeps image
 
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
@@ -17,7 +17,7 @@ build: deps
 ## Everything CI checks: formatting, lints, every test. The Kubernetes datastore tests need a
 ## real kube-apiserver + etcd: `scripts/test-apiserver.sh install` installs Debian's packages and
 ## builds kube-apiserver v1.20.2 once (about 4 minutes; cached under ~/.cache/typha-rs).
-test: deps apiserver
+test: deps apiserver benchdeps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --all-targets
@@ -47,8 +47,7 @@ BENCH_TARGET_DIR = $${CARGO_TARGET_DIR:-target}
 ## (about 20 minutes on 2 cores).
 bench-report: deps apiserver
 	$(CARGO) build --release --workspace
-	@if [ -f scripts/install-bench-deps.sh ]; then bash scripts/install-bench-deps.sh; \
-	  else echo "scripts/install-bench-deps.sh missing: the redis and nats cells will fail"; fi
+	bash scripts/install-bench-deps.sh
 	bash scripts/install-bench-fonts.sh
 	"$(BENCH_TARGET_DIR)/release/typha-loadtest" bench-report --repo-root . $(BENCH_ARGS)
 
@@ -60,6 +59,12 @@ clean:
 
 apiserver:
 	bash scripts/test-apiserver.sh install
+
+## What the comparison tests and the report need: Debian's redis-server and nats-server, and the
+## font the plots are drawn with. No-ops when installed.
+benchdeps:
+	bash scripts/install-bench-deps.sh
+	bash scripts/install-bench-fonts.sh
 
 ## The container image (needs Docker with BuildKit); IMAGE=<registry>/typha-rs:<version>.
 IMAGE ?= typha-rs:latest

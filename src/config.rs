@@ -436,6 +436,21 @@ pub struct Config {
         default_value_t = 0.2
     )]
     pub sim_noop_fraction: f64,
+    /// Sim: when non-zero, replace the churn by rewrites of one key with a fresh value of this
+    /// many bytes (a fixed-size message stream for fan-out comparisons).
+    #[arg(
+        long = "sim-payload-bytes",
+        env = "TYPHA_SIMPAYLOADBYTES",
+        default_value_t = 0
+    )]
+    pub sim_payload_bytes: usize,
+    /// Sim: payload rewrites per second (with --sim-payload-bytes; at most 1000).
+    #[arg(
+        long = "sim-payload-rate",
+        env = "TYPHA_SIMPAYLOADRATE",
+        default_value_t = 10.0
+    )]
+    pub sim_payload_rate: f64,
 }
 
 #[derive(Debug, Error)]
@@ -641,11 +656,13 @@ impl Config {
         }
         let sim_ok = (0.0..=1.0).contains(&self.sim_noop_fraction)
             && self.sim_churn_rate.is_finite()
-            && self.sim_churn_rate >= 0.0;
+            && self.sim_churn_rate >= 0.0
+            && self.sim_payload_rate.is_finite()
+            && self.sim_payload_rate >= 0.0;
         if !sim_ok {
             return Err(ConfigError::Invalid {
                 name: "sim-noop-fraction",
-                msg: "noop fraction must be in [0, 1] and churn rate non-negative".into(),
+                msg: "noop fraction must be in [0, 1], churn and payload rates non-negative".into(),
             });
         }
         if !(self.shutdown_timeout_secs.is_finite()
@@ -824,6 +841,8 @@ impl Config {
                 seed: self.sim_seed,
                 churn_rate: self.sim_churn_rate,
                 noop_fraction: self.sim_noop_fraction,
+                payload_bytes: self.sim_payload_bytes,
+                payload_rate: self.sim_payload_rate,
             }),
             DatastoreType::Kubernetes => DriverConfig::Kubernetes(KubernetesConfig {
                 kubeconfig: self.kubeconfig.clone(),

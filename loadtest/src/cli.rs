@@ -29,6 +29,12 @@ pub enum Command {
     Apiwatch(crate::apiwatch::ApiwatchArgs),
     /// Run the benchmark matrix (or re-render recorded results) into docs/benchmarks.md.
     BenchReport(crate::bench_report::BenchReportArgs),
+    /// Side-by-side fan-out comparison: start Redis, NATS, a bare writer or typha on loopback
+    /// and measure CPU per delivery and latency to N subscribers (docs/comparisons.md).
+    Pubsub(crate::pubsub::PubsubArgs),
+    /// The bare writer the `pubsub --target bare` comparison runs as its server.
+    #[command(hide = true)]
+    BareWriter(crate::pubsub::bare::BareWriterArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,6 +20,7 @@ mod cli;
 mod daemon_http;
 mod datastore_check;
 mod driver;
+mod pubsub;
 mod report;
 mod run;
 mod sys;
@@ -123,5 +124,12 @@ fn main() -> ExitCode {
             apiwatch::run,
         ),
         Command::BenchReport(args) => bench_report::main(args),
+        Command::Pubsub(args) => execute(
+            "typha-loadtest pubsub",
+            args.validate(),
+            |c| c.json,
+            pubsub::run,
+        ),
+        Command::BareWriter(args) => pubsub::bare::main(args),
     }
 }

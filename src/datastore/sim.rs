@@ -47,6 +47,11 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// allocate without bound.
 const MAX_PER_TICK: f64 = 100_000.0;
 
+/// The key the payload stream rewrites: global config, which the felix syncer carries.
+pub const PAYLOAD_KEY: &str = "/calico/v1/config/LoadtestPayload";
+/// Cap on payload rewrites per second (the tokio timer's resolution is a millisecond).
+const MAX_PAYLOAD_RATE: f64 = 1000.0;
+
 /// The IPv4 pool holds at most this many /26 blocks (a /8); node count is capped to it.
 const MAX_BLOCKS: usize = 1 << 18;
 const BLOCK_SIZE: usize = 64;
@@ -79,6 +84,12 @@ pub struct SimConfig {
     pub churn_rate: f64,
     /// Fraction of churn updates that rewrite an existing key with its identical value.
     pub noop_fraction: f64,
+    /// When non-zero, after the initial sync the churn is replaced by `payload_rate` rewrites a
+    /// second of one key ([`PAYLOAD_KEY`]) with a fresh pseudo-random value of this many bytes:
+    /// a fixed-size message stream for the fan-out comparisons of `typha-loadtest pubsub`.
+    pub payload_bytes: usize,
+    /// Payload rewrites per second (see `payload_bytes`).
+    pub payload_rate: f64,
 }
 
 impl SimConfig {
@@ -102,6 +113,8 @@ impl Default for SimConfig {
             seed: 1,
             churn_rate: 100.0,
             noop_fraction: 0.2,
+            payload_bytes: 0,
+            payload_rate: 10.0,
         }
     }
 }
@@ -1237,6 +1250,12 @@ impl SimCluster {
     }
 
     /// Re-sends an existing key with its identical value under a new revision.
+    /// Rewrites [`PAYLOAD_KEY`] with `bytes` fresh pseudo-random (hex) bytes.
+    pub fn payload_update(&mut self, bytes: usize) -> KvUpdate {
+        let value = self.rng.hex(bytes);
+        self.put_new(PAYLOAD_KEY, value)
+    }
+
     fn noop(&mut self) -> KvUpdate {
         let i = self.rng.below(self.entries.len());
         let rev = self.bump();
@@ -1251,6 +1270,7 @@ impl SimCluster {
 /// receiver goes away.
 pub async fn run(cfg: SimConfig, tx: DriverSender) {
     let churn_rate = cfg.churn_rate;
+    let (payload_bytes, payload_rate) = (cfg.payload_bytes, cfg.payload_rate);
     let mut sim = SimCluster::new(cfg);
     if tx
         .send(DriverEvent::Status(SyncStatus::ResyncInProgress))
@@ -1282,6 +1302,9 @@ pub async fn run(cfg: SimConfig, tx: DriverSender) {
         "synthetic datastore in sync"
     );
 
+    if payload_bytes > 0 && payload_rate > 0.0 {
+        return payload_stream(&mut sim, payload_bytes, payload_rate, &tx).await;
+    }
     // NaN and non-positive rates mean no churn.
     if churn_rate.is_nan() || churn_rate <= 0.0 {
         tx.closed().await;
@@ -1307,6 +1330,24 @@ pub async fn run(cfg: SimConfig, tx: DriverSender) {
             if tx.send(DriverEvent::Updates(batch)).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// One payload rewrite per tick, each its own driver event, until the receiver goes away.
+async fn payload_stream(sim: &mut SimCluster, bytes: usize, rate: f64, tx: &DriverSender) {
+    let period = Duration::from_secs_f64(1.0 / rate.min(MAX_PAYLOAD_RATE));
+    let mut interval = tokio::time::interval(period);
+    // Missed ticks are made up (Burst), so the count over a run matches the rate.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = tx.closed() => return,
+        }
+        let update = sim.payload_update(bytes);
+        if tx.send(DriverEvent::Updates(vec![update])).await.is_err() {
+            return;
         }
     }
 }
@@ -1732,6 +1773,51 @@ mod tests {
                 }
             }
             // 200 updates at 1000/s take about 200 ms; no burst.
+            assert!(start.elapsed() >= Duration::from_millis(150));
+            drop(rx);
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("run returns when the channel closes")
+                .expect("no panic");
+        });
+    }
+
+    #[test]
+    fn payload_stream_rewrites_one_key_with_fresh_values_at_the_rate() {
+        let rt = runtime();
+        rt.block_on(async {
+            let cfg = SimConfig {
+                churn_rate: 1000.0,
+                payload_bytes: 300,
+                payload_rate: 200.0,
+                ..small(3)
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let task = tokio::spawn(run(cfg, tx));
+            loop {
+                match rx.recv().await {
+                    Some(DriverEvent::Status(SyncStatus::InSync)) => break,
+                    Some(_) => {}
+                    None => panic!("closed early"),
+                }
+            }
+            let start = tokio::time::Instant::now();
+            let mut values = std::collections::HashSet::new();
+            for _ in 0..40 {
+                match rx.recv().await {
+                    // The payload replaces the churn: one update per event, always the same key.
+                    Some(DriverEvent::Updates(u)) => {
+                        assert_eq!(u.len(), 1);
+                        assert_eq!(u[0].key, Key::from(PAYLOAD_KEY));
+                        let v = u[0].value.clone().expect("a set");
+                        assert_eq!(v.len(), 300);
+                        values.insert(v);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(values.len(), 40, "every rewrite has a fresh value");
+            // 40 rewrites at 200/s take about 200 ms (the first tick is immediate).
             assert!(start.elapsed() >= Duration::from_millis(150));
             drop(rx);
             tokio::time::timeout(Duration::from_secs(5), task)
