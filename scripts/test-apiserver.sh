@@ -280,10 +280,16 @@ port_in_use() {
 }
 
 # A TCP port on 127.0.0.1 that nothing listens on, not in the list of ports already taken.
+# Chosen below the kernel's ephemeral range: a port in that range can be free when checked and
+# then taken as the source port of some outgoing connection (tests open thousands) before etcd
+# or the API server binds it.
 free_port() {
-  local p i taken=" $* "
+  local p i taken=" $* " lo=10000 hi eph_lo
+  eph_lo="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+  hi=$((eph_lo - 1))
+  if ((hi - lo < 1000)); then lo=20000; hi=60000; fi
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
     [[ "$taken" == *" $p "* ]] && continue
     port_in_use "$p" && continue
     echo "$p"
