@@ -683,7 +683,11 @@ impl Config {
                 msg: "headroom must be zero or more and the slack a number".into(),
             });
         }
-        if self.max_connections_lower_limit > self.max_connections_upper_limit {
+        // The lower limit only bounds a rebalancing share; without rebalancing, a small upper
+        // limit (a test, a lab) must not trip over the lower limit's default.
+        if self.connection_rebalancing_mode == RebalancingMode::Kubernetes
+            && self.max_connections_lower_limit > self.max_connections_upper_limit
+        {
             return Err(ConfigError::Invalid {
                 name: "max-connections-lower-limit",
                 msg: "must not exceed max-connections-upper-limit".into(),
@@ -994,7 +998,14 @@ mod tests {
         assert!(load(&["--datastore-type", "etcdv3"]).is_err());
         assert!(load(&["--k8s-missing-api-retry-secs=0"]).is_err());
         assert!(load(&["--connection-rebalancing-mode", "kubernetes"]).is_err());
-        assert!(load(&["--max-connections-lower-limit", "20000"]).is_err());
+        assert!(load(&[
+            "--datastore-type=kubernetes",
+            "--connection-rebalancing-mode=kubernetes",
+            "--max-connections-lower-limit=20000",
+        ])
+        .is_err());
+        // Without rebalancing the lower limit means nothing: a small upper limit is fine.
+        assert!(load(&["--max-connections-upper-limit", "100"]).is_ok());
         assert!(load(&["--shutdown-timeout-secs=-1"]).is_err());
         assert!(load(&["--connection-drop-interval-secs=0"]).is_err());
         assert!(load(&["--datastore-unreachable-timeout-secs=0"]).is_err());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use typha::client::{
+use typha::client::{ChunkMemo, 
     ClientError, ClientEvent, ClientOptions, ClientSession, FrameRecord, Tracking,
 };
 use typha::model::{Digest, SyncStatus, SyncerType};
@@ -34,6 +34,9 @@ const READ_BUF: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 * 1024 * 1024;
 /// Longest a thread serves ready sockets before it looks at connects and counters again.
 const MAX_TURN: Duration = Duration::from_millis(20);
+/// Snapshot chunks a thread remembers: a 100,000-key snapshot is about 250 chunks, so this
+/// holds several snapshots (a few MB at most).
+const CHUNK_MEMO_CAPACITY: usize = 16 * 1024;
 /// Hard failures kept verbatim (the rest are only counted).
 const MAX_FAILURE_MESSAGES: usize = 20;
 /// Verification mismatches kept verbatim per thread (the rest are only counted).
@@ -325,6 +328,10 @@ struct Driver {
     seq_tx: Sender<u64>,
     verify: Verify,
     local: Local,
+    /// Snapshot chunks this thread's digest-only clients have decoded (see `ChunkMemo`): in a
+    /// storm every client receives the same encoded snapshot, which one decode per thread
+    /// verifies for all of them.
+    chunk_memo: Arc<ChunkMemo>,
 }
 
 /// Runs one thread's clients until the deadline or until `shared.stop` is set.
@@ -368,6 +375,7 @@ pub fn run_thread(
         rng: Rng(seed),
         seq_tx,
         verify: Verify::default(),
+        chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
         local: Local {
             lag_us: new_histogram(),
             steady_lag_us: new_histogram(),
@@ -571,6 +579,7 @@ impl Driver {
             } else {
                 Tracking::DigestOnly
             },
+            chunk_memo: Some(self.chunk_memo.clone()),
             ..ClientOptions::default()
         }
     }

@@ -36,5 +36,5 @@ pub use blocking::BlockingClient;
 pub use discovery::{Discovery, ServiceDiscovery};
 pub use error::ClientError;
 pub use reconnect::{ReconnectEvent, ReconnectOptions, ReconnectingClient};
-pub use session::{find_stamp, ClientOptions, ClientSession, FrameRecord};
+pub use session::{find_stamp, ChunkMemo, ClientOptions, ClientSession, FrameRecord};
 pub use state::{ClientEntry, ClientEvent, SyncState, Tracking};

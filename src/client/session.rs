@@ -35,6 +35,56 @@ pub struct ClientOptions {
     /// For [`BlockingClient`](super::BlockingClient): connect with TLS, reading these files
     /// at each connect. Other event loops use [`ClientTls`](super::tls::ClientTls) directly.
     pub tls: Option<super::tls::ClientTlsOptions>,
+    /// With [`Tracking::DigestOnly`]: snapshot chunks already decoded by another session
+    /// sharing this memo are recognised by a hash of their bytes and not decoded again.
+    pub chunk_memo: Option<std::sync::Arc<ChunkMemo>>,
+}
+
+/// Snapshot chunks decoded by [`Tracking::DigestOnly`] sessions, keyed by the XXH3-128 of the
+/// frame as received (compressed or not), with what decoding it gave: its sequence number, the
+/// digest of its entries and their count.
+///
+/// The server encodes a snapshot once and sends the same bytes to every client that joins at
+/// that sequence number, so in a reconnect storm thousands of sessions receive identical
+/// chunks. The first session to receive a chunk decodes and checks it as usual; the others,
+/// given byte-identical input, would compute the identical result, and take it from here. The
+/// per-connection checks (sequence rules, the summed digest against `SnapshotEnd`) still run
+/// for every session. Bounded: it is emptied when it reaches its capacity.
+#[derive(Debug)]
+pub struct ChunkMemo {
+    capacity: usize,
+    chunks: std::sync::Mutex<std::collections::HashMap<u128, (u64, Digest, u64)>>,
+}
+
+impl ChunkMemo {
+    pub fn new(capacity: usize) -> Self {
+        ChunkMemo {
+            capacity: capacity.max(1),
+            chunks: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: u128) -> Option<(u64, Digest, u64)> {
+        self.chunks.lock().ok()?.get(&hash).copied()
+    }
+
+    fn insert(&self, hash: u128, summary: (u64, Digest, u64)) {
+        if let Ok(mut m) = self.chunks.lock() {
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(hash, summary);
+        }
+    }
+
+    /// Chunks remembered now.
+    pub fn len(&self) -> usize {
+        self.chunks.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Default for ClientOptions {
@@ -51,6 +101,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             report_keys: false,
             tls: None,
+            chunk_memo: None,
         }
     }
 }
@@ -233,6 +284,16 @@ impl ClientSession {
         let res = decoder.feed(input, |payload| -> Result<(), ClientError> {
             *frames_received += 1;
             if bulk_path {
+                let memo = match (&opts.chunk_memo, opts.tracking) {
+                    (Some(m), Tracking::DigestOnly) => {
+                        let h = xxhash_rust::xxh3::xxh3_128(payload);
+                        if let Some((seq, part, n)) = m.get(h) {
+                            return state.apply_snapshot_chunk_summary(seq, part, n);
+                        }
+                        Some((m, h))
+                    }
+                    _ => None,
+                };
                 let inflated;
                 let mut plain = payload;
                 let mut decompressed = false;
@@ -254,7 +315,11 @@ impl ClientSession {
                     ServerFrameRef::SnapshotChunk { seq, updates }
                         if opts.tracking == Tracking::DigestOnly =>
                     {
-                        return state.apply_snapshot_chunk_ref(seq, updates);
+                        let (part, n) = state.apply_snapshot_chunk_ref(seq, updates)?;
+                        if let Some((m, h)) = memo {
+                            m.insert(h, (seq, part, n));
+                        }
+                        return Ok(());
                     }
                     ServerFrameRef::Updates {
                         first_seq,
@@ -969,6 +1034,66 @@ mod tests {
             ..Default::default()
         });
         assert_protocol(s.feed(&b).unwrap_err(), "gap");
+    }
+
+    #[test]
+    fn a_chunk_memo_spares_identical_chunks_but_not_the_checks() {
+        for codec in [None, Some(Codec::Zstd)] {
+            let memo = Arc::new(ChunkMemo::new(1024));
+            let opts = ClientOptions {
+                tracking: Tracking::DigestOnly,
+                chunk_memo: Some(memo.clone()),
+                ..Default::default()
+            };
+            let st = stream(codec);
+            let mut first = ClientSession::new(opts.clone());
+            first.feed_at(&st.bytes, now()).unwrap();
+            let chunks = memo.len();
+            assert!(chunks > 1, "{codec:?}: the snapshot has several chunks");
+            // The same bytes again: every chunk comes from the memo, the result is the same.
+            let mut second = ClientSession::new(opts.clone());
+            second.feed_at(&st.bytes, now()).unwrap();
+            assert_eq!(memo.len(), chunks);
+            for s in [&first, &second] {
+                assert_eq!(s.state().digest(), st.snapshot_digest);
+                assert!(s.state().snapshot_complete());
+            }
+        }
+        // The memo holds chunks, not verdicts: a remembered chunk followed by a SnapshotEnd
+        // that declares another digest still fails.
+        let memo = Arc::new(ChunkMemo::new(1024));
+        let opts = ClientOptions {
+            tracking: Tracking::DigestOnly,
+            chunk_memo: Some(memo.clone()),
+            ..Default::default()
+        };
+        let (good, _) = prefix();
+        ClientSession::new(opts.clone()).feed(&good).unwrap();
+        assert!(!memo.is_empty());
+        let snap = encode_snapshot(
+            &state_map(),
+            10,
+            SyncStatus::InSync,
+            SyncerType::Felix,
+            None,
+            300,
+        );
+        let mut bad = snap.digest.to_bytes();
+        bad[3] ^= 0x40;
+        assert_protocol(
+            ClientSession::new(opts.clone())
+                .feed(&tampered_end(20, bad))
+                .unwrap_err(),
+            "digest mismatch",
+        );
+        // Bounded: at capacity it starts again.
+        let small = Arc::new(ChunkMemo::new(2));
+        let mut s = ClientSession::new(ClientOptions {
+            chunk_memo: Some(small.clone()),
+            ..opts
+        });
+        s.feed(&good).unwrap();
+        assert!(small.len() <= 2);
     }
 
     #[test]

@@ -334,13 +334,16 @@ impl SyncState {
     /// A `SnapshotChunk` decoded zero-copy ([`Tracking::DigestOnly`]): the sequence and order
     /// rules of [`apply`](Self::apply), and its entries counted and added to the digest without
     /// being kept. A deletion in a snapshot is a protocol error (a snapshot only holds values).
+    /// Returns the chunk's own digest and entry count, for [`ChunkMemo`](super::ChunkMemo).
     pub fn apply_snapshot_chunk_ref(
         &mut self,
         seq: u64,
         mut updates: UpdatesIter<'_>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(Digest, u64), ClientError> {
         self.check_not_after_goodbye("SnapshotChunk")?;
         self.check_chunk(seq)?;
+        let mut part = Digest::default();
+        let mut entries = 0u64;
         for u in updates.by_ref() {
             let u = u?;
             let Some(value) = u.value else {
@@ -349,10 +352,29 @@ impl SyncState {
                     u.key
                 )));
             };
-            self.digest.add(u.key, value);
-            self.snapshot_entries += 1;
+            part.add(u.key, value);
+            entries += 1;
         }
         updates.finish()?;
+        self.digest.0 = self.digest.0.wrapping_add(part.0);
+        self.snapshot_entries += entries;
+        Ok((part, entries))
+    }
+
+    /// A `SnapshotChunk` whose exact bytes an earlier session decoded ([`Tracking::DigestOnly`]
+    /// with a [`ChunkMemo`](super::ChunkMemo)): the same rules as
+    /// [`apply_snapshot_chunk_ref`](Self::apply_snapshot_chunk_ref), with the entries' digest
+    /// and count taken from that decode.
+    pub fn apply_snapshot_chunk_summary(
+        &mut self,
+        seq: u64,
+        part: Digest,
+        entries: u64,
+    ) -> Result<(), ClientError> {
+        self.check_not_after_goodbye("SnapshotChunk")?;
+        self.check_chunk(seq)?;
+        self.digest.0 = self.digest.0.wrapping_add(part.0);
+        self.snapshot_entries += entries;
         Ok(())
     }
 
