@@ -7,8 +7,10 @@
 //! (`GET /digest?seq=N` on the daemon's HTTP port). Exit codes: [`EXIT_OK`], [`EXIT_MISMATCH`],
 //! [`EXIT_ERROR`] (connection and usage errors, as clap's own usage errors).
 //!
-//! Everything about reaching the daemon lives in [`ConnectArgs`], so that transport options
-//! (TLS, Service discovery) are added in one place.
+//! Everything about reaching the daemon lives in [`ConnectArgs`]: the `--addr` list or a
+//! Kubernetes Service's ready endpoints, and TLS as Felix has it (CA, client certificate,
+//! expected server CN / URI SAN). With `--follow` a [`ReconnectingClient`] keeps the client on
+//! some replica across goodbyes and lost connections, printing each move.
 
 use crate::client::tls::{ClientTls, ClientTlsOptions};
 use crate::client::{
