@@ -7,10 +7,16 @@
 //! (`GET /digest?seq=N` on the daemon's HTTP port). Exit codes: [`EXIT_OK`], [`EXIT_MISMATCH`],
 //! [`EXIT_ERROR`] (connection and usage errors, as clap's own usage errors).
 //!
-//! Everything about reaching the daemon lives in [`ConnectArgs`], so that transport options
-//! (TLS, Service discovery) are added in one place.
+//! Everything about reaching the daemon lives in [`ConnectArgs`]: the `--addr` list or a
+//! Kubernetes Service's ready endpoints, and TLS as Felix has it (CA, client certificate,
+//! expected server CN / URI SAN). With `--follow` a [`ReconnectingClient`] keeps the client on
+//! some replica across goodbyes and lost connections, printing each move.
 
-use crate::client::{BlockingClient, ClientError, ClientEvent, ClientOptions, Tracking};
+use crate::client::tls::{ClientTls, ClientTlsOptions};
+use crate::client::{
+    BlockingClient, ClientError, ClientEvent, ClientOptions, Discovery, ReconnectEvent,
+    ReconnectOptions, ReconnectingClient, ServiceDiscovery, Tracking,
+};
 use crate::http::http_get;
 use crate::model::{Digest, SyncerType};
 use crate::proto::{Codec, ServerHello, WireUpdate};
@@ -18,6 +24,7 @@ use clap::{Args, Parser, ValueEnum};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -41,6 +48,10 @@ pub enum DebugClientError {
     Usage(String),
     #[error("cannot connect to {tried}")]
     Connect { tried: String },
+    #[error("cannot find the daemons: {0}")]
+    Discovery(ClientError),
+    #[error("{0}")]
+    TlsSetup(#[from] crate::tls::TlsError),
     #[error("connection to {addr} failed: {source}")]
     Connection {
         addr: SocketAddr,
@@ -119,8 +130,39 @@ pub struct ConnectArgs {
         default_value_t = 30.0
     )]
     pub read_timeout_secs: f64,
-    // TLS (CA, client certificate and key, expected server CN / URI SAN) and Service discovery
-    // (kubeconfig, namespace/service) belong here, next to `addrs`.
+    /// TLS: CA bundle (PEM) the daemon's certificate must chain to (Felix's TyphaCAFile).
+    /// Any TLS flag turns TLS on, and then this one and --server-cn or --server-uri-san are
+    /// required.
+    #[arg(long = "ca-file", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: the client's certificate (PEM); needs --key-file. A Typha daemon with TLS refuses
+    /// clients without one.
+    #[arg(long = "cert-file", value_name = "PATH")]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the client certificate's key (PEM); needs --cert-file.
+    #[arg(long = "key-file", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// TLS: accept the daemon if its certificate's Common Name is this (Felix's TyphaCN).
+    #[arg(long = "server-cn", value_name = "CN")]
+    pub server_cn: Option<String>,
+    /// TLS: accept the daemon if one of its certificate's URI SANs is this (Felix's
+    /// TyphaURISAN). With --server-cn too, either match admits.
+    #[arg(long = "server-uri-san", value_name = "URI")]
+    pub server_uri_san: Option<String>,
+    /// Service discovery: kubeconfig to list the Service's endpoints with. Without --addr,
+    /// the replicas are the ready endpoints of the Service (--k8s-*); unset means KUBECONFIG,
+    /// ~/.kube/config or the in-cluster account.
+    #[arg(long = "kubeconfig", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Service discovery: namespace of the daemons' Service [default: kube-system].
+    #[arg(long = "k8s-namespace", value_name = "NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// Service discovery: name of the daemons' Service [default: calico-typha].
+    #[arg(long = "k8s-service-name", value_name = "NAME")]
+    pub k8s_service_name: Option<String>,
+    /// Service discovery: name of the Service's protocol port [default: calico-typha].
+    #[arg(long = "k8s-port-name", value_name = "NAME")]
+    pub k8s_port_name: Option<String>,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, DebugClientError> {
@@ -155,41 +197,125 @@ impl ConnectArgs {
             read_timeout: Some(secs("read-timeout-secs", self.read_timeout_secs)?),
             connect_timeout: secs("connect-timeout-secs", self.connect_timeout_secs)?,
             report_keys,
+            tls: self.tls_options()?,
             ..ClientOptions::default()
         })
     }
 
-    /// Connects to one of the addresses (random order, first that accepts) and sends the Hello.
+    /// The TLS options these arguments ask for: `None` without any TLS flag. The files are
+    /// loaded once here, so a bad file is reported before any connection is tried.
+    pub fn tls_options(&self) -> Result<Option<ClientTlsOptions>, DebugClientError> {
+        let any = self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.server_cn.is_some()
+            || self.server_uri_san.is_some();
+        if !any {
+            return Ok(None);
+        }
+        let usage = |m: &str| Err(DebugClientError::Usage(m.to_owned()));
+        let Some(ca_file) = self.ca_file.clone() else {
+            return usage(
+                "TLS needs --ca-file (the CA the daemon's certificate chains to) with \
+                 --cert-file, --key-file, --server-cn or --server-uri-san",
+            );
+        };
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return usage("--cert-file and --key-file go together: give both or neither");
+        }
+        if self.server_cn.is_none() && self.server_uri_san.is_none() {
+            return usage(
+                "TLS needs --server-cn, --server-uri-san or both: the daemon is identified by \
+                 its certificate's CN or URI SAN, not by its address",
+            );
+        }
+        let opts = ClientTlsOptions {
+            ca_file,
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            server_cn: self.server_cn.clone(),
+            server_uri_san: self.server_uri_san.clone(),
+        };
+        ClientTls::from_files(&opts)?;
+        Ok(Some(opts))
+    }
+
+    fn service_discovery_asked(&self) -> bool {
+        self.kubeconfig.is_some()
+            || self.k8s_namespace.is_some()
+            || self.k8s_service_name.is_some()
+            || self.k8s_port_name.is_some()
+    }
+
+    /// Where the daemons are: the `--addr` list (resolved now), or the ready endpoints of the
+    /// Service named by the `--k8s-*` flags.
+    pub fn discovery(&self) -> Result<Discovery, DebugClientError> {
+        if !self.addrs.is_empty() {
+            if self.service_discovery_asked() {
+                return Err(DebugClientError::Usage(
+                    "--addr and Service discovery (--kubeconfig, --k8s-*) exclude each other"
+                        .into(),
+                ));
+            }
+            let mut resolved = Vec::new();
+            let mut failures = Vec::new();
+            for a in &self.addrs {
+                match a.to_socket_addrs() {
+                    Ok(r) => resolved.extend(r),
+                    Err(e) => failures.push(format!("{a}: {e}")),
+                }
+            }
+            if resolved.is_empty() {
+                return Err(DebugClientError::Connect {
+                    tried: failures.join("; "),
+                });
+            }
+            return Ok(Discovery::Static(resolved));
+        }
+        if !self.service_discovery_asked() {
+            return Err(DebugClientError::Usage(
+                "no daemon address: give --addr HOST:PORT, or --kubeconfig / --k8s-service-name \
+                 to find the daemons through their Service"
+                    .into(),
+            ));
+        }
+        let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_owned());
+        Ok(Discovery::Kubernetes(ServiceDiscovery {
+            kubeconfig: self.kubeconfig.clone(),
+            namespace: or(&self.k8s_namespace, "kube-system"),
+            service: or(&self.k8s_service_name, "calico-typha"),
+            port_name: or(&self.k8s_port_name, "calico-typha"),
+        }))
+    }
+
+    /// Connects to one of the daemons (random order, first that accepts) and sends the Hello.
     pub fn connect(
         &self,
         opts: ClientOptions,
     ) -> Result<(BlockingClient, SocketAddr), DebugClientError> {
-        if self.addrs.is_empty() {
-            return Err(DebugClientError::Usage(
-                "no daemon address: give --addr HOST:PORT".into(),
-            ));
+        let discovery = self.discovery()?;
+        let mut order = discovery.discover().map_err(DebugClientError::Discovery)?;
+        if order.is_empty() {
+            let Discovery::Kubernetes(s) = &discovery else {
+                return Err(DebugClientError::Discovery(ClientError::NoReplicas));
+            };
+            return Err(DebugClientError::Discovery(ClientError::Discovery(
+                format!(
+                    "Service {}/{} has no ready endpoint on a port named {:?}",
+                    s.namespace, s.service, s.port_name
+                ),
+            )));
         }
-        let mut order: Vec<&String> = self.addrs.iter().collect();
         let start = random_index(order.len());
         order.rotate_left(start);
         let mut failures = Vec::new();
-        for a in order {
-            let resolved = match a.to_socket_addrs() {
-                Ok(r) => r.collect::<Vec<_>>(),
-                Err(e) => {
-                    failures.push(format!("{a}: {e}"));
-                    continue;
+        for sa in order {
+            match BlockingClient::connect(sa, opts.clone()) {
+                Ok(c) => {
+                    tracing::debug!(addr = %sa, "connected");
+                    return Ok((c, sa));
                 }
-            };
-            for sa in resolved {
-                match BlockingClient::connect(sa, opts.clone()) {
-                    Ok(c) => {
-                        tracing::debug!(addr = %sa, "connected");
-                        return Ok((c, sa));
-                    }
-                    Err(e) if *a == sa.to_string() => failures.push(format!("{a}: {e}")),
-                    Err(e) => failures.push(format!("{a} ({sa}): {e}")),
-                }
+                Err(e) => failures.push(format!("{sa}: {e}")),
             }
         }
         Err(DebugClientError::Connect {
@@ -233,6 +359,11 @@ pub struct ClientCli {
     /// Stop as soon as the snapshot is complete and the datastore is in sync.
     #[arg(long = "until-in-sync")]
     pub until_in_sync: bool,
+    /// Keep running across Goodbyes and lost connections: reconnect to another daemon (after
+    /// a jittered backoff), print a "reconnected to" line and the new snapshot. Without it the
+    /// client exits when the connection ends. Not with --digest or --until-in-sync.
+    #[arg(long)]
+    pub follow: bool,
     /// Print one line per Updates frame instead of one per key.
     #[arg(long = "quiet-updates")]
     pub quiet_updates: bool,
@@ -414,6 +545,48 @@ impl Printer<'_> {
         }
     }
 
+    fn reconnected(&mut self, addr: SocketAddr, connections: u64) -> Result<(), DebugClientError> {
+        self.line(
+            || format!("reconnected to {addr} (connection {connections}); a new snapshot follows"),
+            || json!({"event": "reconnected", "addr": addr.to_string(), "connections": connections}),
+        )
+    }
+
+    /// `--follow`: a connection ended (`what` = "disconnected") or could not be made
+    /// ("connect-failed"); the next attempt is in `retry_in`.
+    fn connection_lost(
+        &mut self,
+        what: &str,
+        addr: Option<SocketAddr>,
+        error: &ClientError,
+        retry_in: Duration,
+    ) -> Result<(), DebugClientError> {
+        self.line(
+            || {
+                let at = addr.map_or_else(String::new, |a| format!(" {a}"));
+                let verb = if what == "disconnected" {
+                    "disconnected from"
+                } else {
+                    "cannot connect to"
+                };
+                let at = if at.is_empty() {
+                    " a daemon".into()
+                } else {
+                    at
+                };
+                format!("{verb}{at}: {error}; retrying in {retry_in:?}")
+            },
+            || {
+                json!({
+                    "event": what,
+                    "addr": addr.map(|a| a.to_string()),
+                    "error": error.to_string(),
+                    "retry_in_ms": retry_in.as_secs_f64() * 1e3,
+                })
+            },
+        )
+    }
+
     fn key(&mut self, u: &WireUpdate, seq: u64, snapshot: bool) -> Result<(), DebugClientError> {
         self.line(
             || {
@@ -474,6 +647,17 @@ impl ClientCli {
     /// Runs the client, writing events to `out`. `Ok(None)` when it stopped without comparing
     /// digests, `Ok(Some(c))` with `--digest`.
     pub fn run(&self, out: &mut dyn Write) -> Result<Option<DigestComparison>, DebugClientError> {
+        if self.follow {
+            if self.digest || self.until_in_sync {
+                return Err(DebugClientError::Usage(
+                    "--follow runs until --duration ends or it is stopped; it does not go with \
+                     --digest or --until-in-sync"
+                        .into(),
+                ));
+            }
+            self.follow(out)?;
+            return Ok(None);
+        }
         let deadline = self
             .duration_secs
             .map(|s| secs("duration", s))
@@ -552,6 +736,58 @@ impl ClientCli {
         Ok(Some(cmp))
     }
 
+    /// `--follow`: a [`ReconnectingClient`] over the same daemons, printing its connection
+    /// changes between the events.
+    fn follow(&self, out: &mut dyn Write) -> Result<(), DebugClientError> {
+        let deadline = self
+            .duration_secs
+            .map(|s| secs("duration", s))
+            .transpose()?
+            .map(|d| Instant::now() + d);
+        let per_key = !self.quiet_updates;
+        let opts = self.connect.client_options(per_key)?;
+        let discovery = self.connect.discovery()?;
+        let mut client = ReconnectingClient::new(ReconnectOptions {
+            client: opts,
+            ..ReconnectOptions::new(discovery)
+        });
+        let mut printer = Printer {
+            out,
+            json: self.json,
+            per_key,
+        };
+        let mut addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        loop {
+            // Without --duration, wake up now and then only to wait again.
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match client.next_event_timeout(wait) {
+                Ok(ReconnectEvent::Connected { addr: a }) => {
+                    addr = a;
+                    if client.connections() > 1 {
+                        printer.reconnected(a, client.connections())?;
+                    }
+                }
+                Ok(ReconnectEvent::Event(ev)) => printer.event(&ev, addr)?,
+                Ok(ReconnectEvent::Disconnected {
+                    addr,
+                    error,
+                    retry_in,
+                }) => printer.connection_lost("disconnected", Some(addr), &error, retry_in)?,
+                Ok(ReconnectEvent::ConnectFailed {
+                    addr,
+                    error,
+                    retry_in,
+                }) => printer.connection_lost("connect-failed", addr, &error, retry_in)?,
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => break,
+                Err(_) => {}
+            }
+        }
+        printer.out.flush()?;
+        Ok(())
+    }
+
     /// Runs the client and reports: events and the digest line to `out`, an error to `err`
     /// (and, with `--json`, as an `{"event":"error"}` line to `out` too). Returns the exit code.
     pub fn run_and_report(&self, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
@@ -608,6 +844,97 @@ mod tests {
         let c = cli(&["--addr", "x:1", "--read-timeout-secs", "0"]).unwrap();
         assert!(matches!(
             c.connect.client_options(false),
+            Err(DebugClientError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn discovery_flags_default_to_typhas_names_and_exclude_addr() {
+        let c = cli(&["--kubeconfig", "/k/config"]).unwrap();
+        let Discovery::Kubernetes(s) = c.connect.discovery().unwrap() else {
+            panic!("not Service discovery");
+        };
+        assert_eq!(
+            s.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k/config"))
+        );
+        assert_eq!(
+            (
+                s.namespace.as_str(),
+                s.service.as_str(),
+                s.port_name.as_str()
+            ),
+            ("kube-system", "calico-typha", "calico-typha")
+        );
+        let c = cli(&[
+            "--k8s-namespace",
+            "ns",
+            "--k8s-service-name",
+            "svc",
+            "--k8s-port-name",
+            "p",
+        ])
+        .unwrap();
+        let Discovery::Kubernetes(s) = c.connect.discovery().unwrap() else {
+            panic!("not Service discovery");
+        };
+        assert_eq!(
+            (s.kubeconfig, &*s.namespace, &*s.service, &*s.port_name),
+            (None, "ns", "svc", "p")
+        );
+        let c = cli(&["--addr", "127.0.0.1:1", "--addr", "127.0.0.1:2"]).unwrap();
+        let Discovery::Static(v) = c.connect.discovery().unwrap() else {
+            panic!("not static");
+        };
+        assert_eq!(v.len(), 2);
+        let c = cli(&["--addr", "127.0.0.1:1", "--k8s-namespace", "x"]).unwrap();
+        assert!(matches!(
+            c.connect.discovery(),
+            Err(DebugClientError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn tls_flags_are_all_or_nothing() {
+        let usage = |args: &[&str]| {
+            let c = cli(&[&["--addr", "127.0.0.1:1"], args].concat()).unwrap();
+            match c.connect.tls_options() {
+                Err(DebugClientError::Usage(m)) => m,
+                other => panic!("{args:?}: {other:?}"),
+            }
+        };
+        assert!(usage(&["--server-cn", "t"]).contains("--ca-file"));
+        assert!(
+            usage(&["--ca-file", "/ca", "--server-cn", "t", "--key-file", "/k"])
+                .contains("--cert-file")
+        );
+        assert!(
+            usage(&["--ca-file", "/ca", "--cert-file", "/c", "--key-file", "/k"])
+                .contains("--server-cn")
+        );
+        assert!(cli(&["--addr", "127.0.0.1:1"])
+            .unwrap()
+            .connect
+            .tls_options()
+            .unwrap()
+            .is_none());
+        // Complete flags load the files: a missing one is a TLS setup error naming it.
+        let c = cli(&[
+            "--addr",
+            "127.0.0.1:1",
+            "--ca-file",
+            "/nonexistent/ca.pem",
+            "--server-uri-san",
+            "spiffe://x",
+        ])
+        .unwrap();
+        let e = c.connect.tls_options().unwrap_err();
+        assert!(matches!(e, DebugClientError::TlsSetup(_)), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        // --follow is for watching, not for a one-off digest.
+        let c = cli(&["--addr", "127.0.0.1:1", "--follow", "--digest"]).unwrap();
+        assert!(matches!(
+            c.run(&mut Vec::new()),
             Err(DebugClientError::Usage(_))
         ));
     }

@@ -1,0 +1,540 @@
+//! `typha client`'s transport flags against the real `typha` binary: TLS (certificates made at
+//! run time with rcgen; no key is checked in), Service discovery through the real API server,
+//! and `--follow` moving to another daemon when its own says goodbye.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use typha::http::http_get;
+use typha::testing::ApiServer;
+
+const CLIENT_CN: &str = "typha-client";
+const SERVER_CN: &str = "typha-server";
+const SERVER_URI: &str = "spiffe://cluster.local/ns/calico-system/sa/calico-typha";
+const T: Duration = Duration::from_secs(60);
+
+// ---- certificates ---------------------------------------------------------------------------
+
+struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+impl Ca {
+    fn new() -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "typha client test CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// A leaf certificate and its key, both PEM.
+    fn leaf(&self, cn: &str, uri: Option<&str>, server: bool) -> (String, String) {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(u) = uri {
+            p.subject_alt_names
+                .push(SanType::URI(u.to_owned().try_into().unwrap()));
+        }
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.0).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A temporary directory with a CA, a server certificate and a client certificate; removed on
+/// drop.
+struct Pki(PathBuf);
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let d =
+            std::env::temp_dir().join(format!("typha-rs-client-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let ca = Ca::new();
+        let (server, server_key) = ca.leaf(SERVER_CN, Some(SERVER_URI), true);
+        let (client, client_key) = ca.leaf(CLIENT_CN, None, false);
+        for (f, text) in [
+            ("ca.pem", ca.0.pem()),
+            ("server.pem", server),
+            ("server-key.pem", server_key),
+            ("client.pem", client),
+            ("client-key.pem", client_key),
+        ] {
+            std::fs::write(d.join(f), text).unwrap();
+        }
+        Pki(d)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+
+    /// The client's TLS flags, expecting the server's CN to be `server_cn`.
+    fn client_flags(&self, server_cn: &str) -> Vec<String> {
+        vec![
+            "--ca-file".into(),
+            self.path("ca.pem"),
+            "--cert-file".into(),
+            self.path("client.pem"),
+            "--key-file".into(),
+            self.path("client-key.pem"),
+            "--server-cn".into(),
+            server_cn.into(),
+        ]
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- daemons and the client as child processes ------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    protocol: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    fn sigterm(&self) {
+        // SAFETY: signalling our own child process, which is not yet reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn field(line: &str, name: &str) -> SocketAddr {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The daemon on the sim datastore (with churn), TLS from Typha's environment variables when
+/// `pki` is given, saying goodbye at once on SIGTERM.
+fn start_daemon(pki: Option<&Pki>) -> Daemon {
+    let (p, h, m) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+    cmd.args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
+        .args(["--server-port", &p.to_string()])
+        .args([
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            &h.to_string(),
+        ])
+        .args(["--prometheus-metrics-host", "127.0.0.1"])
+        .args(["--prometheus-metrics-port", &m.to_string()])
+        .args(["--log-severity-screen", "warning"])
+        .args(["--shutdown-timeout-secs", "0"])
+        .args(["--sim-nodes", "5", "--sim-endpoints", "100"])
+        .args(["--sim-policies", "10", "--sim-churn-rate", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(pki) = pki {
+        cmd.env("TYPHA_SERVERCERTFILE", pki.path("server.pem"))
+            .env("TYPHA_SERVERKEYFILE", pki.path("server-key.pem"))
+            .env("TYPHA_CAFILE", pki.path("ca.pem"))
+            .env("TYPHA_CLIENTCN", CLIENT_CN);
+    }
+    let mut child = cmd.spawn().expect("start typha");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        protocol: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
+    d.protocol = field(&line, "protocol");
+    d.metrics = field(&line, "metrics");
+    let health = field(&line, "health");
+    let deadline = Instant::now() + T;
+    while !matches!(
+        http_get(health, "/readiness", Duration::from_secs(2)),
+        Ok((200, _))
+    ) {
+        assert!(Instant::now() < deadline, "daemon never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+/// Runs `typha client ARGS` to its end, killing it if it outlives `timeout`.
+fn client(args: &[String], timeout: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .arg("client")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start typha client");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("typha client {args:?} still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The client exited 0 and its last line is a matching digest with keys in it.
+fn assert_digest_matched(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let events = json_lines(out);
+    let last = events.last().expect("some output");
+    assert_eq!(last["event"], "digest", "{last}");
+    assert_eq!(last["match"], true, "{last}");
+    assert_eq!(last["digest"], last["daemon_digest"], "{last}");
+    assert!(last["keys"].as_u64().unwrap() > 100, "{last}");
+    assert!(
+        events.iter().any(|e| e["event"] == "snapshot-complete"),
+        "{events:?}"
+    );
+}
+
+// ---- TLS -------------------------------------------------------------------------------------
+
+#[test]
+fn tls_client_digest_matches_and_a_wrong_server_name_is_refused() {
+    let pki = Pki::new("digest");
+    let d = start_daemon(Some(&pki));
+    let base = args(&[
+        "--addr",
+        &d.protocol.to_string(),
+        "--http-addr",
+        &d.metrics.to_string(),
+        "--digest",
+        "--json",
+        "--quiet-updates",
+    ]);
+
+    let out = client(&[base.clone(), pki.client_flags(SERVER_CN)].concat(), T);
+    assert_digest_matched(&out);
+    let hello = &json_lines(&out)[0];
+    assert_eq!(hello["event"], "connected", "{hello}");
+
+    // The URI SAN alone identifies the server too.
+    let mut by_uri = pki.client_flags(SERVER_CN);
+    by_uri.truncate(6);
+    by_uri.extend(args(&["--server-uri-san", SERVER_URI]));
+    assert_digest_matched(&client(&[base.clone(), by_uri].concat(), T));
+
+    // The daemon's certificate is fine but not the one asked for.
+    let out = client(
+        &[base.clone(), pki.client_flags("someone-else")].concat(),
+        T,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("TLS")
+            && stderr.contains("someone-else")
+            && stderr.contains(SERVER_CN)
+            && stderr.contains(&d.protocol.to_string()),
+        "{stderr}"
+    );
+    let last = json_lines(&out).pop().unwrap();
+    assert_eq!(last["event"], "error", "{last}");
+
+    // A plaintext client on the TLS port gets nowhere: an error, not a hang or a digest.
+    let out = client(&base, T);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Half a TLS configuration is a usage error, named, before anything is tried.
+    for (flags, says) in [
+        (args(&["--server-cn", SERVER_CN]), "--ca-file"),
+        (
+            args(&["--ca-file", &pki.path("ca.pem"), "--server-cn", SERVER_CN])
+                .into_iter()
+                .chain(args(&["--cert-file", &pki.path("client.pem")]))
+                .collect(),
+            "--key-file",
+        ),
+        (args(&["--ca-file", &pki.path("ca.pem")]), "--server-cn"),
+        (
+            args(&["--ca-file", &pki.path("missing.pem"), "--server-cn", "x"]),
+            "missing.pem",
+        ),
+    ] {
+        let out = client(&[base.clone(), flags.clone()].concat(), T);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}
+
+// ---- Service discovery -----------------------------------------------------------------------
+
+const NS: &str = "typha-client-test";
+const SVC: &str = "typha-under-test";
+
+#[test]
+fn service_discovery_finds_the_daemon_through_its_endpoint_slice() {
+    let api = ApiServer::start("debug-client").unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = api.kubeconfig();
+    let d = start_daemon(None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use k8s_openapi::api::core::v1::Namespace;
+        use kube::api::{DynamicObject, PostParams};
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let pp = PostParams::default();
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+        kube::Api::<Namespace>::all(client.clone())
+            .create(&pp, &ns)
+            .await
+            .unwrap();
+        // The test server is v1.20: EndpointSlices are v1beta1 only.
+        let ar = kube::discovery::ApiResource {
+            group: "discovery.k8s.io".into(),
+            version: "v1beta1".into(),
+            api_version: "discovery.k8s.io/v1beta1".into(),
+            kind: "EndpointSlice".into(),
+            plural: "endpointslices".into(),
+        };
+        // The daemon's port under the default port name, next to the metrics port.
+        let slice: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1beta1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": format!("{SVC}-a"), "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": SVC}},
+            "addressType": "IPv4",
+            "ports": [
+                {"name": "metrics", "port": d.metrics.port(), "protocol": "TCP"},
+                {"name": "calico-typha", "port": d.protocol.port(), "protocol": "TCP"}
+            ],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        kube::Api::<DynamicObject>::namespaced_with(client, NS, &ar)
+            .create(&pp, &slice)
+            .await
+            .unwrap();
+    });
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let discovery = args(&[
+        "--kubeconfig",
+        &kc,
+        "--k8s-namespace",
+        NS,
+        "--http-addr",
+        &d.metrics.to_string(),
+        "--digest",
+        "--json",
+        "--quiet-updates",
+    ]);
+    let out = client(
+        &[discovery.clone(), args(&["--k8s-service-name", SVC])].concat(),
+        T,
+    );
+    assert_digest_matched(&out);
+    let hello = &json_lines(&out)[0];
+    assert_eq!(hello["addr"], d.protocol.to_string(), "{hello}");
+
+    // A Service with no endpoints, and --addr mixed with discovery: clear errors, exit 2.
+    let out = client(
+        &[discovery.clone(), args(&["--k8s-service-name", "nothing"])].concat(),
+        T,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{NS}/nothing")) && stderr.contains("no ready endpoint"),
+        "{stderr}"
+    );
+    let out = client(
+        &[discovery, args(&["--addr", &d.protocol.to_string()])].concat(),
+        T,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("exclude each other"), "{stderr}");
+}
+
+// ---- --follow --------------------------------------------------------------------------------
+
+/// A running `typha client` whose stdout lines arrive on a channel.
+struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(args: &[String]) -> Follower {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
+            .arg("client")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start typha client");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The JSON events up to and including the first that `want` accepts, within `timeout`.
+    fn until(&self, what: &str, timeout: Duration, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {what} within {timeout:?} ({e}); saw {seen:?}"));
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let done = want(&v);
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn follow_moves_to_the_other_daemon_when_its_own_says_goodbye() {
+    let daemons = [start_daemon(None), start_daemon(None)];
+    let addrs: Vec<String> = daemons.iter().map(|d| d.protocol.to_string()).collect();
+    let f = Follower::start(&args(&[
+        "--addr",
+        &addrs[0],
+        "--addr",
+        &addrs[1],
+        "--follow",
+        "--json",
+        "--quiet-updates",
+    ]));
+    let seen = f.until("first snapshot", T, |v| v["event"] == "snapshot-complete");
+    let first = seen
+        .iter()
+        .find(|v| v["event"] == "connected")
+        .unwrap_or_else(|| panic!("no connected event in {seen:?}"))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (on, other) = if first == addrs[0] { (0, 1) } else { (1, 0) };
+    assert_eq!(first, addrs[on]);
+
+    daemons[on].sigterm();
+    let seen = f.until("reconnect", T, |v| v["event"] == "reconnected");
+    let goodbye = seen.iter().find(|v| v["event"] == "goodbye");
+    assert_eq!(
+        goodbye.map(|g| g["reason"].clone()),
+        Some(json!("shutdown")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|v| v["event"] == "disconnected" && v["addr"] == addrs[on]),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().unwrap()["addr"], addrs[other], "{seen:?}");
+    // The new connection's hello and snapshot follow, and the stream goes on.
+    let seen = f.until("second snapshot", T, |v| v["event"] == "snapshot-complete");
+    let hello = seen.iter().find(|v| v["event"] == "connected");
+    assert_eq!(
+        hello.map(|h| h["addr"].clone()),
+        Some(json!(addrs[other])),
+        "{seen:?}"
+    );
+    assert!(seen.last().unwrap()["keys"].as_u64().unwrap() > 100);
+    f.until("updates after the move", T, |v| v["event"] == "updates");
+}
