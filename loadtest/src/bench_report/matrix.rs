@@ -149,7 +149,7 @@ fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
     v
 }
 
-/// The full matrix: about 14 minutes of measurement plus start-up, within 20 minutes on a
+/// The full matrix: about 15 minutes of measurement (with the TLS cells) plus start-up, about 20 minutes on a
 /// 2-core machine. Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
 /// pub/sub 15 s, API server cells 20 s of writes.
 pub fn full() -> Vec<Cell> {

@@ -915,7 +915,7 @@ fn tls_cost(md: &mut String, runs: &[RunRow]) {
             int(t.clients),
             int(t.churn),
             t.keys.map_or(DASH.into(), |k| int(k as f64)),
-            plain.map_or("no plaintext cell".into(), |p| cpu(p)),
+            plain.map_or("no plaintext cell".into(), cpu),
             cpu(t),
             us(t.lag_p99),
             match plain {
