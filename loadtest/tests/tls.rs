@@ -141,8 +141,15 @@ fn daemon(pki: &Pki) -> Daemon {
     d
 }
 
-fn run(d: &Daemon, pki: &Pki, cert: &str, clients: &str, secs: &str) -> (Output, Value) {
-    let args = [
+fn run(
+    d: &Daemon,
+    pki: &Pki,
+    cert: &str,
+    clients: &str,
+    secs: &str,
+    extra: &[&str],
+) -> (Output, Value) {
+    let mut args = vec![
         "run".to_owned(),
         "--addr".into(),
         d.protocol_addr.to_string(),
@@ -170,6 +177,7 @@ fn run(d: &Daemon, pki: &Pki, cert: &str, clients: &str, secs: &str) -> (Output,
         "--server-cn".into(),
         SERVER_CN.into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let out = Command::new(BIN).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let j: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
@@ -185,7 +193,7 @@ fn run(d: &Daemon, pki: &Pki, cert: &str, clients: &str, secs: &str) -> (Output,
 fn tls_clients_connect_sync_and_verify() {
     let pki = Pki::new("ok");
     let d = daemon(&pki);
-    let (out, j) = run(&d, &pki, "client", "50", "4");
+    let (out, j) = run(&d, &pki, "client", "50", "4", &[]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -211,11 +219,63 @@ fn tls_clients_connect_sync_and_verify() {
     drop(d);
 }
 
+/// Slow, stalled and killed clients over TLS: the stalled ones (which stop reading once their
+/// side of the handshake is done) and the killed ones are not handshake failures, and every
+/// restarted session verifies.
+#[test]
+fn tls_with_slow_stalled_and_killed_clients_passes() {
+    let pki = Pki::new("scenarios");
+    let d = daemon(&pki);
+    let extra = [
+        "--slow-fraction",
+        "0.1",
+        "--slow-bytes-per-sec",
+        "200000",
+        "--stalled-fraction",
+        "0.1",
+        "--kill-rate",
+        "10",
+        "--restart-delay",
+        "0.3",
+    ];
+    let (out, j) = run(&d, &pki, "client", "60", "4", &extra);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{j:#}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(j["tls"], true);
+    assert_eq!(j["tls_handshake_failures"], 0, "{j:#}");
+    let roles = &j["scenario"]["roles"];
+    let stalled = roles["stalled"].as_u64().unwrap();
+    assert!(
+        stalled > 0 && roles["slow"].as_u64().unwrap() > 0,
+        "{roles}"
+    );
+    assert!(
+        j["scenario"]["kills"].as_u64().unwrap() >= 10,
+        "{}",
+        j["scenario"]
+    );
+    assert!(j["scenario"]["restarts"].as_u64().unwrap() > 0);
+    // Every client but the stalled ones reached in-sync over TLS, and verified.
+    assert_eq!(
+        j["clients"]["in_sync"].as_u64().unwrap(),
+        60 - stalled,
+        "{j:#}"
+    );
+    let v = &j["verification"];
+    assert_eq!(v["mismatches"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["verified_at_end"], j["clients"]["in_sync_at_end"], "{v}");
+    drop(d);
+}
+
 #[test]
 fn a_client_certificate_from_another_ca_fails_the_run() {
     let pki = Pki::new("stranger");
     let d = daemon(&pki);
-    let (out, j) = run(&d, &pki, "stranger", "10", "2");
+    let (out, j) = run(&d, &pki, "stranger", "10", "2", &[]);
     assert_eq!(out.status.code(), Some(1), "{j:#}");
     assert_eq!(j["passed"], false);
     assert_eq!(j["tls"], true);
