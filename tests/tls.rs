@@ -431,14 +431,7 @@ fn good_client_gets_snapshot_and_updates_over_tls() {
     assert_eq!(c.state().get(&wep(2000)).unwrap().value, big);
     // The client answers pings as it reads: keep it reading until the server has a pong.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while h
-        .metrics
-        .ping_latency
-        .iter()
-        .map(|x| x.get_sample_count())
-        .sum::<u64>()
-        == 0
-    {
+    while h.metrics.ping_latency.iter().map(|x| x.get_sample_count()).sum::<u64>() == 0 {
         assert!(Instant::now() < deadline, "no pong arrived over TLS");
         match c.next_event_timeout(Duration::from_millis(50)) {
             Ok(_) => {}
