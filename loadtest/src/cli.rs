@@ -122,6 +122,23 @@ pub struct RunArgs {
     /// Kubeconfig of the daemon's API server (loopback only), for --verify-datastore.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Connect every client over TLS: the CA bundle (PEM) the daemon's certificate must chain
+    /// to. With any TLS flag given, --ca-file, --cert-file, --key-file and one of --server-cn
+    /// and --server-uri-san are required (as Felix's TyphaCAFile etc.).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// The clients' certificate (PEM), presented to the daemon.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// The clients' private key (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The daemon is accepted if its certificate's CN is this...
+    #[arg(long)]
+    pub server_cn: Option<String>,
+    /// ...or one of its URI SANs is this.
+    #[arg(long)]
+    pub server_uri_san: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -252,6 +269,8 @@ pub struct RunConfig {
     pub restart_delay: Duration,
     /// `--verify-datastore --kubeconfig PATH`.
     pub verify_datastore: Option<PathBuf>,
+    /// `--ca-file` and the rest: every client connects over TLS.
+    pub tls: Option<typha::client::tls::ClientTlsOptions>,
 }
 
 /// Largest client count accepted (far beyond what one host can open).
@@ -286,6 +305,49 @@ pub fn parse_loopback_addr(flag: &str, s: &str) -> Result<SocketAddr, String> {
 }
 
 impl RunArgs {
+    /// The TLS flags: none, or all of them (one of the server CN and URI SAN may be left out);
+    /// empty counts as unset.
+    fn tls_options(&self) -> Result<Option<typha::client::tls::ClientTlsOptions>, String> {
+        let path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let text = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let (ca, cert, key) = (
+            path(&self.ca_file),
+            path(&self.cert_file),
+            path(&self.key_file),
+        );
+        let (cn, uri) = (text(&self.server_cn), text(&self.server_uri_san));
+        if ca.is_none() && cert.is_none() && key.is_none() && cn.is_none() && uri.is_none() {
+            return Ok(None);
+        }
+        let missing: Vec<&str> = [
+            (ca.is_some(), "--ca-file"),
+            (cert.is_some(), "--cert-file"),
+            (key.is_some(), "--key-file"),
+            (
+                cn.is_some() || uri.is_some(),
+                "--server-cn or --server-uri-san",
+            ),
+        ]
+        .into_iter()
+        .filter(|(set, _)| !set)
+        .map(|(_, name)| name)
+        .collect();
+        match ca {
+            Some(ca_file) if missing.is_empty() => Ok(Some(typha::client::tls::ClientTlsOptions {
+                ca_file,
+                cert_file: cert,
+                key_file: key,
+                server_cn: cn,
+                server_uri_san: uri,
+            })),
+            _ => Err(format!(
+                "incomplete TLS flags: with any TLS flag given, --ca-file, --cert-file, \
+                 --key-file and one of --server-cn and --server-uri-san are needed; missing: {}",
+                missing.join(", ")
+            )),
+        }
+    }
+
     pub fn validate(&self) -> Result<RunConfig, String> {
         let addr = parse_loopback_addr("--addr", &self.addr)?;
         let metrics_addr = self
@@ -345,8 +407,10 @@ impl RunArgs {
         if self.verify_datastore && metrics_addr.is_none() {
             return Err("--verify-datastore needs --metrics-addr (the daemon's /digest)".into());
         }
+        let tls = self.tls_options()?;
         Ok(RunConfig {
             addr,
+            tls,
             clients: self.clients,
             syncer,
             compression: self.compression,
@@ -448,6 +512,50 @@ mod tests {
             panic!("not a churn")
         };
         c.validate()
+    }
+
+    #[test]
+    fn tls_flags_are_all_or_nothing() {
+        assert_eq!(args(&[]).unwrap().tls, None);
+        let full = [
+            "--ca-file",
+            "/ca.pem",
+            "--cert-file",
+            "/c.pem",
+            "--key-file",
+            "/k.pem",
+            "--server-cn",
+            "typha-server",
+        ];
+        let tls = args(&full).unwrap().tls.unwrap();
+        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(tls.server_cn.as_deref(), Some("typha-server"));
+        assert_eq!(tls.server_uri_san, None);
+        // The URI SAN alone identifies the server too.
+        let mut by_uri = full[..6].to_vec();
+        by_uri.extend(["--server-uri-san", "spiffe://x/typha"]);
+        let tls = args(&by_uri).unwrap().tls.unwrap();
+        assert_eq!(tls.server_uri_san.as_deref(), Some("spiffe://x/typha"));
+        assert_eq!(tls.server_cn, None);
+        // Any one flag missing is named.
+        for (drop, name) in [
+            (0, "--ca-file"),
+            (2, "--cert-file"),
+            (4, "--key-file"),
+            (6, "--server-cn or --server-uri-san"),
+        ] {
+            let mut a = full.to_vec();
+            a.drain(drop..drop + 2);
+            let e = args(&a).unwrap_err();
+            assert!(
+                e.contains("incomplete TLS flags") && e.contains(name),
+                "{e}"
+            );
+        }
+        let e = args(&["--server-cn", "x"]).unwrap_err();
+        assert!(e.contains("--ca-file, --cert-file, --key-file"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use typha::client::{ChunkMemo, 
-    ClientError, ClientEvent, ClientOptions, ClientSession, FrameRecord, Tracking,
+use typha::client::tls::ClientTls;
+use typha::client::{
+    ChunkMemo, ClientError, ClientEvent, ClientOptions, ClientSession, FrameRecord, Tracking,
 };
 use typha::model::{Digest, SyncStatus, SyncerType};
 use typha::proto::Codec;
@@ -55,6 +56,12 @@ pub const STAMP_LABEL: &str = "typha-loadtest/stamp";
 const STAMP_KEY_PART: &str = "/workload/";
 /// Drop reason of a client killed on purpose (`--kill-rate`); such kills are counted apart.
 pub const KILLED: &str = "killed by the harness";
+/// Drop reasons of TLS clients whose handshake ended in a TLS error (an alert from the server,
+/// a server certificate refused) start with this; they are counted as TLS handshake failures
+/// (a failed run: the TLS settings are wrong). A TLS 1.3 server checks the client's
+/// certificate after the client finished its side, so an error before the first decrypted
+/// byte counts too.
+pub const TLS_HANDSHAKE_FAILED: &str = "TLS handshake failed";
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
@@ -156,6 +163,8 @@ pub struct DriverConfig {
     pub restart_delay: Duration,
     /// Client threads in the run.
     pub threads: usize,
+    /// Every client connects over TLS with this configuration.
+    pub tls: Option<ClientTls>,
 }
 
 /// Longest the full-map clients are given at the end to reach the digest-only clients' seq.
@@ -223,6 +232,8 @@ pub struct ThreadResult {
     pub mismatches: Vec<String>,
     pub kills: u64,
     pub restarts: u64,
+    /// Clients whose TLS handshake failed (see [`TLS_HANDSHAKE_FAILED`]).
+    pub tls_failures: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +249,11 @@ struct Client {
     state: ConnState,
     stream: Option<TcpStream>,
     session: Option<ClientSession>,
+    /// The TLS connection over `stream` (with `--ca-file`): the session's bytes go through it.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// The server has sent plaintext over TLS: the handshake succeeded on both sides (a TLS
+    /// 1.3 server checks the client's certificate after the client's side completed).
+    tls_up: bool,
     connect_at: Option<Instant>,
     established: bool,
     /// In the ready queue.
@@ -274,6 +290,7 @@ struct Local {
     ds_lag_us: Histogram<u64>,
     kills: u64,
     restarts: u64,
+    tls_failures: u64,
 }
 
 /// What a thread knows to compare its clients' streams with each other.
@@ -350,6 +367,8 @@ pub fn run_thread(
             state: ConnState::Pending,
             stream: None,
             session: None,
+            tls: None,
+            tls_up: false,
             connect_at: None,
             established: false,
             queued: false,
@@ -394,6 +413,7 @@ pub fn run_thread(
             ds_lag_us: new_histogram(),
             kills: 0,
             restarts: 0,
+            tls_failures: 0,
         },
     };
     d.run()?;
@@ -598,6 +618,14 @@ impl Driver {
         c.in_sync = false;
         c.segment = None;
         c.snap_seq = None;
+        c.tls_up = false;
+        c.tls = None;
+        if let Some(tls) = &self.cfg.tls {
+            match tls.connection() {
+                Ok(conn) => self.clients[i].tls = Some(Box::new(conn)),
+                Err(e) => return self.close(i, format!("TLS setup failed: {e}")),
+            }
+        }
         let mut stream = match TcpStream::connect(self.cfg.addr) {
             Ok(s) => s,
             Err(e) => return self.close(i, format!("connect failed: {e}")),
@@ -677,9 +705,20 @@ impl Driver {
                 }
             }
         }
-        let more = if self.clients[i].plan.role == Role::Stalled {
-            // Never reads: the daemon's buffers for it fill up until it drops it.
+        let c = &self.clients[i];
+        let tls = c.tls.as_ref().map(|t| t.is_handshaking());
+        let more = if c.plan.role == Role::Stalled && tls != Some(true) {
+            // Never reads (over TLS: once its handshake is done, so that its Hello goes out):
+            // the daemon's buffers for it fill up until it drops it.
             false
+        } else if tls.is_some() {
+            match self.read_some_tls(i, buf) {
+                Ok(more) => more,
+                Err(reason) => {
+                    self.close(i, reason);
+                    return false;
+                }
+            }
         } else {
             match self.read_some(i, buf) {
                 Ok(more) => more,
@@ -689,11 +728,133 @@ impl Driver {
                 }
             }
         };
-        if let Err(reason) = self.flush(i) {
+        let flushed = if self.clients[i].tls.is_some() {
+            self.flush_tls(i)
+        } else {
+            self.flush(i)
+        };
+        if let Err(reason) = flushed {
             self.close(i, reason);
             return false;
         }
         more
+    }
+
+    /// [`Driver::read_some`] over TLS: reads records until `WouldBlock` or the budget (counted
+    /// in bytes on the wire), decrypts them and feeds the plaintext to the session.
+    fn read_some_tls(&mut self, i: usize, buf: &mut [u8]) -> Result<bool, String> {
+        let slow = self.clients[i].plan.role == Role::Slow;
+        let mut budget = if slow {
+            self.allowance(i).min(READ_BUDGET)
+        } else {
+            READ_BUDGET
+        };
+        loop {
+            if budget == 0 {
+                if slow {
+                    let c = &mut self.clients[i];
+                    if !c.throttled {
+                        c.throttled = true;
+                        self.throttled.push(i);
+                    }
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+            let c = &mut self.clients[i];
+            let (Some(stream), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) else {
+                return Ok(false);
+            };
+            let eof = match tls.read_tls(stream) {
+                Ok(0) => true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    c.session_bytes += n as u64;
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_reason("read", &e, i)),
+            };
+            if let Err(e) = tls.process_new_packets() {
+                // Sends the alert that says why, if the socket takes it.
+                let _ = tls.write_tls(stream);
+                return Err(if c.tls_up {
+                    format!("TLS error: {e}")
+                } else {
+                    format!("{TLS_HANDSHAKE_FAILED}: {e}")
+                });
+            }
+            let mut closed = eof;
+            loop {
+                let frontier = self.verify.frontier;
+                let c = &mut self.clients[i];
+                let (Some(tls), Some(session)) = (c.tls.as_mut(), c.session.as_mut()) else {
+                    return Ok(false);
+                };
+                let n = match tls.reader().read(buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        closed = true;
+                        break;
+                    }
+                    Err(e) => return Err(format!("TLS read error: {e}")),
+                };
+                c.tls_up = true;
+                self.local.bytes += n as u64;
+                session.set_scan_stamps(session.state().seq() >= frontier);
+                let fed = session.feed(&buf[..n]);
+                self.drain_events(i);
+                if let Err(e) = fed {
+                    return Err(self.hard_failure(i, e));
+                }
+            }
+            if closed {
+                let Some(session) = self.clients[i].session.as_ref() else {
+                    return Ok(false);
+                };
+                return Err(match session.goodbye() {
+                    Some((r, _)) => format!("goodbye: {}", r.as_str()),
+                    None if session.buffered() > 0 => "closed by server mid-frame".into(),
+                    None => "closed by server".into(),
+                });
+            }
+        }
+    }
+
+    /// [`Driver::flush`] over TLS: the session's output is encrypted, then records are written
+    /// until done or `WouldBlock` (the socket's WRITABLE edge brings the rest).
+    fn flush_tls(&mut self, i: usize) -> Result<(), String> {
+        let c = &mut self.clients[i];
+        let (Some(stream), Some(session), Some(tls)) =
+            (c.stream.as_mut(), c.session.as_mut(), c.tls.as_mut())
+        else {
+            return Ok(());
+        };
+        while session.has_output() {
+            // Before the handshake completes rustls buffers the plaintext (bounded); 0 means
+            // that buffer is full, and the rest waits for the next flush.
+            match tls.writer().write(session.pending_output()) {
+                Ok(0) => break,
+                Ok(n) => session.advance_output(n),
+                Err(e) => return Err(format!("TLS write error: {e}")),
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(0) => return Err("write error: wrote 0 bytes".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_reason("write", &e, i)),
+            }
+        }
+        Ok(())
     }
 
     /// Reads until `WouldBlock` or [`READ_BUDGET`] bytes (for a slow client: what its rate
@@ -960,6 +1121,24 @@ impl Driver {
 
     fn close(&mut self, i: usize, reason: String) {
         let c = &mut self.clients[i];
+        // A TLS client whose handshake the server ended without a TLS error before any
+        // decrypted byte (a close or reset, e.g. over the connection limit or a handshake
+        // timeout) is a drop like any other, marked as such; only a TLS error (an alert, a
+        // certificate the client refused) counts as a handshake failure.
+        let reason = if c.tls.is_some()
+            && !c.tls_up
+            && c.state == ConnState::Open
+            && reason != KILLED
+            && !reason.starts_with(TLS_HANDSHAKE_FAILED)
+        {
+            format!("before the TLS session was up: {reason}")
+        } else {
+            reason
+        };
+        if reason.starts_with(TLS_HANDSHAKE_FAILED) {
+            self.local.tls_failures += 1;
+        }
+        c.tls = None;
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
@@ -1038,6 +1217,7 @@ impl Driver {
             mismatches: std::mem::take(&mut v.mismatches),
             kills: l.kills,
             restarts: l.restarts,
+            tls_failures: l.tls_failures,
         };
         for c in self.clients {
             let open = c.state == ConnState::Open;

@@ -230,6 +230,10 @@ impl Scenario {
 pub struct Report {
     // The run.
     pub addr: String,
+    /// The clients connected over TLS.
+    pub tls: bool,
+    /// TLS clients refused in the handshake (the run fails: a configuration error).
+    pub tls_handshake_failures: u64,
     pub syncer: String,
     pub compression: String,
     pub threads: usize,
@@ -302,6 +306,12 @@ impl Report {
                 self.verification.mismatches.len()
             ));
         }
+        if self.tls_handshake_failures > 0 {
+            r.push(format!(
+                "{} client(s) failed the TLS handshake (see drops for why)",
+                self.tls_handshake_failures
+            ));
+        }
         if self.connected == 0 && self.requested > 0 {
             r.push("no client could connect".into());
         }
@@ -318,6 +328,8 @@ impl Report {
         json!({
             "passed": self.passed(),
             "failure_reasons": self.failure_reasons(),
+            "tls": self.tls,
+            "tls_handshake_failures": self.tls_handshake_failures,
             "run": {
                 "addr": self.addr,
                 "syncer": self.syncer,
@@ -399,10 +411,11 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "typha-loadtest: {} {} clients → {} ({} threads, compression {}, ramp {ramp}), {:.1} s",
+            "typha-loadtest: {} {} clients → {}{} ({} threads, compression {}, ramp {ramp}), {:.1} s",
             self.requested,
             self.syncer,
             self.addr,
+            if self.tls { " over TLS" } else { "" },
             self.threads,
             self.compression,
             self.elapsed_secs

@@ -168,6 +168,16 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         );
     }
 
+    // Loaded before anything is measured: a bad file ends the run with a clear error.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|o| {
+            typha::client::tls::ClientTls::from_files(o)
+                .context("cannot load the client TLS settings (--ca-file, --cert-file, --key-file)")
+        })
+        .transpose()?;
+
     let before = sample_server(&cfg)?;
     let drops_before = cfg.metrics_addr.map(fetch_drops_by_reason).transpose();
     let me = std::process::id();
@@ -185,6 +195,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         kills_per_sec: cfg.kill_rate / cfg.threads as f64,
         restart_delay: cfg.restart_delay,
         threads: cfg.threads,
+        tls,
     });
     let shared = Arc::new(Shared::default());
     let (lag_tx, lag_rx) = mpsc::channel::<Histogram<u64>>();
@@ -330,6 +341,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     let mut r = Report {
         addr: cfg.addr.to_string(),
+        tls: cfg.tls.is_some(),
         syncer: cfg.syncer.as_str().to_owned(),
         compression: format!("{:?}", cfg.compression).to_lowercase(),
         threads: cfg.threads,
@@ -395,6 +407,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         r.pings += t.pings;
         r.scenario.kills += t.kills;
         r.scenario.restarts += t.restarts;
+        r.tls_handshake_failures += t.tls_failures;
         for (k, v) in t.drops {
             *r.drops.entry(k).or_default() += v;
         }
@@ -691,6 +704,7 @@ mod tests {
             kill_rate: 0.0,
             restart_delay: Duration::from_millis(300),
             verify_datastore: None,
+            tls: None,
         }
     }
 

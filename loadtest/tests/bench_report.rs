@@ -126,6 +126,7 @@ fn recorded_results_render_to_markdown_and_valid_pngs() {
     for table in [
         "| target | measured | cell | verdict |",
         "| cell | clients | churn/s | snapshot keys | lag p50 | lag p99 |",
+        "| clients | churn/s | snapshot keys | daemon CPU per delivery, plaintext | with TLS |",
         "| cell | clients | snapshot keys | all in sync after |",
         "| cell | target | subscribers | message | rate |",
         "| message × rate | subscribers | typha-rs | bare writer | ratio |",

@@ -19,6 +19,9 @@ pub enum RunGroup {
     Storm,
     /// No churn: memory per idle client.
     Idle,
+    /// As a fan-out cell, with TLS between the daemon and every client: set beside the
+    /// plaintext fan-out cell of the same clients, churn and snapshot size.
+    Tls,
 }
 
 impl RunGroup {
@@ -27,6 +30,7 @@ impl RunGroup {
             RunGroup::Fanout => "fanout",
             RunGroup::Storm => "storm",
             RunGroup::Idle => "idle",
+            RunGroup::Tls => "tls",
         }
     }
 }
@@ -145,7 +149,7 @@ fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
     v
 }
 
-/// The full matrix: about 14 minutes of measurement plus start-up, within 20 minutes on a
+/// The full matrix: about 15 minutes of measurement (with the TLS cells) plus start-up, about 20 minutes on a
 /// 2-core machine. Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
 /// pub/sub 15 s, API server cells 20 s of writes.
 pub fn full() -> Vec<Cell> {
@@ -163,6 +167,16 @@ pub fn full() -> Vec<Cell> {
     }
     for n in [100, 1000] {
         v.push(run_cell(RunGroup::Fanout, n, 100.0, 100_000, 1000.0, 25.0));
+    }
+    // TLS beside the plaintext fan-out cells of the same settings (the higher churn, where
+    // deliveries dominate the daemon's CPU).
+    for n in [1000, 5000] {
+        let (ramp, d) = if n > 1000 {
+            (2000.0, 30.0)
+        } else {
+            (1000.0, 20.0)
+        };
+        v.push(run_cell(RunGroup::Tls, n, 1000.0, 10_000, ramp, d));
     }
     for n in [1000, 10_000] {
         v.push(run_cell(RunGroup::Storm, n, 100.0, 50_000, 0.0, 30.0));
@@ -185,6 +199,7 @@ pub fn quick() -> Vec<Cell> {
     }
     v.push(run_cell(RunGroup::Storm, 200, 100.0, 1000, 0.0, 5.0));
     v.push(run_cell(RunGroup::Idle, 200, 0.0, 1000, 1000.0, 4.0));
+    v.push(run_cell(RunGroup::Tls, 200, 100.0, 1000, 1000.0, 5.0));
     v.extend(pubsub_cells(&[50], &[(8192, 10.0), (512, 100.0)], 3.0));
     v.extend(api_cells(&[20], 10.0, 4.0));
     v
@@ -279,6 +294,109 @@ fn daemon_argv(env: &Env, ports: &Ports, datastore: &[String]) -> Vec<String> {
     ];
     v.extend_from_slice(datastore);
     v
+}
+
+/// The CA, server and client certificates of the TLS cells, generated at run time (rcgen) into
+/// a temporary directory; no key is ever written into the repository.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// The server's certificate CN (what the clients expect) and the clients' CN (what the daemon
+/// requires), as in a Calico install.
+pub const TLS_SERVER_CN: &str = "typha-server";
+pub const TLS_CLIENT_CN: &str = "typha-client";
+
+impl TlsFiles {
+    fn in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        }
+    }
+
+    /// Generates a CA and a server and client certificate from it into `dir`.
+    pub fn generate(dir: &Path) -> Result<TlsFiles, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let err = |e: rcgen::Error| format!("cannot generate the TLS certificates: {e}");
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let files = TlsFiles::in_dir(dir);
+        let write = |path: &Path, text: &str| {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.distinguished_name
+            .push(DnType::CommonName, "typha-loadtest bench CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().map_err(err)?).map_err(err)?;
+        write(&files.ca, &ca.pem())?;
+        for (cn, usage, cert, key) in [
+            (
+                TLS_SERVER_CN,
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &files.server_cert,
+                &files.server_key,
+            ),
+            (
+                TLS_CLIENT_CN,
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &files.client_cert,
+                &files.client_key,
+            ),
+        ] {
+            let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![usage];
+            let k = KeyPair::generate().map_err(err)?;
+            let c = p.signed_by(&k, &ca).map_err(err)?;
+            write(cert, &c.pem())?;
+            write(key, &k.serialize_pem())?;
+        }
+        Ok(files)
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        vec![
+            s("--server-cert-file"),
+            self.server_cert.display().to_string(),
+            s("--server-key-file"),
+            self.server_key.display().to_string(),
+            s("--ca-file"),
+            self.ca.display().to_string(),
+            s("--client-cn"),
+            s(TLS_CLIENT_CN),
+        ]
+    }
+
+    fn run_args(&self) -> Vec<String> {
+        vec![
+            s("--ca-file"),
+            self.ca.display().to_string(),
+            s("--cert-file"),
+            self.client_cert.display().to_string(),
+            s("--key-file"),
+            self.client_key.display().to_string(),
+            s("--server-cn"),
+            s(TLS_SERVER_CN),
+        ]
+    }
 }
 
 fn sim_datastore(endpoints: usize, churn: f64) -> Vec<String> {
@@ -675,7 +793,8 @@ impl Cell {
                 duration,
             } => json!({"kind": "run", "group": group.name(), "clients": clients,
                 "churn": churn, "sim_endpoints": endpoints, "keys_nominal": keys,
-                "ramp_per_sec": ramp, "duration_secs": duration}),
+                "ramp_per_sec": ramp, "duration_secs": duration,
+                "tls": *group == RunGroup::Tls}),
             CellKind::Pubsub {
                 target,
                 subscribers,
@@ -708,21 +827,23 @@ impl Cell {
         };
         match &self.kind {
             CellKind::Run {
+                group,
                 clients,
                 churn,
                 endpoints,
                 ramp,
                 duration,
                 ..
-            } => format!(
-                "{} & {}",
-                shell_line(&daemon_argv(
-                    env,
-                    &ports,
-                    &sim_datastore(*endpoints, *churn)
-                )),
-                shell_line(&run_argv(env, &ports, 0, *clients, *ramp, *duration))
-            ),
+            } => {
+                let mut dargv = daemon_argv(env, &ports, &sim_datastore(*endpoints, *churn));
+                let mut rargv = run_argv(env, &ports, 0, *clients, *ramp, *duration);
+                if *group == RunGroup::Tls {
+                    let tls = TlsFiles::in_dir(Path::new("$TMPDIR/tls"));
+                    dargv.extend(tls.daemon_args());
+                    rargv.extend(tls.run_args());
+                }
+                format!("{} & {}", shell_line(&dargv), shell_line(&rargv))
+            }
             CellKind::Pubsub {
                 target,
                 subscribers,
@@ -818,6 +939,7 @@ fn push_command(rec: &mut Value, argv: &[String]) {
 fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellOutcome {
     match &cell.kind {
         CellKind::Run {
+            group,
             clients,
             churn,
             endpoints,
@@ -826,14 +948,25 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             ..
         } => {
             let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
-            let dargv = daemon_argv(env, &ports, &sim_datastore(*endpoints, *churn));
+            let mut dargv = daemon_argv(env, &ports, &sim_datastore(*endpoints, *churn));
+            let tls = if *group == RunGroup::Tls {
+                // Per cell, in the run's temporary directory (removed at the end).
+                let files = TlsFiles::generate(&logs.join(format!("{}-tls", cell.id)))?;
+                dargv.extend(files.daemon_args());
+                Some(files)
+            } else {
+                None
+            };
             push_command(rec, &dargv);
             let daemon =
                 DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
             rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
             // Let the daemon's start-up work settle before the clients' window starts.
             std::thread::sleep(Duration::from_secs(1));
-            let rargv = run_argv(env, &ports, daemon.pid(), *clients, *ramp, *duration);
+            let mut rargv = run_argv(env, &ports, daemon.pid(), *clients, *ramp, *duration);
+            if let Some(files) = &tls {
+                rargv.extend(files.run_args());
+            }
             push_command(rec, &rargv);
             let o = run_child(&rargv, secs(*duration) + CHILD_GRACE);
             let r = record("run", &o);
@@ -942,6 +1075,33 @@ mod tests {
         assert!(ids.contains(&"pubsub-redis-n10000-512B-100hz"));
         assert!(ids.contains(&"apiserver-direct-n3000"));
         assert!(ids.contains(&"apiserver-typha-n3000"));
+        // Each TLS cell has its plaintext fan-out twin (same clients, churn, snapshot, ramp
+        // and duration).
+        let tls: Vec<&Cell> = full.iter().filter(|c| c.id.starts_with("tls-")).collect();
+        assert_eq!(tls.len(), 2);
+        for quick_or_full in [full.clone(), quick()] {
+            for t in quick_or_full.iter().filter(|c| c.id.starts_with("tls-")) {
+                let twin = format!("fanout-{}", &t.id["tls-".len()..]);
+                let p = quick_or_full.iter().find(|c| c.id == twin).expect(&twin);
+                let (CellKind::Run { group, .. }, CellKind::Run { group: g2, .. }) =
+                    (&t.kind, &p.kind)
+                else {
+                    panic!("not run cells")
+                };
+                assert_eq!((*group, *g2), (RunGroup::Tls, RunGroup::Fanout));
+                let mut twin_kind = t.kind.clone();
+                if let CellKind::Run { group, .. } = &mut twin_kind {
+                    *group = RunGroup::Fanout;
+                }
+                assert_eq!(twin_kind, p.kind);
+                assert_eq!(t.params()["tls"], true);
+                assert_eq!(p.params()["tls"], false);
+            }
+        }
+        assert_eq!(
+            quick().iter().filter(|c| c.id.starts_with("tls-")).count(),
+            1
+        );
         // The measured time of the full matrix fits its 20-minute budget with start-up.
         let measured: f64 = full
             .iter()
@@ -986,6 +1146,53 @@ mod tests {
         assert_eq!(tail("ab", 3), "ab");
         assert_eq!(worst("ok", "failed"), "failed");
         assert_eq!(worst("error", "failed"), "error");
+    }
+
+    #[test]
+    fn tls_cells_get_generated_certificates_and_the_tls_flags() {
+        let dir = std::env::temp_dir().join(format!("typha-bench-tls-test-{}", std::process::id()));
+        let files = TlsFiles::generate(&dir).unwrap();
+        for p in [
+            &files.ca,
+            &files.server_cert,
+            &files.server_key,
+            &files.client_cert,
+            &files.client_key,
+        ] {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(text.starts_with("-----BEGIN "), "{}", p.display());
+        }
+        // The client's library accepts the files: a CA, a client certificate and its key.
+        typha::client::tls::ClientTls::from_files(&typha::client::tls::ClientTlsOptions {
+            ca_file: files.ca.clone(),
+            cert_file: Some(files.client_cert.clone()),
+            key_file: Some(files.client_key.clone()),
+            server_cn: Some(TLS_SERVER_CN.into()),
+            server_uri_san: None,
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let env = Env {
+            typha: "typha".into(),
+            loadtest: "typha-loadtest".into(),
+            repo_root: ".".into(),
+        };
+        let cell = quick()
+            .into_iter()
+            .find(|c| c.id.starts_with("tls-"))
+            .unwrap();
+        let line = cell.describe(&env);
+        for flag in [
+            "--server-cert-file",
+            "--server-key-file",
+            "--client-cn typha-client",
+            "--cert-file",
+            "--key-file",
+            "--server-cn typha-server",
+        ] {
+            assert!(line.contains(flag), "{flag}: {line}");
+        }
+        assert_eq!(line.matches("--ca-file").count(), 2, "{line}");
     }
 
     #[test]

@@ -492,6 +492,7 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
 
     targets(&mut md, &runs, &pubsubs, &apis);
     fanout(&mut md, &mut plots, &runs, &machine, link_prefix);
+    tls_cost(&mut md, &runs);
     storm_and_idle(&mut md, &mut plots, &runs, &machine, link_prefix);
     comparisons(&mut md, &mut plots, &pubsubs, &machine, link_prefix);
     apiserver(&mut md, &mut plots, &apis, &machine, link_prefix);
@@ -860,6 +861,70 @@ fn fanout(
             &rss_rows,
         );
     }
+}
+
+/// TLS cells beside their plaintext fan-out twins (same clients, churn and snapshot size).
+/// Results recorded before TLS cells existed have none: the section is left out.
+fn tls_cost(md: &mut String, runs: &[RunRow]) {
+    let tls: Vec<&RunRow> = runs.iter().filter(|r| r.group == "tls").collect();
+    if tls.is_empty() {
+        return;
+    }
+    md.push_str(
+        "### TLS cost per delivery
+
+",
+    );
+    md.push_str(
+        "The daemon with TLS on the protocol port (a CA, a server and a client certificate \
+         generated at run time; CN checked on both sides), every client over TLS, beside the \
+         plaintext fan-out cell of the same clients, churn and snapshot size. The frames are \
+         still encoded once and shared; each client's connection encrypts its copy, so the \
+         difference is the cost of encryption per delivered `Updates` frame. CPU as in the \
+         fan-out table (steady state where reached, else whole run ¹).\n\n",
+    );
+    md.push_str(
+        "| clients | churn/s | snapshot keys | daemon CPU per delivery, plaintext | with TLS | difference | TLS lag p99 | cells |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mark = |r: &RunRow| {
+        if r.cpu_steady || r.cpu_us.is_none() {
+            ""
+        } else {
+            " ¹"
+        }
+    };
+    let cpu = |r: &RunRow| {
+        r.cpu_us
+            .map_or(DASH.into(), |c| format!("{c:.2} µs{}", mark(r)))
+    };
+    for t in &tls {
+        let plain = runs.iter().find(|p| {
+            p.group == "fanout"
+                && p.clients == t.clients
+                && p.churn == t.churn
+                && nominal_keys(p.cell) == nominal_keys(t.cell)
+        });
+        let diff = match plain.and_then(|p| p.cpu_us.zip(t.cpu_us)) {
+            Some((p, c)) if p > 0.0 => format!("{:+.2} µs ({:+.0} %)", c - p, (c - p) / p * 100.0),
+            Some((p, c)) => format!("{:+.2} µs", c - p),
+            None => DASH.into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {diff} | {} | {} |",
+            int(t.clients),
+            int(t.churn),
+            t.keys.map_or(DASH.into(), |k| int(k as f64)),
+            plain.map_or("no plaintext cell".into(), cpu),
+            cpu(t),
+            us(t.lag_p99),
+            match plain {
+                Some(p) => format!("{}, {}", cell_link(p.cell), cell_link(t.cell)),
+                None => cell_link(t.cell),
+            },
+        );
+    }
+    md.push_str("\n¹ whole run: no steady state was reached.\n\n");
 }
 
 fn nominal_keys(c: &Value) -> u64 {
@@ -1249,6 +1314,30 @@ mod fixture_tests {
     const FIXTURE: &str = include_str!("../../tests/fixtures/bench-results.json");
 
     #[test]
+    fn results_without_tls_cells_render_without_the_tls_section() {
+        let mut results: Value = serde_json::from_str(FIXTURE).unwrap();
+        let cells = results["cells"].as_array_mut().unwrap();
+        let before = cells.len();
+        cells.retain(|c| c["params"]["group"] != "tls");
+        assert_eq!(cells.len(), before - 1);
+        let r = render(&results, "", "benchmarks/").unwrap();
+        assert!(!r.markdown.contains("TLS cost"), "{}", r.markdown);
+        assert!(r
+            .markdown
+            .contains("### Fan-out: typha-rs on the sim datastore"));
+        // A TLS cell without its plaintext twin still renders, and says so.
+        let mut results: Value = serde_json::from_str(FIXTURE).unwrap();
+        let cells = results["cells"].as_array_mut().unwrap();
+        cells.retain(|c| c["id"] != "fanout-n200-churn100-keys1k");
+        let r = render(&results, "", "benchmarks/").unwrap();
+        assert!(
+            r.markdown.contains("| no plaintext cell | 15.99 µs | – |"),
+            "{}",
+            r.markdown
+        );
+    }
+
+    #[test]
     fn the_fixture_renders_every_section() {
         let results: Value = serde_json::from_str(FIXTURE).unwrap();
         let r = render(&results, "# Benchmarks\n\nHand-written.\n", "benchmarks/").unwrap();
@@ -1258,6 +1347,7 @@ mod fixture_tests {
             "### Cells without a passing result",
             "### Targets",
             "### Fan-out: typha-rs on the sim datastore",
+            "### TLS cost per delivery",
             "### Reconnect storm",
             "### Idle clients",
             "### Against Redis, NATS and the bare writer",
@@ -1267,6 +1357,23 @@ mod fixture_tests {
             assert!(md.contains(heading), "no {heading:?} in\n{md}");
         }
         assert!(md.starts_with("# Benchmarks\n\nHand-written.\n\n## Generated report"));
+        // The TLS cell beside its plaintext twin: 0.55 s against 0.40 s of CPU over the same
+        // 34,400 frames of the steady state.
+        assert!(
+            md.contains(
+                "| 200 | 100 | 1,085 | 11.63 µs | 15.99 µs | +4.36 µs (+38 %) | 24.3 ms | \
+                 [fanout-n200-churn100-keys1k](#cell-fanout-n200-churn100-keys1k), \
+                 [tls-n200-churn100-keys1k](#cell-tls-n200-churn100-keys1k) |"
+            ),
+            "{md}"
+        );
+        // The TLS cell is not a row of the plaintext fan-out table.
+        let fanout = md
+            .split("### Fan-out")
+            .nth(1)
+            .and_then(|s| s.split("### TLS cost").next())
+            .unwrap();
+        assert!(!fanout.contains("| [tls-"), "{fanout}");
         assert!(md.contains("**Machine:** 2 cores, AMD EPYC"), "{md}");
         // The overhead over the bare writer, as ratios: 4.0/1.6 and 2.0/1.0 µs.
         assert!(
