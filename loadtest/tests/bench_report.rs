@@ -134,7 +134,7 @@ fn recorded_results_render_to_markdown_and_valid_pngs() {
     ] {
         assert!(md.contains(table), "no table {table:?} in\n{md}");
     }
-    assert!(md.contains("**2.50×**"), "{md}");
+    assert!(md.contains("**2.25×**"), "{md}");
     // Every linked plot exists and is a whole, valid PNG of the drawn size with content.
     let links: Vec<&str> = md
         .split("](benchmarks/")
