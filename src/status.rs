@@ -219,6 +219,12 @@ impl StatusBoard {
 
     pub fn record_digests(&self, rec: DigestRecord) {
         let mut d = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        // The same seq again: a batch whose send failed is being retried, with the updates
+        // that arrived meanwhile; the new record is the one that goes out.
+        if let Some(last) = d.back_mut().filter(|l| l.seq == rec.seq) {
+            *last = rec;
+            return;
+        }
         if d.len() == DIGEST_HISTORY {
             d.pop_front();
         }

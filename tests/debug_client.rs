@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use typha::http::http_get;
 
+mod support;
+use support::{free_port, run_typha_client};
+
 struct Running {
     child: Child,
     protocol: SocketAddr,
@@ -20,11 +23,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn field(line: &str, name: &str) -> SocketAddr {
@@ -80,47 +78,6 @@ fn start_daemon() -> Running {
     r
 }
 
-/// Runs `typha client ARGS`, killing it if it outlives `timeout`. Its output is read while it
-/// runs, so a full pipe never stalls it.
-fn client(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
-        .arg("client")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start typha client");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "typha client {args:?} still running after {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&stderr.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
 fn stdout_lines(out: &Output) -> Vec<String> {
     String::from_utf8(out.stdout.clone())
         .unwrap()
@@ -136,7 +93,7 @@ fn digest_json_matches_the_daemon() {
     let d = start_daemon();
     let addr = d.protocol.to_string();
     let http = d.metrics.to_string();
-    let out = client(
+    let out = run_typha_client(
         &["--addr", &addr, "--http-addr", &http, "--digest", "--json"],
         T,
     );
@@ -199,7 +156,7 @@ fn human_mode_prints_connection_snapshot_status_and_updates() {
     // Several addresses: a dead one and the daemon; whichever is picked first, it ends up on
     // the daemon.
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = client(&["--addr", &dead, "--addr", &addr, "--duration", "1.5"], T);
+    let out = run_typha_client(&["--addr", &dead, "--addr", &addr, "--duration", "1.5"], T);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     let lines = stdout_lines(&out);
@@ -228,7 +185,7 @@ fn human_mode_prints_connection_snapshot_status_and_updates() {
     );
 
     // --quiet-updates: one line per frame instead of per key.
-    let out = client(&["--addr", &addr, "--duration", "1", "--quiet-updates"], T);
+    let out = run_typha_client(&["--addr", &addr, "--duration", "1", "--quiet-updates"], T);
     assert_eq!(out.status.code(), Some(0));
     let lines = stdout_lines(&out);
     assert!(!lines.iter().any(|l| l.starts_with("snapshot seq ")));
@@ -240,7 +197,7 @@ fn human_mode_prints_connection_snapshot_status_and_updates() {
     );
 
     // --until-in-sync stops by itself, with no digest line.
-    let out = client(&["--addr", &addr, "--until-in-sync"], T);
+    let out = run_typha_client(&["--addr", &addr, "--until-in-sync"], T);
     assert_eq!(out.status.code(), Some(0));
     assert!(!stdout_lines(&out).iter().any(|l| l.starts_with("digest")));
 }
@@ -248,7 +205,7 @@ fn human_mode_prints_connection_snapshot_status_and_updates() {
 #[test]
 fn bgp_syncer_digest_matches_too() {
     let d = start_daemon();
-    let out = client(
+    let out = run_typha_client(
         &[
             "--addr",
             &d.protocol.to_string(),
@@ -276,7 +233,7 @@ fn bgp_syncer_digest_matches_too() {
 #[test]
 fn wrong_address_exits_2_with_a_clear_message() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = client(&["--addr", &dead, "--digest"], T);
+    let out = run_typha_client(&["--addr", &dead, "--digest"], T);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -285,7 +242,7 @@ fn wrong_address_exits_2_with_a_clear_message() {
     );
     assert!(out.stdout.is_empty());
 
-    let out = client(&["--addr", "no-such-host.invalid:5473", "--json"], T);
+    let out = run_typha_client(&["--addr", "no-such-host.invalid:5473", "--json"], T);
     assert_eq!(out.status.code(), Some(2));
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["event"], "error");
@@ -295,9 +252,12 @@ fn wrong_address_exits_2_with_a_clear_message() {
         .contains("no-such-host.invalid"));
 
     // Usage errors are 2 as well; --help is not an error.
-    assert_eq!(client(&["--syncer", "etcd"], T).status.code(), Some(2));
-    assert_eq!(client(&[], T).status.code(), Some(2));
-    let help = client(&["--help"], T);
+    assert_eq!(
+        run_typha_client(&["--syncer", "etcd"], T).status.code(),
+        Some(2)
+    );
+    assert_eq!(run_typha_client::<&str>(&[], T).status.code(), Some(2));
+    let help = run_typha_client(&["--help"], T);
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: typha client"));
 }
@@ -334,7 +294,7 @@ fn a_different_daemon_digest_exits_1() {
         r#"{"seq":1,"syncers":{"felix":{"keys":1,"digest":"00000000000000000000000000000001"}}}"#
             .into(),
     );
-    let out = client(
+    let out = run_typha_client(
         &[
             "--addr",
             &d.protocol.to_string(),
@@ -354,7 +314,7 @@ fn a_different_daemon_digest_exits_1() {
     assert_ne!(last["keys"], 1);
 
     // No daemon digest to compare with: exit 2, not a verdict.
-    let stale = client(
+    let stale = run_typha_client(
         &[
             "--addr",
             &d.protocol.to_string(),

@@ -2,13 +2,9 @@
 //! run time with rcgen; no key is checked in), Service discovery through the real API server,
 //! and `--follow` moving to another daemon when its own says goodbye.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -16,48 +12,15 @@ use std::time::{Duration, Instant};
 use typha::http::http_get;
 use typha::testing::ApiServer;
 
+mod support;
+use support::{free_port, run_typha_client, Ca};
+
 const CLIENT_CN: &str = "typha-client";
 const SERVER_CN: &str = "typha-server";
 const SERVER_URI: &str = "spiffe://cluster.local/ns/calico-system/sa/calico-typha";
 const T: Duration = Duration::from_secs(60);
 
 // ---- certificates ---------------------------------------------------------------------------
-
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new() -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, "typha client test CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// A leaf certificate and its key, both PEM.
-    fn leaf(&self, cn: &str, uri: Option<&str>, server: bool) -> (String, String) {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(u) = uri {
-            p.subject_alt_names
-                .push(SanType::URI(u.to_owned().try_into().unwrap()));
-        }
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A temporary directory with a CA, a server certificate and a client certificate; removed on
 /// drop.
@@ -69,11 +32,11 @@ impl Pki {
             std::env::temp_dir().join(format!("typha-rs-client-tls-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        let ca = Ca::new();
+        let ca = Ca::new("typha client test CA");
         let (server, server_key) = ca.leaf(SERVER_CN, Some(SERVER_URI), true);
         let (client, client_key) = ca.leaf(CLIENT_CN, None, false);
         for (f, text) in [
-            ("ca.pem", ca.0.pem()),
+            ("ca.pem", ca.pem()),
             ("server.pem", server),
             ("server-key.pem", server_key),
             ("client.pem", client),
@@ -132,11 +95,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn field(line: &str, name: &str) -> SocketAddr {
@@ -200,43 +158,6 @@ fn start_daemon(pki: Option<&Pki>) -> Daemon {
     d
 }
 
-/// Runs `typha client ARGS` to its end, killing it if it outlives `timeout`.
-fn client(args: &[String], timeout: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
-        .arg("client")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start typha client");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("typha client {args:?} still running after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
 fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8(out.stdout.clone())
         .unwrap()
@@ -281,7 +202,7 @@ fn tls_client_digest_matches_and_a_wrong_server_name_is_refused() {
         "--quiet-updates",
     ]);
 
-    let out = client(&[base.clone(), pki.client_flags(SERVER_CN)].concat(), T);
+    let out = run_typha_client(&[base.clone(), pki.client_flags(SERVER_CN)].concat(), T);
     assert_digest_matched(&out);
     let hello = &json_lines(&out)[0];
     assert_eq!(hello["event"], "connected", "{hello}");
@@ -290,10 +211,10 @@ fn tls_client_digest_matches_and_a_wrong_server_name_is_refused() {
     let mut by_uri = pki.client_flags(SERVER_CN);
     by_uri.truncate(6);
     by_uri.extend(args(&["--server-uri-san", SERVER_URI]));
-    assert_digest_matched(&client(&[base.clone(), by_uri].concat(), T));
+    assert_digest_matched(&run_typha_client(&[base.clone(), by_uri].concat(), T));
 
     // The daemon's certificate is fine but not the one asked for.
-    let out = client(
+    let out = run_typha_client(
         &[base.clone(), pki.client_flags("someone-else")].concat(),
         T,
     );
@@ -310,7 +231,7 @@ fn tls_client_digest_matches_and_a_wrong_server_name_is_refused() {
     assert_eq!(last["event"], "error", "{last}");
 
     // A plaintext client on the TLS port gets nowhere: an error, not a hang or a digest.
-    let out = client(&base, T);
+    let out = run_typha_client(&base, T);
     assert_eq!(out.status.code(), Some(2));
 
     // Half a TLS configuration is a usage error, named, before anything is tried.
@@ -329,7 +250,7 @@ fn tls_client_digest_matches_and_a_wrong_server_name_is_refused() {
             "missing.pem",
         ),
     ] {
-        let out = client(&[base.clone(), flags.clone()].concat(), T);
+        let out = run_typha_client(&[base.clone(), flags.clone()].concat(), T);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
@@ -403,7 +324,7 @@ fn service_discovery_finds_the_daemon_through_its_endpoint_slice() {
         "--json",
         "--quiet-updates",
     ]);
-    let out = client(
+    let out = run_typha_client(
         &[discovery.clone(), args(&["--k8s-service-name", SVC])].concat(),
         T,
     );
@@ -412,7 +333,7 @@ fn service_discovery_finds_the_daemon_through_its_endpoint_slice() {
     assert_eq!(hello["addr"], d.protocol.to_string(), "{hello}");
 
     // A Service with no endpoints, and --addr mixed with discovery: clear errors, exit 2.
-    let out = client(
+    let out = run_typha_client(
         &[discovery.clone(), args(&["--k8s-service-name", "nothing"])].concat(),
         T,
     );
@@ -422,7 +343,7 @@ fn service_discovery_finds_the_daemon_through_its_endpoint_slice() {
         stderr.contains(&format!("{NS}/nothing")) && stderr.contains("no ready endpoint"),
         "{stderr}"
     );
-    let out = client(
+    let out = run_typha_client(
         &[discovery, args(&["--addr", &d.protocol.to_string()])].concat(),
         T,
     );

@@ -6,31 +6,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use typha::client::{BlockingClient, ClientError, ClientEvent, ClientOptions};
-use typha::datastore::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
-use typha::metrics::Metrics;
-use typha::model::{KvUpdate, SyncStatus, SyncerType};
-use typha::proto::encode::EncodeOptions;
+use typha::model::{SyncStatus, SyncerType};
 use typha::proto::{
     decode_server_message, encode_frame, ClientMessage, FrameDecoder, GoodbyeReason, Hello,
     ProtocolVersion, ServerMessage, MAX_SERVER_FRAME, PROTOCOL_VERSION,
 };
-use typha::server::{Server, ServerConfig, ServerHandle};
-use typha::status::StatusBoard;
+use typha::server::ServerConfig;
+
+mod support;
+use support::{wep, Harness};
 
 const DONE: &str = "/calico/resources/v3/projectcalico.org/nodes/zz-test-done";
-
-struct Harness {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    reactor: Option<JoinHandle<std::io::Result<()>>>,
-    batcher: Batcher<ReactorSink>,
-    metrics: Arc<Metrics>,
-    board: Arc<StatusBoard>,
-    rev: u64,
-}
 
 fn test_config() -> ServerConfig {
     ServerConfig {
@@ -39,137 +27,6 @@ fn test_config() -> ServerConfig {
         goodbye_grace: Duration::from_millis(300),
         ..ServerConfig::default()
     }
-}
-
-impl Harness {
-    fn start(cfg: ServerConfig) -> Harness {
-        Self::start_with(cfg, 4096)
-    }
-
-    fn start_with(cfg: ServerConfig, channel: usize) -> Harness {
-        let metrics = Arc::new(Metrics::new());
-        let board = Arc::new(StatusBoard::new());
-        let (tx, rx) = crossbeam_channel::bounded(channel);
-        let encode = EncodeOptions {
-            codec: cfg.codec,
-            ..EncodeOptions::default()
-        };
-        let server = Server::bind(cfg, rx, metrics.clone(), board.clone()).unwrap();
-        let addr = server.local_addr();
-        let handle = server.handle();
-        let sink = ReactorSink {
-            tx,
-            waker: server.waker(),
-        };
-        let reactor = std::thread::spawn(move || server.run());
-        let batcher = Batcher::new(
-            BatchLimits {
-                max_updates: 50,
-                max_age: Duration::from_secs(3600),
-            },
-            encode,
-            sink,
-            metrics.clone(),
-            board.clone(),
-        );
-        Harness {
-            addr,
-            handle,
-            reactor: Some(reactor),
-            batcher,
-            metrics,
-            board,
-            rev: 0,
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8]) {
-        self.rev += 1;
-        self.batcher
-            .apply(KvUpdate::set(key, value.to_vec(), self.rev.to_string()));
-        if self.batcher.due(Instant::now()) {
-            self.flush();
-        }
-    }
-
-    fn delete(&mut self, key: &str) {
-        self.rev += 1;
-        self.batcher
-            .apply(KvUpdate::delete(key, self.rev.to_string()));
-    }
-
-    fn flush(&mut self) {
-        loop {
-            match self.batcher.flush() {
-                FlushOutcome::ChannelFull => std::thread::sleep(Duration::from_millis(1)),
-                _ => return,
-            }
-        }
-    }
-
-    fn status(&mut self, s: SyncStatus) {
-        self.batcher.set_status(s);
-        self.flush();
-    }
-
-    fn populate(&mut self, n: usize) {
-        for i in 0..n {
-            self.set(&wep(i), format!("{{\"ep\":{i},\"v\":0}}").as_bytes());
-        }
-        self.flush();
-        self.status(SyncStatus::InSync);
-    }
-
-    fn client(&self, syncer: SyncerType) -> BlockingClient {
-        BlockingClient::connect(
-            self.addr,
-            ClientOptions {
-                syncer_type: syncer,
-                hostname: "test-node".into(),
-                ..ClientOptions::default()
-            },
-        )
-        .unwrap()
-    }
-
-    fn stop(mut self) {
-        self.handle.shutdown();
-        if let Some(r) = self.reactor.take() {
-            r.join().unwrap().unwrap();
-        }
-    }
-
-    fn dropped(&self, reason: &str) -> u64 {
-        self.metrics
-            .connections_dropped_by_reason
-            .with_label_values(&[reason])
-            .get()
-    }
-
-    /// Waits (bounded) for a condition the reactor reaches asynchronously.
-    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Harness) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(r) = self.reactor.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn wep(i: usize) -> String {
-    format!(
-        "/calico/v1/host/node-{}/workload/k8s/default%2fpod-{i}/endpoint/eth0",
-        i % 50
-    )
 }
 
 fn node(i: usize) -> String {

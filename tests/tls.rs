@@ -3,10 +3,6 @@
 //! sockets). Every certificate is generated at run time with rcgen into a temporary directory;
 //! no key is checked in.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,13 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use typha::client::tls::{ClientTls, ClientTlsOptions};
 use typha::client::{BlockingClient, ClientError, ClientEvent, ClientOptions};
-use typha::datastore::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
 use typha::metrics::Metrics;
-use typha::model::{KvUpdate, SyncStatus, SyncerType};
-use typha::proto::encode::EncodeOptions;
 use typha::proto::{encode_frame, ClientMessage, GoodbyeReason, Hello, PROTOCOL_VERSION};
-use typha::server::{Server, ServerConfig, ServerHandle, TlsSettings};
+use typha::server::{Server, ServerConfig, TlsSettings};
 use typha::status::StatusBoard;
+
+mod support;
+use support::{wep, Ca, Harness};
 
 const DONE: &str = "/calico/resources/v3/projectcalico.org/nodes/zz-test-done";
 const CLIENT_CN: &str = "typha-client";
@@ -31,49 +27,6 @@ const SERVER_CN: &str = "typha-server";
 const SERVER_URI: &str = "spiffe://cluster.local/ns/calico-system/sa/calico-typha";
 
 // ---- certificates ---------------------------------------------------------------------------
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A leaf certificate and its key, both PEM.
-    fn leaf(&self, cn: &str, uri: Option<&str>, server: bool) -> (String, String) {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(u) = uri {
-            p.subject_alt_names
-                .push(SanType::URI(u.to_owned().try_into().unwrap()));
-        }
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// A temporary directory, removed on drop.
 struct Dir(PathBuf);
@@ -168,16 +121,6 @@ impl Pki {
 
 // ---- server harness -------------------------------------------------------------------------
 
-struct Harness {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    reactor: Option<JoinHandle<std::io::Result<()>>>,
-    batcher: Batcher<ReactorSink>,
-    metrics: Arc<Metrics>,
-    board: Arc<StatusBoard>,
-    rev: u64,
-}
-
 fn tls_config(tls: TlsSettings) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -186,126 +129,6 @@ fn tls_config(tls: TlsSettings) -> ServerConfig {
         tls: Some(tls),
         ..ServerConfig::default()
     }
-}
-
-impl Harness {
-    fn start(cfg: ServerConfig) -> Harness {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let metrics = Arc::new(Metrics::new());
-        let board = Arc::new(StatusBoard::new());
-        let (tx, rx) = crossbeam_channel::bounded(4096);
-        let encode = EncodeOptions {
-            codec: cfg.codec,
-            ..EncodeOptions::default()
-        };
-        let server = Server::bind(cfg, rx, metrics.clone(), board.clone()).unwrap();
-        let addr = server.local_addr();
-        let handle = server.handle();
-        let sink = ReactorSink {
-            tx,
-            waker: server.waker(),
-        };
-        let reactor = std::thread::spawn(move || server.run());
-        let batcher = Batcher::new(
-            BatchLimits {
-                max_updates: 50,
-                max_age: Duration::from_secs(3600),
-            },
-            encode,
-            sink,
-            metrics.clone(),
-            board.clone(),
-        );
-        Harness {
-            addr,
-            handle,
-            reactor: Some(reactor),
-            batcher,
-            metrics,
-            board,
-            rev: 0,
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8]) {
-        self.rev += 1;
-        self.batcher
-            .apply(KvUpdate::set(key, value.to_vec(), self.rev.to_string()));
-        if self.batcher.due(Instant::now()) {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        while let FlushOutcome::ChannelFull = self.batcher.flush() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn populate(&mut self, n: usize) {
-        for i in 0..n {
-            self.set(&wep(i), format!("{{\"ep\":{i},\"v\":0}}").as_bytes());
-        }
-        self.flush();
-        self.batcher.set_status(SyncStatus::InSync);
-        self.flush();
-    }
-
-    fn dropped(&self, reason: &str) -> u64 {
-        self.metrics
-            .connections_dropped_by_reason
-            .with_label_values(&[reason])
-            .get()
-    }
-
-    fn reloads(&self, result: &str) -> u64 {
-        self.metrics.tls_reloads.with_label_values(&[result]).get()
-    }
-
-    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Harness) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Asserts that `c` holds exactly what the server published for its sequence number.
-    fn assert_digest_equal(&self, c: &BlockingClient) {
-        let rec = self
-            .board
-            .digests(Some(c.state().seq()))
-            .expect("digest record for the client's sequence");
-        let view = rec.views[SyncerType::Felix.index()];
-        assert_eq!(c.state().digest(), view.digest);
-        assert_eq!(c.state().len() as u64, view.key_count);
-    }
-
-    fn stop(mut self) {
-        self.handle.shutdown();
-        if let Some(r) = self.reactor.take() {
-            r.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(r) = self.reactor.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn wep(i: usize) -> String {
-    format!(
-        "/calico/v1/host/node-{}/workload/k8s/default%2fpod-{i}/endpoint/eth0",
-        i % 50
-    )
 }
 
 /// `len` bytes of hex digits from a fixed-seed generator: incompressible enough to stay large

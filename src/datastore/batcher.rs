@@ -290,6 +290,13 @@ impl<S: BatchSink> Batcher<S> {
             batch: batch.clone(),
             state: self.state.clone(),
         };
+        // Recorded before the reactor can deliver the batch, so that anyone holding seq `seq`
+        // (a client, a test, the load-test harness asking /digest?seq=) finds its record. A
+        // send that fails leaves a record for a seq not sent yet; the retry replaces it.
+        self.board.record_digests(DigestRecord {
+            seq,
+            views: self.views,
+        });
         match self.sink.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -329,10 +336,6 @@ impl<S: BatchSink> Batcher<S> {
                 .with_label_values(&[t.as_str()])
                 .set(self.views[t.index()].key_count as i64);
         }
-        self.board.record_digests(DigestRecord {
-            seq,
-            views: self.views,
-        });
         self.pending.clear();
         self.pending_index.clear();
         self.pending_since = None;
@@ -343,6 +346,7 @@ impl<S: BatchSink> Batcher<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Digest;
     use crate::proto::{decode_server_message, FrameDecoder, ServerMessage, MAX_SERVER_FRAME};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -401,6 +405,64 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    /// What `CheckingSink` saw: each batch's seq and the Felix digest recorded for it then.
+    type Seen = Rc<RefCell<Vec<(u64, Option<Digest>)>>>;
+
+    /// A sink that, like a client of the reactor, asks the board for the digest of every batch
+    /// the moment it receives it; it fails the first time (the channel is full).
+    struct CheckingSink {
+        board: Arc<StatusBoard>,
+        refuse_first: bool,
+        seen: Seen,
+    }
+
+    impl BatchSink for CheckingSink {
+        fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>> {
+            if std::mem::take(&mut self.refuse_first) {
+                return Err(TrySendError::Full(msg));
+            }
+            let rec = self.board.digests(Some(msg.batch.seq));
+            self.seen.borrow_mut().push((
+                msg.batch.seq,
+                rec.map(|r| r.views[SyncerType::Felix.index()].digest),
+            ));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_digest_is_recorded_before_the_batch_can_reach_anyone() {
+        let board = Arc::new(StatusBoard::new());
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut b = Batcher::new(
+            BatchLimits {
+                max_updates: 100,
+                max_age: Duration::from_secs(3600),
+            },
+            EncodeOptions::default(),
+            CheckingSink {
+                board: board.clone(),
+                refuse_first: true,
+                seen: seen.clone(),
+            },
+            Arc::new(Metrics::new()),
+            board.clone(),
+        );
+        b.apply(KvUpdate::set(WEP, b"{\"v\":1}".to_vec(), "1"));
+        assert!(matches!(b.flush(), FlushOutcome::ChannelFull));
+        // More arrives while the channel is full; the retry sends seq 1 with both.
+        b.apply(KvUpdate::set(NODE, b"{\"n\":1}".to_vec(), "2"));
+        assert!(matches!(b.flush(), FlushOutcome::Sent));
+        let mut want = Digest::default();
+        want.add(WEP, b"{\"v\":1}");
+        want.add(NODE, b"{\"n\":1}");
+        assert_eq!(*seen.borrow(), vec![(1, Some(want))]);
+        // The retry replaced the record of the failed attempt rather than adding a second one.
+        let rec = board.digests(Some(1)).unwrap();
+        assert_eq!(rec.views[SyncerType::Felix.index()].digest, want);
+        assert_eq!(board.digests(None).unwrap().seq, 1);
     }
 
     const WEP: &str = "/calico/v1/host/n1/workload/k8s/ns%2fp/endpoint/eth0";
