@@ -114,6 +114,33 @@ pub fn kubernetes_daemon_config(kubeconfig: &Path) -> DaemonConfig {
     }
 }
 
+/// A daemon in this process configured by daemon flags, as `typha --config-file /dev/null
+/// FLAGS` would be, but listening on ephemeral loopback ports with the metrics listener (for
+/// `/digest`) and no health listener; returned once in sync.
+pub fn start_daemon_with_flags(flags: &[String], timeout: Duration) -> Result<Daemon, String> {
+    let mut args = vec![
+        "typha".to_owned(),
+        "--config-file".to_owned(),
+        "/dev/null".to_owned(),
+    ];
+    args.extend(flags.iter().cloned());
+    let cfg = crate::config::Config::load_from(args).map_err(|e| e.to_string())?;
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut server = cfg.server_config().map_err(|e| e.to_string())?;
+    server.listen = any;
+    let mut datastore = cfg.datastore_config().map_err(|e| e.to_string())?;
+    datastore.health_listen = None;
+    datastore.metrics_listen = Some(any);
+    let d = Daemon::start(DaemonConfig {
+        server,
+        datastore,
+        batch_channel_capacity: cfg.batch_channel_capacity,
+    })
+    .map_err(|e| e.to_string())?;
+    wait_ready(&d, timeout)?;
+    Ok(d)
+}
+
 /// Waits (at most `timeout`) until the daemon is ready: in sync with the datastore.
 pub fn wait_ready(d: &Daemon, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;

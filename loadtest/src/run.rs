@@ -680,8 +680,8 @@ mod tests {
     use super::*;
     use crate::cli::Compression;
     use std::io::{Read, Write};
-    use typha::config::Config;
-    use typha::daemon::{Daemon, DaemonConfig};
+
+    use typha::daemon::Daemon;
     use typha::model::SyncStatus;
     use typha::proto::{encode_frame, ServerHello, ServerMessage, PROTOCOL_VERSION};
 
@@ -710,43 +710,19 @@ mod tests {
 
     /// A small real daemon on ephemeral loopback ports, in this process.
     fn daemon() -> Daemon {
-        let cfg = Config::load_from([
-            "typha",
-            "--config-file",
-            "/dev/null",
-            "--sim-nodes",
-            "5",
-            "--sim-endpoints",
-            "200",
-            "--sim-policies",
-            "10",
-            "--sim-churn-rate",
-            "200",
-            "--log-severity-screen",
-            "none",
-        ])
-        .unwrap();
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut server = cfg.server_config().unwrap();
-        server.listen = any;
-        let mut datastore = cfg.datastore_config().unwrap();
-        datastore.health_listen = None;
-        datastore.metrics_listen = Some(any);
-        let d = Daemon::start(DaemonConfig {
-            server,
-            datastore,
-            batch_channel_capacity: cfg.batch_channel_capacity,
-        })
-        .unwrap();
-        let t = Instant::now();
-        while d.status.sync_status() != SyncStatus::InSync {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "daemon never in sync"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
+        let flags = [
+            "--sim-nodes".to_owned(),
+            "5".to_owned(),
+            "--sim-endpoints".to_owned(),
+            "200".to_owned(),
+            "--sim-policies".to_owned(),
+            "10".to_owned(),
+            "--sim-churn-rate".to_owned(),
+            "200".to_owned(),
+            "--log-severity-screen".to_owned(),
+            "none".to_owned(),
+        ];
+        typha::testing::start_daemon_with_flags(&flags, Duration::from_secs(10)).unwrap()
     }
 
     #[test]

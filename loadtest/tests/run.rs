@@ -6,53 +6,27 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-use typha::config::Config;
-use typha::daemon::{Daemon, DaemonConfig};
+use std::time::Duration;
+use typha::daemon::Daemon;
 use typha::http::http_get;
-use typha::model::SyncStatus;
 
 const BIN: &str = env!("CARGO_BIN_EXE_typha-loadtest");
 
 /// A small daemon on ephemeral loopback ports, with sim churn.
 fn daemon() -> Daemon {
-    let cfg = Config::load_from([
-        "typha",
-        "--config-file",
-        "/dev/null",
-        "--sim-nodes",
-        "10",
-        "--sim-endpoints",
-        "300",
-        "--sim-policies",
-        "20",
-        "--sim-churn-rate",
-        "300",
-        "--log-severity-screen",
-        "none",
-    ])
-    .unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut server = cfg.server_config().unwrap();
-    server.listen = any;
-    let mut datastore = cfg.datastore_config().unwrap();
-    datastore.health_listen = None;
-    datastore.metrics_listen = Some(any);
-    let d = Daemon::start(DaemonConfig {
-        server,
-        datastore,
-        batch_channel_capacity: cfg.batch_channel_capacity,
-    })
-    .unwrap();
-    let t = Instant::now();
-    while d.status.sync_status() != SyncStatus::InSync {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "daemon never in sync"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    let flags = [
+        "--sim-nodes".to_owned(),
+        "10".to_owned(),
+        "--sim-endpoints".to_owned(),
+        "300".to_owned(),
+        "--sim-policies".to_owned(),
+        "20".to_owned(),
+        "--sim-churn-rate".to_owned(),
+        "300".to_owned(),
+        "--log-severity-screen".to_owned(),
+        "none".to_owned(),
+    ];
+    typha::testing::start_daemon_with_flags(&flags, Duration::from_secs(20)).unwrap()
 }
 
 fn run(args: &[String]) -> (Output, Value) {

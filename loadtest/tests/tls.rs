@@ -8,13 +8,10 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-use typha::config::Config;
-use typha::daemon::{Daemon, DaemonConfig};
-use typha::model::SyncStatus;
+use std::time::Duration;
+use typha::daemon::Daemon;
 
 const BIN: &str = env!("CARGO_BIN_EXE_typha-loadtest");
 const SERVER_CN: &str = "typha-server";
@@ -97,48 +94,23 @@ impl Drop for Pki {
 
 /// A small daemon with TLS (client CN `typha-client` required) on ephemeral loopback ports.
 fn daemon(pki: &Pki) -> Daemon {
-    let cfg = Config::load_from([
-        "typha".to_owned(),
-        "--config-file".into(),
-        "/dev/null".into(),
-        "--sim-nodes".into(),
-        "10".into(),
-        "--sim-endpoints".into(),
-        "300".into(),
-        "--sim-policies".into(),
-        "20".into(),
-        "--sim-churn-rate".into(),
-        "300".into(),
-        "--log-severity-screen".into(),
-        "none".into(),
+    let flags = [
+        "--sim-nodes".to_owned(),
+        "10".to_owned(),
+        "--sim-endpoints".to_owned(),
+        "300".to_owned(),
+        "--sim-policies".to_owned(),
+        "20".to_owned(),
+        "--sim-churn-rate".to_owned(),
+        "300".to_owned(),
+        "--log-severity-screen".to_owned(),
+        "none".to_owned(),
         format!("--server-cert-file={}", pki.path("server.pem")),
         format!("--server-key-file={}", pki.path("server-key.pem")),
         format!("--ca-file={}", pki.path("ca.pem")),
         format!("--client-cn={CLIENT_CN}"),
-    ])
-    .unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut server = cfg.server_config().unwrap();
-    assert!(server.tls.is_some());
-    server.listen = any;
-    let mut datastore = cfg.datastore_config().unwrap();
-    datastore.health_listen = None;
-    datastore.metrics_listen = Some(any);
-    let d = Daemon::start(DaemonConfig {
-        server,
-        datastore,
-        batch_channel_capacity: cfg.batch_channel_capacity,
-    })
-    .unwrap();
-    let t = Instant::now();
-    while d.status.sync_status() != SyncStatus::InSync {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "daemon never in sync"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
+    ];
+    typha::testing::start_daemon_with_flags(&flags, Duration::from_secs(20)).unwrap()
 }
 
 fn run(
