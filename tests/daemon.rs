@@ -1,90 +1,23 @@
 //! The `typha` binary as an operator runs it: sim datastore, real ports, real signals.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use typha::client::{BlockingClient, ClientError, ClientOptions};
 use typha::http::http_get;
 use typha::model::Digest;
 use typha::proto::GoodbyeReason;
 
-struct Running {
-    child: Child,
-    protocol: SocketAddr,
-    health: SocketAddr,
-    metrics: SocketAddr,
-}
+mod support;
+use support::DaemonProcess;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+type Running = DaemonProcess;
 
 fn start(extra: &[&str]) -> Running {
-    let (p, h, m) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
-        .args([
-            "--config-file",
-            "/dev/null",
-            "--server-host",
-            "127.0.0.1",
-            "--server-port",
-            &p.to_string(),
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            &h.to_string(),
-            "--prometheus-metrics-host",
-            "127.0.0.1",
-            "--prometheus-metrics-port",
-            &m.to_string(),
-            "--log-severity-screen",
-            "warning",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start typha");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
-    Running {
-        protocol: field(&line, "protocol"),
-        health: field(&line, "health"),
-        metrics: field(&line, "metrics"),
-        child,
-    }
+    DaemonProcess::start(0, extra, &[])
 }
 
 fn wait_ready(r: &Running) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = http_get(r.health, "/readiness", Duration::from_secs(2)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never became ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    r.wait_ready(Duration::from_secs(30));
 }
 
 fn server_digest(r: &Running, seq: u64) -> (Digest, u64) {

@@ -2,80 +2,34 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 use typha::http::http_get;
 
 mod support;
-use support::{free_port, run_typha_client};
+use support::{free_port, run_typha_client, DaemonProcess};
 
-struct Running {
-    child: Child,
-    protocol: SocketAddr,
-    health: SocketAddr,
-    metrics: SocketAddr,
-}
+type Running = DaemonProcess;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The daemon on the sim datastore, with churn so that the digest is checked while the map
-/// keeps changing.
 fn start_daemon() -> Running {
-    let (p, h, m) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
-        .args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
-        .args(["--server-port", &p.to_string()])
-        .args([
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            &h.to_string(),
-        ])
-        .args(["--prometheus-metrics-host", "127.0.0.1"])
-        .args(["--prometheus-metrics-port", &m.to_string()])
-        .args(["--log-severity-screen", "warning"])
-        .args(["--sim-nodes", "10", "--sim-endpoints", "300"])
-        .args(["--sim-policies", "20", "--sim-churn-rate", "200"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start typha");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
-    let r = Running {
-        protocol: field(&line, "protocol"),
-        health: field(&line, "health"),
-        metrics: field(&line, "metrics"),
-        child,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(
-        http_get(r.health, "/readiness", Duration::from_secs(2)),
-        Ok((200, _))
-    ) {
-        assert!(Instant::now() < deadline, "daemon never became ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    r
+    let d = DaemonProcess::start(
+        0,
+        &[
+            "--sim-nodes",
+            "10",
+            "--sim-endpoints",
+            "300",
+            "--sim-policies",
+            "20",
+            "--sim-churn-rate",
+            "200",
+        ],
+        &[],
+    );
+    d.wait_ready(Duration::from_secs(30));
+    d
 }
 
 fn stdout_lines(out: &Output) -> Vec<String> {

@@ -4,16 +4,16 @@
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use typha::http::http_get;
 use typha::testing::ApiServer;
 
 mod support;
-use support::{free_port, run_typha_client, Ca};
+use support::{run_typha_client, Ca, DaemonProcess};
+
+type Daemon = DaemonProcess;
 
 const CLIENT_CN: &str = "typha-client";
 const SERVER_CN: &str = "typha-server";
@@ -74,87 +74,41 @@ impl Drop for Pki {
 
 // ---- daemons and the client as child processes ------------------------------------------------
 
-struct Daemon {
-    child: Child,
-    protocol: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Daemon {
-    fn sigterm(&self) {
-        // SAFETY: signalling our own child process, which is not yet reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The daemon on the sim datastore (with churn), TLS from Typha's environment variables when
-/// `pki` is given, saying goodbye at once on SIGTERM.
 fn start_daemon(pki: Option<&Pki>) -> Daemon {
-    let (p, h, m) = (free_port(), free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
-    cmd.args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
-        .args(["--server-port", &p.to_string()])
-        .args([
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            &h.to_string(),
-        ])
-        .args(["--prometheus-metrics-host", "127.0.0.1"])
-        .args(["--prometheus-metrics-port", &m.to_string()])
-        .args(["--log-severity-screen", "warning"])
-        .args(["--shutdown-timeout-secs", "0"])
-        .args(["--sim-nodes", "5", "--sim-endpoints", "100"])
-        .args(["--sim-policies", "10", "--sim-churn-rate", "50"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(pki) = pki {
-        cmd.env("TYPHA_SERVERCERTFILE", pki.path("server.pem"))
-            .env("TYPHA_SERVERKEYFILE", pki.path("server-key.pem"))
-            .env("TYPHA_CAFILE", pki.path("ca.pem"))
-            .env("TYPHA_CLIENTCN", CLIENT_CN);
-    }
-    let mut child = cmd.spawn().expect("start typha");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut d = Daemon {
-        child,
-        protocol: SocketAddr::from(([127, 0, 0, 1], 0)),
-        metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+    let (cert, key, ca) = match pki {
+        Some(p) => (
+            p.path("server.pem"),
+            p.path("server-key.pem"),
+            p.path("ca.pem"),
+        ),
+        None => Default::default(),
     };
-    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
-    d.protocol = field(&line, "protocol");
-    d.metrics = field(&line, "metrics");
-    let health = field(&line, "health");
-    let deadline = Instant::now() + T;
-    while !matches!(
-        http_get(health, "/readiness", Duration::from_secs(2)),
-        Ok((200, _))
-    ) {
-        assert!(Instant::now() < deadline, "daemon never became ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let env: Vec<(&str, &std::ffi::OsStr)> = match pki {
+        Some(_) => vec![
+            ("TYPHA_SERVERCERTFILE", cert.as_ref()),
+            ("TYPHA_SERVERKEYFILE", key.as_ref()),
+            ("TYPHA_CAFILE", ca.as_ref()),
+            ("TYPHA_CLIENTCN", CLIENT_CN.as_ref()),
+        ],
+        None => Vec::new(),
+    };
+    let d = DaemonProcess::start(
+        0,
+        &[
+            "--shutdown-timeout-secs",
+            "0",
+            "--sim-nodes",
+            "5",
+            "--sim-endpoints",
+            "100",
+            "--sim-policies",
+            "10",
+            "--sim-churn-rate",
+            "50",
+        ],
+        &env,
+    );
+    d.wait_ready(T);
     d
 }
 
@@ -434,7 +388,7 @@ fn follow_moves_to_the_other_daemon_when_its_own_says_goodbye() {
     let (on, other) = if first == addrs[0] { (0, 1) } else { (1, 0) };
     assert_eq!(first, addrs[on]);
 
-    daemons[on].sigterm();
+    daemons[on].signal(libc::SIGTERM);
     let seen = f.until("reconnect", T, |v| v["event"] == "reconnected");
     let goodbye = seen.iter().find(|v| v["event"] == "goodbye");
     assert_eq!(

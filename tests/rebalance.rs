@@ -6,10 +6,9 @@ use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,102 +23,17 @@ use typha::proto::GoodbyeReason;
 use typha::rebalance::{connection_target, ClusterCounts, TargetParams};
 use typha::testing::ApiServer;
 
+mod support;
+use support::{free_port, DaemonProcess};
+
+type Replica = DaemonProcess;
+
 // ---- replicas as child processes ---------------------------------------------------------
 
-/// A `typha` child process; SIGCONT'd, killed and reaped on drop, so none outlives a failed
-/// test.
-struct Replica {
-    child: Child,
-    protocol: SocketAddr,
-    health: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Replica {
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: signalling our own child process, which is not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: as above; a stopped process must be continued to die promptly.
-            unsafe { libc::kill(self.pid(), libc::SIGCONT) };
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
-    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 fn start_replica(port: u16, extra: &[String]) -> Replica {
-    let (h, m) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_typha"))
-        .args([
-            "--config-file",
-            "/dev/null",
-            "--server-host",
-            "127.0.0.1",
-            "--server-port",
-            &port.to_string(),
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            &h.to_string(),
-            "--prometheus-metrics-host",
-            "127.0.0.1",
-            "--prometheus-metrics-port",
-            &m.to_string(),
-            "--log-severity-screen",
-            "warning",
-            "--shutdown-timeout-secs",
-            "0",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start typha");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // Guarded before the output is checked, so a failed start leaves no process behind.
-    let mut r = Replica {
-        protocol: SocketAddr::from(([127, 0, 0, 1], 0)),
-        health: SocketAddr::from(([127, 0, 0, 1], 0)),
-        metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
-        child,
-    };
-    assert!(line.starts_with("typha-rs listening:"), "{line:?}");
-    r.protocol = field(&line, "protocol");
-    r.health = field(&line, "health");
-    r.metrics = field(&line, "metrics");
-    r
+    let mut args = vec!["--shutdown-timeout-secs".to_owned(), "0".to_owned()];
+    args.extend(extra.iter().cloned());
+    DaemonProcess::start(port, &args, &[])
 }
 
 fn wait_ready(r: &Replica) {
@@ -645,7 +559,8 @@ fn replicas_keep_their_share_and_take_over_a_killed_ones_clients() {
         .count();
     assert!(orphans > 0);
     let mut victim = victim;
-    victim.kill9();
+    victim.signal(libc::SIGKILL);
+    let _ = victim.child.wait();
     rt.block_on(async {
         slices_api(&client)
             .delete(&format!("{SVC}-1"), &Default::default())

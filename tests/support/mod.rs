@@ -283,3 +283,103 @@ pub fn run_typha_client<S: AsRef<OsStr> + Debug>(args: &[S], timeout: Duration) 
         stderr: stderr.join().unwrap(),
     }
 }
+
+/// The real `typha` binary as a child process on loopback ports; continued (if stopped),
+/// killed and reaped on drop, so a failing test leaves no process behind.
+pub struct DaemonProcess {
+    pub child: std::process::Child,
+    pub protocol: SocketAddr,
+    pub health: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl DaemonProcess {
+    /// Starts `typha` with its protocol port `server_port` (0: any free one), free health and
+    /// metrics ports, all on 127.0.0.1, warnings only, then `extra` flags and `env`; returns
+    /// once it has printed where it listens.
+    pub fn start<S: AsRef<OsStr>>(server_port: u16, extra: &[S], env: &[(&str, &OsStr)]) -> Self {
+        let port = if server_port == 0 {
+            free_port()
+        } else {
+            server_port
+        };
+        let (h, m) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
+        cmd.args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
+            .args(["--server-port", &port.to_string()])
+            .args([
+                "--health-host",
+                "127.0.0.1",
+                "--health-port",
+                &h.to_string(),
+            ])
+            .args(["--prometheus-metrics-host", "127.0.0.1"])
+            .args(["--prometheus-metrics-port", &m.to_string()])
+            .args(["--log-severity-screen", "warning"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start typha");
+        let stdout = child.stdout.take().unwrap();
+        let unset = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Guarded before the output is checked, so a failed start leaves no process behind.
+        let mut d = DaemonProcess {
+            child,
+            protocol: unset,
+            health: unset,
+            metrics: unset,
+        };
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        assert!(line.starts_with("typha-rs listening:"), "{line:?}");
+        d.protocol = listen_field(&line, "protocol");
+        d.health = listen_field(&line, "health");
+        d.metrics = listen_field(&line, "metrics");
+        d
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child process, which is not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits (at most `timeout`) until `/readiness` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !matches!(
+            typha::http::http_get(self.health, "/readiness", Duration::from_secs(2)),
+            Ok((200, _))
+        ) {
+            assert!(Instant::now() < deadline, "typha never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `signal`; a stopped process must be continued to die promptly.
+            unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The loopback address of `name=HOST:PORT` in the daemon's "typha-rs listening:" line.
+fn listen_field(line: &str, name: &str) -> SocketAddr {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
