@@ -740,26 +740,37 @@ impl Driver {
         more
     }
 
-    /// [`Driver::read_some`] over TLS: reads records until `WouldBlock` or the budget (counted
-    /// in bytes on the wire), decrypts them and feeds the plaintext to the session.
-    fn read_some_tls(&mut self, i: usize, buf: &mut [u8]) -> Result<bool, String> {
-        let slow = self.clients[i].plan.role == Role::Slow;
-        let mut budget = if slow {
+    /// Bytes client `i` may read this turn: [`READ_BUDGET`], or less for a slow client (what its
+    /// rate allows).
+    fn read_budget(&self, i: usize) -> usize {
+        if self.clients[i].plan.role == Role::Slow {
             self.allowance(i).min(READ_BUDGET)
         } else {
             READ_BUDGET
-        };
+        }
+    }
+
+    /// Client `i` has read its budget: a slow client waits for its rate (throttled, `false`);
+    /// any other may have more waiting (`true`).
+    fn budget_spent(&mut self, i: usize) -> bool {
+        let c = &mut self.clients[i];
+        if c.plan.role != Role::Slow {
+            return true;
+        }
+        if !c.throttled {
+            c.throttled = true;
+            self.throttled.push(i);
+        }
+        false
+    }
+
+    /// [`Driver::read_some`] over TLS: reads records until `WouldBlock` or the budget (counted
+    /// in bytes on the wire), decrypts them and feeds the plaintext to the session.
+    fn read_some_tls(&mut self, i: usize, buf: &mut [u8]) -> Result<bool, String> {
+        let mut budget = self.read_budget(i);
         loop {
             if budget == 0 {
-                if slow {
-                    let c = &mut self.clients[i];
-                    if !c.throttled {
-                        c.throttled = true;
-                        self.throttled.push(i);
-                    }
-                    return Ok(false);
-                }
-                return Ok(true);
+                return Ok(self.budget_spent(i));
             }
             let c = &mut self.clients[i];
             let (Some(stream), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) else {
@@ -861,23 +872,10 @@ impl Driver {
     /// allows), feeding the session. `Ok(true)` when the budget ran out first (more may be
     /// waiting); `Err` is why the connection ended.
     fn read_some(&mut self, i: usize, buf: &mut [u8]) -> Result<bool, String> {
-        let slow = self.clients[i].plan.role == Role::Slow;
-        let mut budget = if slow {
-            self.allowance(i).min(READ_BUDGET)
-        } else {
-            READ_BUDGET
-        };
+        let mut budget = self.read_budget(i);
         loop {
             if budget == 0 {
-                if slow {
-                    let c = &mut self.clients[i];
-                    if !c.throttled {
-                        c.throttled = true;
-                        self.throttled.push(i);
-                    }
-                    return Ok(false);
-                }
-                return Ok(true);
+                return Ok(self.budget_spent(i));
             }
             let frontier = self.verify.frontier;
             let c = &mut self.clients[i];

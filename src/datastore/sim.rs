@@ -1736,12 +1736,31 @@ mod tests {
             // No churn: nothing more until the receiver goes, then `run` returns.
             let quiet = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
             assert!(quiet.is_err());
-            drop(rx);
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("run returns when the channel closes")
-                .expect("no panic");
+            stops_when_closed(rx, task).await;
         });
+    }
+
+    /// Receives until the driver reports in-sync (the initial listing done).
+    async fn skip_to_in_sync(rx: &mut tokio::sync::mpsc::Receiver<DriverEvent>) {
+        loop {
+            match rx.recv().await {
+                Some(DriverEvent::Status(SyncStatus::InSync)) => return,
+                Some(_) => {}
+                None => panic!("closed early"),
+            }
+        }
+    }
+
+    /// Closes the channel and checks that `run` returns, without panicking.
+    async fn stops_when_closed(
+        rx: tokio::sync::mpsc::Receiver<DriverEvent>,
+        task: tokio::task::JoinHandle<()>,
+    ) {
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("run returns when the channel closes")
+            .expect("no panic");
     }
 
     #[test]
@@ -1754,13 +1773,7 @@ mod tests {
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             let task = tokio::spawn(run(cfg, tx));
-            loop {
-                match rx.recv().await {
-                    Some(DriverEvent::Status(SyncStatus::InSync)) => break,
-                    Some(_) => {}
-                    None => panic!("closed early"),
-                }
-            }
+            skip_to_in_sync(&mut rx).await;
             let start = tokio::time::Instant::now();
             let mut churned = 0;
             while churned < 200 {
@@ -1774,11 +1787,7 @@ mod tests {
             }
             // 200 updates at 1000/s take about 200 ms; no burst.
             assert!(start.elapsed() >= Duration::from_millis(150));
-            drop(rx);
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("run returns when the channel closes")
-                .expect("no panic");
+            stops_when_closed(rx, task).await;
         });
     }
 
@@ -1794,13 +1803,7 @@ mod tests {
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             let task = tokio::spawn(run(cfg, tx));
-            loop {
-                match rx.recv().await {
-                    Some(DriverEvent::Status(SyncStatus::InSync)) => break,
-                    Some(_) => {}
-                    None => panic!("closed early"),
-                }
-            }
+            skip_to_in_sync(&mut rx).await;
             let start = tokio::time::Instant::now();
             let mut values = std::collections::HashSet::new();
             for _ in 0..40 {
@@ -1819,11 +1822,7 @@ mod tests {
             assert_eq!(values.len(), 40, "every rewrite has a fresh value");
             // 40 rewrites at 200/s take about 200 ms (the first tick is immediate).
             assert!(start.elapsed() >= Duration::from_millis(150));
-            drop(rx);
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("run returns when the channel closes")
-                .expect("no panic");
+            stops_when_closed(rx, task).await;
         });
     }
 }
