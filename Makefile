@@ -9,7 +9,7 @@ ARGS ?=
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
 	$(CARGO) build --release --bin typha
-	./target/release/typha --server-port 5473 --health-host 127.0.0.1 $(ARGS)
+	./target/release/typha --datastore-type sim --server-port 5473 --health-host 127.0.0.1 $(ARGS)
 
 build: deps
 	$(CARGO) build --release --workspace --all-targets

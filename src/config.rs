@@ -68,12 +68,14 @@ pub struct Config {
     )]
     pub config_file: PathBuf,
 
-    /// Datastore to watch.
+    /// Datastore to watch. `kubernetes`, as every Calico manifest sets: a replica that lost its
+    /// setting must never serve a synthetic cluster to real nodes. `sim` (the embedded synthetic
+    /// datastore of `make run`, the tests and the load tests) must be asked for by name.
     #[arg(
         long = "datastore-type",
         env = "TYPHA_DATASTORETYPE",
         value_enum,
-        default_value = "sim"
+        default_value = "kubernetes"
     )]
     pub datastore_type: DatastoreType,
 
@@ -502,6 +504,35 @@ pub fn parse_config_file(
     Ok(out)
 }
 
+/// A `--sim-*` setting with another datastore is a mistake worth stopping for: it means the
+/// operator thinks the daemon serves a synthetic cluster when it watches a real one, or the
+/// reverse (the default datastore used to be the sim).
+fn check_sim_settings(matches: &clap::ArgMatches, cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.datastore_type == DatastoreType::Sim {
+        return Ok(());
+    }
+    let given = Config::command()
+        .get_arguments()
+        .filter(|a| a.get_id().as_str().starts_with("sim_"))
+        .find(|a| {
+            matches!(
+                matches.value_source(a.get_id().as_str()),
+                Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+            )
+        })
+        .and_then(|a| a.get_long().map(str::to_owned));
+    match given {
+        Some(long) => Err(ConfigError::Invalid {
+            name: "datastore-type",
+            msg: format!(
+                "--{long} applies only to the sim datastore; pass --datastore-type sim \
+                 (TYPHA_DATASTORETYPE=sim) to run on the synthetic cluster"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Config {
     /// Loads the settings from `args` (the first being the program name), the environment and
     /// the config file.
@@ -522,6 +553,7 @@ impl Config {
                     && matches.value_source("config_file") == Some(ValueSource::DefaultValue)
                     && path.as_os_str() == DEFAULT_CONFIG_FILE =>
             {
+                check_sim_settings(&matches, &first)?;
                 return first.validated();
             }
             Err(source) => return Err(ConfigError::File { path, source }),
@@ -560,7 +592,9 @@ impl Config {
         merged.extend(from_file);
         merged.extend(args.into_iter().skip(1));
         let matches = cmd.try_get_matches_from(merged)?;
-        Config::from_arg_matches(&matches)?.validated()
+        let cfg = Config::from_arg_matches(&matches)?;
+        check_sim_settings(&matches, &cfg)?;
+        cfg.validated()
     }
 
     pub fn load() -> Result<Config, ConfigError> {
@@ -917,6 +951,9 @@ mod tests {
             "an explicit missing file is an error"
         );
         let c = load(&[]).unwrap();
+        // Every Calico manifest sets kubernetes; a replica that lost the setting must not serve
+        // the synthetic cluster.
+        assert_eq!(c.datastore_type, DatastoreType::Kubernetes);
         assert_eq!(c.server_port, 5473);
         assert_eq!(c.server_ping_interval_secs, 10.0);
         assert_eq!(c.server_pong_timeout_secs, 60.0);

@@ -122,6 +122,9 @@ pub fn start_daemon_with_flags(flags: &[String], timeout: Duration) -> Result<Da
         "typha".to_owned(),
         "--config-file".to_owned(),
         "/dev/null".to_owned(),
+        // The sim unless the flags name another datastore (a later flag wins).
+        "--datastore-type".to_owned(),
+        "sim".to_owned(),
     ];
     args.extend(flags.iter().cloned());
     let cfg = crate::config::Config::load_from(args).map_err(|e| e.to_string())?;

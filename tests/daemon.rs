@@ -152,6 +152,8 @@ fn occupied_port_is_a_clear_startup_error() {
         .args([
             "--config-file",
             "/dev/null",
+            "--datastore-type",
+            "sim",
             "--server-host",
             "127.0.0.1",
             "--server-port",
@@ -166,4 +168,61 @@ fn occupied_port_is_a_clear_startup_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen for clients"), "{err}");
+}
+
+#[test]
+fn sim_settings_without_the_sim_datastore_are_refused() {
+    // The default datastore is kubernetes: a sim flag alone must not quietly start a daemon
+    // that watches a real cluster (or, before, a synthetic one that served real nodes).
+    let out = Command::new(env!("CARGO_BIN_EXE_typha"))
+        .args(["--config-file", "/dev/null", "--sim-endpoints", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("datastore-type") && err.contains("--sim-endpoints"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_datastore_leaves_the_daemon_unready_and_empty() {
+    // A kubeconfig whose API server is a closed loopback port: the daemon must stay unready and
+    // serve no keys at all, never fall back to anything synthetic.
+    let dir = std::env::temp_dir().join(format!("typha-unreachable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let dead = support::free_port();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{dead}\n\
+             contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
+             users:\n- name: u\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let r = DaemonProcess::start(
+        0,
+        &[
+            "--datastore-type".as_ref(),
+            "kubernetes".as_ref(),
+            "--kubeconfig".as_ref(),
+            kubeconfig.as_os_str(),
+        ],
+        &[],
+    );
+    // Give the driver time for several failed attempts; readiness must say why it is not ready.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let (code, body) = http_get(r.health, "/readiness", Duration::from_secs(2)).unwrap();
+        assert_eq!(code, 503, "ready without a datastore: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = http_get(r.metrics, "/digest", Duration::from_secs(5)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["syncers"]["felix"]["keys"].as_u64(), Some(0), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

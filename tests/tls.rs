@@ -635,6 +635,7 @@ fn daemon_binary_serves_tls_from_typha_settings() {
                 "--health-enabled=false",
                 "--prometheus-metrics-enabled=false",
             ])
+            .args(["--datastore-type", "sim"])
             .args(["--sim-endpoints", "50", "--sim-churn-rate", "0"])
             .args(["--log-severity-screen", "warning"])
             .env("TYPHA_SERVERCERTFILE", pki.path("server.pem"))

@@ -306,6 +306,8 @@ impl DaemonProcess {
         let (h, m) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_typha"));
         cmd.args(["--config-file", "/dev/null", "--server-host", "127.0.0.1"])
+            // The sim unless `extra` names another datastore (a later flag wins).
+            .args(["--datastore-type", "sim"])
             .args(["--server-port", &port.to_string()])
             .args([
                 "--health-host",

@@ -403,6 +403,8 @@ impl TlsFiles {
 
 fn sim_datastore(endpoints: usize, churn: f64) -> Vec<String> {
     vec![
+        s("--datastore-type"),
+        s("sim"),
         s("--sim-endpoints"),
         s(endpoints),
         s("--sim-churn-rate"),
