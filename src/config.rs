@@ -1006,7 +1006,7 @@ mod tests {
         writeln!(f, "[global]\n# comment\nServerPort = 6000\nServerPingIntervalSecs = 3.5\nTYPHA_SIMNODES=7").unwrap();
         drop(f);
         let p = path.to_str().unwrap();
-        let c = load(&["-c", p, "--server-port", "7000"]).unwrap();
+        let c = load(&["-c", p, "--server-port", "7000", "--datastore-type", "sim"]).unwrap();
         assert_eq!(c.server_port, 7000, "a flag beats the file");
         assert_eq!(
             c.server_ping_interval_secs, 3.5,
@@ -1034,7 +1034,11 @@ mod tests {
         assert!(load(&["--server-max-input-frame-bytes", "99999999"]).is_err());
         assert!(load(&["--datastore-type", "etcdv3"]).is_err());
         assert!(load(&["--k8s-missing-api-retry-secs=0"]).is_err());
-        assert!(load(&["--connection-rebalancing-mode", "kubernetes"]).is_err());
+        assert!(load(&[
+            "--datastore-type=sim",
+            "--connection-rebalancing-mode=kubernetes"
+        ])
+        .is_err());
         assert!(load(&[
             "--datastore-type=kubernetes",
             "--connection-rebalancing-mode=kubernetes",
