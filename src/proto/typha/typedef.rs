@@ -225,3 +225,61 @@ pub(crate) fn read_wire_type(r: &mut Reader<'_>) -> Result<WireType, TyphaCodecE
     })?;
     result.ok_or(TyphaCodecError::Malformed("empty wireType"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::typha::wire::T_INT;
+
+    /// The `Point{X, Y int}` definition from Go's `encoding/gob` package documentation.
+    #[test]
+    fn struct_definition_matches_the_gob_documentation_example() {
+        let mut out = Vec::new();
+        write_definition(
+            &mut out,
+            65,
+            &TypeDef::Struct {
+                name: "Point",
+                fields: &[("X", T_INT), ("Y", T_INT)],
+            },
+        );
+        let want: &[u8] = &[
+            0x1f, 0xff, 0x81, 0x03, 0x01, 0x01, 0x05, 0x50, 0x6f, 0x69, 0x6e, 0x74, 0x01, 0xff,
+            0x82, 0x00, 0x01, 0x02, 0x01, 0x01, 0x58, 0x01, 0x04, 0x00, 0x01, 0x01, 0x59, 0x01,
+            0x04, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn definitions_parse_back() {
+        let mut out = Vec::new();
+        write_definition(&mut out, 70, &TypeDef::Slice { name: "[]x", elem: 71 });
+        write_definition(&mut out, 71, &TypeDef::GobEncoder { name: "Time" });
+        write_definition(
+            &mut out,
+            72,
+            &TypeDef::Struct {
+                name: "Empty",
+                fields: &[],
+            },
+        );
+        let mut r = Reader::new(&out);
+        let mut got = Vec::new();
+        while r.remaining() > 0 {
+            let len = r.read_uint().unwrap() as usize;
+            let mut m = Reader::new(r.take(len).unwrap());
+            let id = -m.read_int().unwrap();
+            got.push((id, read_wire_type(&mut m).unwrap()));
+            assert_eq!(m.remaining(), 0);
+        }
+        assert_eq!(
+            got,
+            vec![
+                (70, WireType::Slice { elem: 71 }),
+                (71, WireType::External),
+                (72, WireType::Struct { fields: vec![] }),
+            ]
+        );
+    }
+}
