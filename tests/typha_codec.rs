@@ -932,3 +932,277 @@ fn felix_session_refusals() {
         Err(FelixSessionError::NoServerHello("MsgSyncStatus"))
     );
 }
+
+// ---- Fuzzing: arbitrary and mutated bytes never panic and never allocate by a peer's word ----
+
+mod alloc_watch {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    /// Records the largest single allocation each thread makes, so a test can prove that no
+    /// length read from the peer sized an allocation.
+    pub struct Watch;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| {
+            if size > l.get() {
+                l.set(size)
+            }
+        });
+    }
+
+    pub fn reset() {
+        LARGEST.with(|l| l.set(0));
+    }
+
+    pub fn largest() -> usize {
+        LARGEST.with(|l| l.get())
+    }
+
+    unsafe impl GlobalAlloc for Watch {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+}
+
+#[global_allocator]
+static ALLOC: alloc_watch::Watch = alloc_watch::Watch;
+
+/// Fuzz cap on one message: small, so an unbounded allocation would stand out.
+const FUZZ_CAP: usize = 1 << 16;
+
+/// Largest single allocation a decoder may make for `input` bytes: its buffers grow with the
+/// input (doubling), a snappy chunk is at most 64 KiB, an update vector starts at most 1024
+/// entries; nothing else may scale with what the bytes claim.
+fn allowed_allocation(input: usize) -> usize {
+    4 * input + 4 * FUZZ_CAP + 256 * 1024
+}
+
+/// Feeds `bytes` in pieces of `split` bytes, draining after each; returns whether it ended in
+/// an error. Panics (fails) if any allocation exceeds the bound.
+fn fuzz_client(bytes: &[u8], split: usize) -> bool {
+    alloc_watch::reset();
+    let mut d = ClientStreamDecoder::new(FUZZ_CAP);
+    let mut failed = false;
+    'outer: for piece in bytes.chunks(split.max(1)) {
+        d.feed(piece);
+        loop {
+            match d.next_message() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let largest = alloc_watch::largest();
+    assert!(
+        largest <= allowed_allocation(bytes.len()),
+        "allocation of {largest} bytes for {} input bytes",
+        bytes.len()
+    );
+    failed
+}
+
+fn fuzz_server(bytes: &[u8], split: usize, snappy_first: bool) -> bool {
+    alloc_watch::reset();
+    let mut d = ServerStreamDecoder::new(FUZZ_CAP);
+    if snappy_first {
+        d.restart(COMPRESSION_SNAPPY).unwrap();
+    }
+    let mut failed = false;
+    'outer: for piece in bytes.chunks(split.max(1)) {
+        d.feed(piece);
+        loop {
+            match d.next_message() {
+                Ok(Some(ServerMessage::DecoderRestart(r))) => {
+                    let _ = d.restart(&r.compression);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break 'outer;
+                }
+            }
+        }
+    }
+    let largest = alloc_watch::largest();
+    assert!(
+        largest <= allowed_allocation(bytes.len()),
+        "allocation of {largest} bytes for {} input bytes",
+        bytes.len()
+    );
+    failed
+}
+
+fn valid_client_stream() -> Vec<u8> {
+    let mut enc = ClientEncoder::new();
+    let mut out = BytesMut::new();
+    enc.encode_hello(&felix_hello(), &mut out);
+    enc.encode_ack(&mut out);
+    enc.encode_pong(
+        &Pong {
+            ping_timestamp: GoTime::now(),
+            pong_timestamp: GoTime::ZERO,
+        },
+        &mut out,
+    );
+    out.to_vec()
+}
+
+fn valid_server_stream() -> Vec<u8> {
+    let hello = ServerHello {
+        syncer_type: SYNCER_FELIX.into(),
+        supports_node_resource_updates: true,
+        ..ServerHello::default()
+    };
+    let mut small = sample_updates();
+    small.truncate(2);
+    path_a_stream(&hello, &small, GoTime::now()).concat()
+}
+
+/// Every server message on one plain stream, so mutations land in gob, not in snappy checksums.
+fn valid_plain_server_stream() -> Vec<u8> {
+    let mut v = server_preamble().to_vec();
+    v.extend_from_slice(&encode_server_hello(&ServerHello {
+        version: "v".into(),
+        syncer_type: SYNCER_FELIX.into(),
+        supports_node_resource_updates: true,
+        server_conn_id: 3,
+    }));
+    let mut small = sample_updates();
+    small.truncate(2);
+    v.extend_from_slice(&encode_kvs(&small));
+    v.extend_from_slice(&encode_sync_status(2));
+    v.extend_from_slice(&encode_ping(GoTime::now()));
+    v.extend_from_slice(&encode_decoder_restart(&DecoderRestart {
+        message: "m".into(),
+        compression: String::new(),
+    }));
+    v
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Set(usize, u8),
+    Insert(usize, Vec<u8>),
+    Remove(usize, usize),
+    Truncate(usize),
+}
+
+fn mutate(mut v: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+    for m in muts {
+        if v.is_empty() {
+            break;
+        }
+        match m {
+            Mutation::Set(at, byte) => {
+                let n = v.len();
+                v[at % n] = *byte;
+            }
+            Mutation::Insert(at, bytes) => {
+                let at = at % (v.len() + 1);
+                v.splice(at..at, bytes.iter().copied());
+            }
+            Mutation::Remove(at, len) => {
+                let at = at % v.len();
+                let end = (at + len).min(v.len());
+                v.drain(at..end);
+            }
+            Mutation::Truncate(at) => {
+                let n = v.len();
+                v.truncate(at % n);
+            }
+        }
+    }
+    v
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<usize>(), any::<u8>()).prop_map(|(a, b)| Mutation::Set(a, b)),
+            2 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..12))
+                .prop_map(|(a, b)| Mutation::Insert(a, b)),
+            1 => (any::<usize>(), 1usize..16).prop_map(|(a, l)| Mutation::Remove(a, l)),
+            1 => any::<usize>().prop_map(Mutation::Truncate),
+        ]
+    }
+
+    /// A gob-ish prefix makes arbitrary bytes reach past the first length check more often.
+    fn arbitrary_stream() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            proptest::collection::vec(any::<u8>(), 0..512).prop_map(|tail| {
+                let mut v = u(tail.len() as u64);
+                v.extend(tail);
+                v
+            }),
+            proptest::collection::vec(any::<u8>(), 0..512).prop_map(|tail| {
+                [STREAM_IDENTIFIER, &tail[..]].concat()
+            }),
+        ]
+    }
+
+    // 3000 cases per property, 5 properties: 15,000 decoder runs per `cargo test`.
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_bytes_into_the_client_decoder(bytes in arbitrary_stream(), split in 1usize..64) {
+            fuzz_client(&bytes, split);
+        }
+
+        #[test]
+        fn arbitrary_bytes_into_the_server_decoder(
+            bytes in arbitrary_stream(), split in 1usize..64, snappy_first in any::<bool>()
+        ) {
+            fuzz_server(&bytes, split, snappy_first);
+        }
+
+        #[test]
+        fn mutated_client_streams(muts in proptest::collection::vec(mutation(), 1..6), split in 1usize..200) {
+            fuzz_client(&mutate(valid_client_stream(), &muts), split);
+        }
+
+        #[test]
+        fn mutated_plain_server_streams(muts in proptest::collection::vec(mutation(), 1..6), split in 1usize..4096) {
+            fuzz_server(&mutate(valid_plain_server_stream(), &muts), split, false);
+        }
+
+        #[test]
+        fn mutated_server_streams(muts in proptest::collection::vec(mutation(), 1..6), split in 1usize..4096) {
+            fuzz_server(&mutate(valid_server_stream(), &muts), split, false);
+        }
+    }
+
+    #[test]
+    fn the_unmutated_streams_decode_cleanly() {
+        assert!(!fuzz_client(&valid_client_stream(), 7));
+        assert!(!fuzz_server(&valid_server_stream(), 7, false));
+        assert!(!fuzz_server(&valid_plain_server_stream(), 7, false));
+    }
+}
