@@ -77,7 +77,17 @@ fn wt_slice(id: i64, name: &str, elem: i64) -> Vec<u8> {
 }
 
 fn wt_map(id: i64, name: &str, key: i64, elem: i64) -> Vec<u8> {
-    cat(&[u(4), u(1), common(name, id), u(1), i(key), u(1), i(elem), u(0), u(0)])
+    cat(&[
+        u(4),
+        u(1),
+        common(name, id),
+        u(1),
+        i(key),
+        u(1),
+        i(elem),
+        u(0),
+        u(0),
+    ])
 }
 
 fn wt_gob_encoder(id: i64, name: &str) -> Vec<u8> {
@@ -178,7 +188,10 @@ fn preamble_is_the_fixed_definition_table() {
                 &[("Message", T_STRING), ("CompressionAlgorithm", T_STRING)],
             ),
         ),
-        def(67, wt_struct(67, "MsgSyncStatus", &[("SyncStatus", T_UINT)])),
+        def(
+            67,
+            wt_struct(67, "MsgSyncStatus", &[("SyncStatus", T_UINT)]),
+        ),
         def(68, wt_struct(68, "MsgPing", &[("Timestamp", 69)])),
         def(69, wt_gob_encoder(69, "Time")),
         def(70, wt_struct(70, "MsgKVs", &[("KVs", 71)])),
@@ -213,7 +226,10 @@ fn server_values_have_the_exact_gob_bytes() {
     let t = GoTime::from_unix_nanos(1_700_000_000_123_456_789);
     assert_eq!(
         encode_ping(t).as_ref(),
-        &envelope(64, iface(names::PING, 68, fields(&[(1, b(&time_bytes(&t)))])))[..]
+        &envelope(
+            64,
+            iface(names::PING, 68, fields(&[(1, b(&time_bytes(&t)))]))
+        )[..]
     );
     let upd = SerializedUpdate {
         key: "/k".into(),
@@ -389,9 +405,15 @@ fn client_hello_with_foreign_ids_order_and_unknown_fields() {
                 ],
             ),
         ),
-        def(91, wt_struct(91, "Extra", &[("A", T_INT), ("B", 92), ("C", T_INTERFACE)])),
+        def(
+            91,
+            wt_struct(91, "Extra", &[("A", T_INT), ("B", 92), ("C", T_INTERFACE)]),
+        ),
         def(92, wt_map(92, "map[string]int", T_STRING, T_INT)),
-        def(93, wt_slice(93, "[]syncproto.CompressionAlgorithm", T_STRING)),
+        def(
+            93,
+            wt_slice(93, "[]syncproto.CompressionAlgorithm", T_STRING),
+        ),
         envelope(
             100,
             iface(
@@ -442,7 +464,11 @@ fn pong_with_reordered_fields_and_16_byte_time() {
         def(64, wt_struct(64, "Envelope", &[("Message", T_INTERFACE)])),
         def(
             65,
-            wt_struct(65, "MsgPong", &[("PongTimestamp", 66), ("PingTimestamp", 66)]),
+            wt_struct(
+                65,
+                "MsgPong",
+                &[("PongTimestamp", 66), ("PingTimestamp", 66)],
+            ),
         ),
         def(66, wt_gob_encoder(66, "Time")),
         envelope(64, iface(names::PONG, 65, fields(&[(2, b(&t))]))),
@@ -471,7 +497,10 @@ fn client_stream_errors_are_named() {
         TyphaCodecError::UnknownInterfaceName("main.Evil".into())
     );
     // A server message on the client stream.
-    let restart = def(66, wt_struct(66, "MsgDecoderRestart", &[("Message", T_STRING)]));
+    let restart = def(
+        66,
+        wt_struct(66, "MsgDecoderRestart", &[("Message", T_STRING)]),
+    );
     let wrong_dir = cat(&[
         env.clone(),
         restart,
@@ -635,15 +664,29 @@ fn ping_with_16_byte_time_and_unknown_message_fields() {
         offset_seconds: Some(1),
     };
     let stream = cat(&[
-        def(70, wt_struct(70, "Envelope", &[("Trace", T_STRING), ("Message", T_INTERFACE)])),
+        def(
+            70,
+            wt_struct(
+                70,
+                "Envelope",
+                &[("Trace", T_STRING), ("Message", T_INTERFACE)],
+            ),
+        ),
         def(71, wt_gob_encoder(71, "Time")),
-        def(72, wt_struct(72, "MsgPing", &[("Seq", T_UINT), ("Timestamp", 71)])),
+        def(
+            72,
+            wt_struct(72, "MsgPing", &[("Seq", T_UINT), ("Timestamp", 71)]),
+        ),
         msg(&[
             i(70),
             u(1),
             s("trace-id"),
             u(1),
-            iface(names::PING, 72, fields(&[(1, u(9)), (1, b(&time_bytes(&ts)))])),
+            iface(
+                names::PING,
+                72,
+                fields(&[(1, u(9)), (1, b(&time_bytes(&ts)))]),
+            ),
             u(0),
         ]),
     ]);
@@ -655,7 +698,12 @@ fn ping_with_16_byte_time_and_unknown_message_fields() {
 
 #[test]
 fn bad_time_forms_are_refused() {
-    for bad in [&[1u8; 14][..], &[1u8; 16][..], &[3u8; 15][..], &[2u8; 15][..]] {
+    for bad in [
+        &[1u8; 14][..],
+        &[1u8; 16][..],
+        &[3u8; 15][..],
+        &[2u8; 15][..],
+    ] {
         assert_eq!(GoTime::from_binary(bad), None, "{bad:?}");
     }
     let t = GoTime::from_unix_nanos(-1);
@@ -696,7 +744,10 @@ fn chunks_encoded_once_decode_in_any_position_after_an_identifier() {
     let mut preamble = BytesMut::from(STREAM_IDENTIFIER);
     snappy::frame_chunks(&server_preamble(), &mut preamble);
     // Two streams that share the same chunk bytes in different orders and positions.
-    for order in [vec![&a_chunks, &b_chunks], vec![&b_chunks, &b_chunks, &a_chunks]] {
+    for order in [
+        vec![&a_chunks, &b_chunks],
+        vec![&b_chunks, &b_chunks, &a_chunks],
+    ] {
         let mut stream = preamble.to_vec();
         let mut want = Vec::new();
         for part in order {
@@ -716,7 +767,10 @@ fn chunks_encoded_once_decode_in_any_position_after_an_identifier() {
     // A message over 64 KiB spans several chunks; compressible data is compressed.
     assert!(a.len() > 65_536);
     assert!(a_chunks.len() < a.len() / 2);
-    assert_eq!(snappy::unframe_all(&[STREAM_IDENTIFIER, &a_chunks[..]].concat()).unwrap(), a);
+    assert_eq!(
+        snappy::unframe_all(&[STREAM_IDENTIFIER, &a_chunks[..]].concat()).unwrap(),
+        a
+    );
 }
 
 #[test]
@@ -769,7 +823,12 @@ fn snappy_framing_errors() {
         snappy::unframe_all(&reserved),
         Err(TyphaCodecError::ReservedChunkType(2))
     );
-    let padding = [STREAM_IDENTIFIER, &[0xfe, 2, 0, 0, 9, 9][..], STREAM_IDENTIFIER].concat();
+    let padding = [
+        STREAM_IDENTIFIER,
+        &[0xfe, 2, 0, 0, 9, 9][..],
+        STREAM_IDENTIFIER,
+    ]
+    .concat();
     assert_eq!(snappy::unframe_all(&padding).unwrap(), b"");
     // A data chunk claiming more than a 64 KiB block can need is refused from its header.
     let huge = [STREAM_IDENTIFIER, &[0x00, 0xff, 0xff, 0xff][..]].concat();
@@ -1161,9 +1220,8 @@ mod fuzz {
                 v.extend(tail);
                 v
             }),
-            proptest::collection::vec(any::<u8>(), 0..512).prop_map(|tail| {
-                [STREAM_IDENTIFIER, &tail[..]].concat()
-            }),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|tail| { [STREAM_IDENTIFIER, &tail[..]].concat() }),
         ]
     }
 

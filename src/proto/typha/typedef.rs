@@ -254,7 +254,14 @@ mod tests {
     #[test]
     fn definitions_parse_back() {
         let mut out = Vec::new();
-        write_definition(&mut out, 70, &TypeDef::Slice { name: "[]x", elem: 71 });
+        write_definition(
+            &mut out,
+            70,
+            &TypeDef::Slice {
+                name: "[]x",
+                elem: 71,
+            },
+        );
         write_definition(&mut out, 71, &TypeDef::GobEncoder { name: "Time" });
         write_definition(
             &mut out,
