@@ -254,6 +254,26 @@ fn server_values_have_the_exact_gob_bytes() {
     );
 }
 
+/// docs/typha-gob-codec.md §7 shows the bytes of `MsgSyncStatus{InSync}`; they must stay the
+/// encoder's output.
+#[test]
+fn the_sync_status_example_in_the_doc_is_the_encoders_output() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/typha-gob-codec.md"
+    ))
+    .unwrap();
+    let hex: String = encode_sync_status(SYNC_STATUS_IN_SYNC)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        doc.lines().any(|l| l.trim() == hex),
+        "doc example out of date; encoder says:\n{hex}"
+    );
+}
+
 #[test]
 fn every_server_message_round_trips_after_the_preamble() {
     let hello = ServerHello {
