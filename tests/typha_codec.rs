@@ -1086,6 +1086,29 @@ fn felix_session_follows_path_a() {
 }
 
 #[test]
+fn a_binary_snapshot_alone_decodes_from_snappy() {
+    let mut gob = server_preamble().to_vec();
+    gob.extend_from_slice(&encode_kvs(&sample_updates()));
+    let restart = DecoderRestart {
+        message: "End of compressed snapshot.".into(),
+        compression: COMPRESSION_SNAPPY.into(),
+    };
+    gob.extend_from_slice(&encode_decoder_restart(&restart));
+    let mut stream = server_preamble_snappy().to_vec();
+    assert!(stream.starts_with(STREAM_IDENTIFIER));
+    let mut chunks = BytesMut::new();
+    snappy::frame_chunks(&gob[server_preamble().len()..], &mut chunks);
+    stream.extend_from_slice(&chunks);
+    assert_eq!(
+        decode_all_server_messages_from(&stream, COMPRESSION_SNAPPY).unwrap(),
+        vec![
+            ServerMessage::Kvs(sample_updates()),
+            ServerMessage::DecoderRestart(restart)
+        ]
+    );
+}
+
+#[test]
 fn restart_keeps_bytes_already_received() {
     // Everything in one read: the restart must switch framing for the bytes after it.
     let hello = ServerHello {

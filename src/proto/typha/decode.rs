@@ -905,7 +905,17 @@ pub fn decode_all_client_messages(bytes: &[u8]) -> Result<Vec<ClientMessage>> {
 /// `MsgDecoderRestart` as Felix does (test helper, e.g. for Go-produced vectors). Trailing bytes
 /// that do not form a whole message are an error.
 pub fn decode_all_server_messages(bytes: &[u8]) -> Result<Vec<ServerMessage>> {
+    decode_all_server_messages_from(bytes, "")
+}
+
+/// As [`decode_all_server_messages`], for a stream that starts with `compression` (`"snappy"`
+/// for a binary snapshot on its own, `""` for plain gob).
+pub fn decode_all_server_messages_from(
+    bytes: &[u8],
+    compression: &str,
+) -> Result<Vec<ServerMessage>> {
     let mut d = ServerStreamDecoder::new(DEFAULT_MAX_SERVER_MESSAGE);
+    d.restart(compression)?;
     d.feed(bytes);
     let mut out = Vec::new();
     while let Some(m) = d.next_message()? {
