@@ -886,7 +886,20 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn crc32c_matches_the_standard_check_value() {
     assert_eq!(snappy::crc32c(b"123456789"), 0xe306_9283);
+    assert_eq!(snappy::crc32c_software(b"123456789"), 0xe306_9283);
     assert_eq!(snappy::crc32c(b""), 0);
+    // The accelerated and the table path agree at every length and alignment.
+    let data = pseudo_random(4096, 7);
+    for start in 0..9 {
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 4000] {
+            let s = &data[start..start + len];
+            assert_eq!(
+                snappy::crc32c(s),
+                snappy::crc32c_software(s),
+                "{start} {len}"
+            );
+        }
+    }
 }
 
 #[test]
