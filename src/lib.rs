@@ -10,13 +10,16 @@ pub mod config;
 pub mod daemon;
 pub mod datastore;
 pub mod debug_client;
+pub mod fault;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod rebalance;
 pub mod server;
 pub mod status;
+pub mod supervise;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;

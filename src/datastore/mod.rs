@@ -5,7 +5,7 @@
 mod batcher;
 pub mod k8s;
 pub mod sim;
-mod thread;
+pub(crate) mod thread;
 
 pub use batcher::{BatchLimits, BatchSink, Batcher, FlushOutcome, ReactorSink};
 pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig};
