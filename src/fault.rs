@@ -5,8 +5,9 @@
 //! the constant `false` and compiles away, so release builds carry no hook.
 //!
 //! Points: `reactor-panic`, `datastore-thread-panic`, `http-panic`, `signal-thread-panic`
-//! (panics outside any supervised scope: the process must end), `driver-panic`,
-//! `driver-finish`, `watch-panic:<kind>`, `watch-finish:<kind>` and `snapshot-panic`
+//! (panics outside any supervised scope: the process must end), `datastore-thread-finish`
+//! (the datastore thread returns early: the process must end too), `driver-panic`,
+//! `driver-finish`, `watch-<kind>-panic`, `watch-<kind>-finish` and `snapshot-panic`
 //! (supervised: the part must come back).
 
 /// Whether the fault point `name` fires now.

@@ -274,7 +274,12 @@ async fn run_pipeline(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            _ = beat.tick() => board.datastore_beat(),
+            _ = beat.tick() => {
+                board.datastore_beat();
+                if crate::fault::fires("datastore-thread-finish") {
+                    break;
+                }
+            }
             ended = &mut driver_task, if driver_running => {
                 let why = match ended {
                     Ok(()) => "finished".to_owned(),
@@ -436,6 +441,47 @@ mod tests {
             self.1.push(m.batch.update_count);
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_restarted_driver_sweeps_what_it_no_longer_reports() {
+        let mut sink = Count(0, Vec::new());
+        let mut b = Batcher::new(
+            BatchLimits::default(),
+            EncodeOptions::default(),
+            &mut sink,
+            Arc::new(Metrics::new()),
+            Arc::new(StatusBoard::new()),
+        );
+        let set = |k: &str| KvUpdate::set(k, vec![b'x'], "1");
+        for k in ["/calico/v1/a", "/calico/v1/b", "/calico/v1/c"] {
+            b.apply(set(k));
+        }
+        b.set_status(SyncStatus::InSync);
+        let mut r = Resync {
+            before: b.state().clone(),
+            reported: HashSet::new(),
+            was_in_sync: true,
+        };
+        // Clients were in sync: the new instance's "resyncing" is not passed on.
+        let held = track_resync(&mut r, DriverEvent::Status(SyncStatus::ResyncInProgress));
+        assert!(matches!(held, ResyncStep::Hold));
+        let ups = vec![
+            set("/calico/v1/a"),
+            set("/calico/v1/c"),
+            set("/calico/v1/d"),
+        ];
+        match track_resync(&mut r, DriverEvent::Updates(ups)) {
+            ResyncStep::Pass(ev) => {
+                apply_event(&mut b, ev);
+            }
+            _ => panic!("updates pass"),
+        }
+        let done = track_resync(&mut r, DriverEvent::Status(SyncStatus::InSync));
+        assert!(matches!(done, ResyncStep::Done(_)));
+        assert_eq!(sweep(&mut b, &(r.before, r.reported)), 1);
+        let keys: Vec<&str> = b.state().keys().map(|k| &**k).collect();
+        assert_eq!(keys, ["/calico/v1/a", "/calico/v1/c", "/calico/v1/d"]);
     }
 
     #[test]

@@ -495,7 +495,11 @@ pub async fn run(
             spec,
             objects: HashMap::new(),
             metrics: metrics.clone(),
-            present: counts_nodes.then(|| (HashSet::new(), node_count.clone())),
+            present: counts_nodes.then(|| NodeTally {
+                ids: HashSet::new(),
+                count: node_count.clone(),
+                listed: false,
+            }),
         }));
         tasks.spawn(supervise_kind(WatchContext {
             client: client.clone(),
@@ -608,9 +612,24 @@ struct KindState {
     spec: KindSpec,
     objects: HashMap<String, Yielded>,
     metrics: Arc<Metrics>,
-    /// For the Node kind under rebalancing: every object present (whether it yields keys or
-    /// not) and the count published to the replica counter.
-    present: Option<(HashSet<String>, NodeCount)>,
+    /// For the Node kind: every object present, whether it yields keys or not.
+    present: Option<NodeTally>,
+}
+
+/// The Node objects the watch holds, published as a [`NodeCount`] once the first list is
+/// complete (a count mid-list would understate the cluster).
+struct NodeTally {
+    ids: HashSet<String>,
+    count: NodeCount,
+    listed: bool,
+}
+
+impl NodeTally {
+    fn publish(&self) {
+        if self.listed {
+            self.count.set(self.ids.len());
+        }
+    }
 }
 
 /// The kind's state, whatever a panic in a previous run left behind: each method below
@@ -653,9 +672,9 @@ impl KindState {
 
     fn apply(&mut self, obj: &DynamicObject) -> Vec<KvUpdate> {
         let id = object_id(obj);
-        if let Some((present, count)) = &mut self.present {
-            present.insert(id.clone());
-            count.set(present.len());
+        if let Some(t) = &mut self.present {
+            t.ids.insert(id.clone());
+            t.publish();
         }
         let rev = obj.metadata.resource_version.clone().unwrap_or_default();
         let kvs = match serde_json::to_value(obj) {
@@ -677,9 +696,9 @@ impl KindState {
     }
 
     fn delete(&mut self, id: &str, rev: &str) -> Vec<KvUpdate> {
-        if let Some((present, count)) = &mut self.present {
-            present.remove(id);
-            count.set(present.len());
+        if let Some(t) = &mut self.present {
+            t.ids.remove(id);
+            t.publish();
         }
         self.diff(id, Vec::new(), rev)
     }
@@ -687,9 +706,10 @@ impl KindState {
     /// After a complete list: deletes every object the list did not return (gone while no
     /// watch could see it).
     fn end_of_list(&mut self, seen: &HashSet<String>) -> Vec<KvUpdate> {
-        if let Some((present, count)) = &mut self.present {
-            present.retain(|id| seen.contains(id));
-            count.set(present.len());
+        if let Some(t) = &mut self.present {
+            t.ids.retain(|id| seen.contains(id));
+            t.listed = true;
+            t.publish();
         }
         let gone: Vec<String> = self
             .objects
@@ -911,6 +931,38 @@ mod tests {
         assert_eq!(s.delete("n1", "13").len(), 2);
         assert!(s.objects.is_empty());
         assert!(s.delete("n1", "14").is_empty());
+    }
+
+    #[test]
+    fn the_node_count_is_published_after_the_list_and_follows_the_watch() {
+        let count = NodeCount::default();
+        let spec = watched_kinds()[0];
+        assert_eq!(spec.kind, "Node");
+        let mut s = KindState {
+            present: Some(NodeTally {
+                ids: HashSet::new(),
+                count: count.clone(),
+                listed: false,
+            }),
+            ..state()
+        };
+        let node = |name: &str| DynamicObject::new(name, &api_resource(&spec, "v1"));
+        let seen: HashSet<String> = ["n1", "n2", "n3"].map(String::from).into();
+        for n in &seen {
+            s.apply(&node(n));
+        }
+        assert_eq!(count.get(), None, "no count mid-list");
+        s.end_of_list(&seen);
+        // Bare objects translate to nothing, and are counted all the same.
+        assert_eq!(count.get(), Some(3));
+        s.apply(&node("n4"));
+        s.apply(&node("n4"));
+        assert_eq!(count.get(), Some(4));
+        s.delete("n1", "9");
+        assert_eq!(count.get(), Some(3));
+        // A relist that no longer returns n2 (deleted while the watch was down).
+        s.end_of_list(&["n3", "n4"].map(String::from).into());
+        assert_eq!(count.get(), Some(2));
     }
 
     #[test]
