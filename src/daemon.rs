@@ -130,6 +130,7 @@ impl Daemon {
             .name(REACTOR_THREAD.into())
             .spawn(move || {
                 let _exit_guard = reactor_guard;
+                crate::fault_point!("reactor-panic");
                 server.run()
             })
             .map_err(DaemonError::Reactor)?;

@@ -68,6 +68,13 @@ fn main() -> anyhow::Result<()> {
         datastore = ?cfg.datastore_type,
         "typha-rs started"
     );
+    // Installed before the ports are announced, so a signal sent as soon as they are is handled.
+    let handle = daemon.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
     // One plain line on stdout so scripts and tests can find the ports. A closed stdout is
     // no reason to stop serving, so the error is ignored rather than panicking in println!.
     {
@@ -81,12 +88,6 @@ fn main() -> anyhow::Result<()> {
         );
         let _ = std::io::stdout().flush();
     }
-    let handle = daemon.shutdown_handle();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("cannot install signal handlers")?;
     let signal_guard = daemon.watch_thread("typha-signals");
     std::thread::Builder::new()
         .name("typha-signals".into())
