@@ -213,9 +213,7 @@ impl StormLimiter {
     pub fn admit(&self, site: &'static str, now: Instant) -> bool {
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         let w = sites.entry(site).or_default();
-        if w.started
-            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
-        {
+        if !matches!(w.started, Some(s) if now.duration_since(s) < Duration::from_secs(1)) {
             w.started = Some(now);
             w.passed = 0;
         }

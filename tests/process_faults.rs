@@ -189,7 +189,7 @@ fn a_closed_log_pipe_neither_stops_serving_nor_blocks_shutdown() {
     );
     // Still serving after the failures: a new client gets a full snapshot.
     let late = client(p.protocol, "late");
-    assert!(late.state().len() > 0);
+    assert!(!late.state().is_empty());
     drop((clients, late));
     p.signal(libc::SIGTERM);
     let (code, _) = p.wait_exit(Duration::from_secs(30));
