@@ -405,11 +405,27 @@ fn restarts(d: &Daemon, component: &str) -> u64 {
     )
 }
 
+/// One test for both, as the fault points are process-wide: the snapshot encoder's fault must
+/// reach this daemon's encoder, not another test's.
 #[test]
-fn a_failed_driver_restarts_and_the_clients_stay_consistent() {
-    // Unready as soon as the driver is down; the restart backoff is 500 ms.
+fn a_failed_snapshot_encoder_or_driver_restarts_and_the_clients_stay_consistent() {
+    // Unready as soon as a part is down; the restart backoff is 500 ms.
     let d = sim_daemon(Duration::from_millis(1), Duration::from_secs(300));
     let health = d.health_addr.unwrap();
+    // The first client's snapshot encode panics: it is retried, and the client still joins.
+    typha::fault::arm("snapshot-panic");
+    let joining = std::thread::spawn({
+        let addr = d.protocol_addr;
+        move || client(addr, "first")
+    });
+    wait_probe(health, "/readiness", T, |code, body| {
+        code == 503 && body.contains("snapshot-encoder down for")
+    });
+    let first = joining.join().unwrap();
+    assert!(!first.state().is_empty());
+    assert_eq!(restarts(&d, "snapshot-encoder"), 1);
+    wait_probe(health, "/readiness", T, |code, _| code == 200);
+    drop(first);
     let mut c = client(d.protocol_addr, "watcher");
     for (fault, n) in [("driver-panic", 1), ("driver-finish", 2)] {
         typha::fault::arm(fault);

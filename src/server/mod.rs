@@ -330,6 +330,7 @@ impl Server {
             cfg.snapshot_chunk_bytes,
             cfg.codec,
             metrics.clone(),
+            board.clone(),
             move || {
                 let _ = w.wake();
             },

@@ -10,12 +10,19 @@
 //!    wait for it rather than starting their own (a reconnect storm costs one encode).
 //! 4. A finished snapshot is reused for new clients while it is at most `reuse_window` old or
 //!    still current, so a quiet datastore never re-encodes.
+//!
+//! The encoder is supervised: an encode that panics is caught, counted as a restart of the
+//! `snapshot-encoder`, marked down on the status board, and tried again after a backoff, so
+//! the clients waiting for it are served once it succeeds (and readiness, then liveness, fail
+//! while it does not).
 
 use super::ring::Ring;
 use crate::metrics::Metrics;
 use crate::model::{StateMap, SyncStatus, SyncerType};
 use crate::proto::encode::{encode_snapshot, EncodedSnapshot, WireVariant};
 use crate::proto::Codec;
+use crate::status::StatusBoard;
+use crate::supervise::{catch_recoverable, Backoff};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +30,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub type SnapshotKey = (SyncerType, WireVariant);
+
+/// The status-board and metric name of the encoder.
+const ENCODER: &str = "snapshot-encoder";
 
 struct SnapshotJob {
     state: StateMap,
@@ -101,16 +111,35 @@ impl SnapshotCache {
         chunk_bytes: usize,
         codec: Option<Codec>,
         metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
         wake: impl Fn() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded();
+        let restarts = metrics.component_restarts.with_label_values(&[ENCODER]);
         let worker = std::thread::Builder::new()
             .name("typha-snapshot".into())
             .spawn(move || {
+                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
                 for job in jobs_rx {
                     let started = Instant::now();
-                    let snap = encode_job(&job);
+                    let snap = loop {
+                        match catch_recoverable(|| {
+                            crate::fault_point!("snapshot-panic");
+                            encode_job(&job)
+                        }) {
+                            Ok(snap) => break snap,
+                            Err(why) => {
+                                let delay = backoff.next_delay();
+                                tracing::warn!(reason = %why, syncer = job.syncer.as_str(), seq = job.seq, retry_in = ?delay, "snapshot encoder panicked; restarting it");
+                                restarts.inc();
+                                board.component_down(ENCODER);
+                                std::thread::sleep(delay);
+                            }
+                        }
+                    };
+                    board.component_up(ENCODER);
+                    backoff.reset();
                     drop(job.state);
                     if res_tx.send((Arc::new(snap), started.elapsed())).is_err() {
                         return;
@@ -167,8 +196,8 @@ impl SnapshotCache {
             chunk_bytes: self.chunk_bytes,
         };
         if let Some(jobs) = &self.jobs {
-            // The worker only stops when `jobs` is dropped, so this send cannot fail while we
-            // hold it; if it somehow did, the waiter would be timed out by the write timeout.
+            // The worker only stops when `jobs` is dropped (an encode that panics is caught and
+            // tried again), so this send cannot fail while we hold it.
             let _ = jobs.send(job);
         }
         self.pending.insert(key, vec![waiter]);
