@@ -559,6 +559,15 @@ struct WatchContext {
     state: Arc<Mutex<KindState>>,
 }
 
+/// Aborts a spawned task when dropped: a task outlives its `JoinHandle` otherwise.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How one run of a kind's watch ended.
 #[derive(Debug, PartialEq, Eq)]
 enum WatchEnd {
@@ -580,7 +589,10 @@ async fn supervise_kind(ctx: WatchContext) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let started = Instant::now();
-        let ended = tokio::spawn(Recoverable::new(watch_kind(ctx.clone()))).await;
+        let task = tokio::spawn(Recoverable::new(watch_kind(ctx.clone())));
+        // If this supervisor is dropped (the driver stops or fails), its watch goes with it.
+        let _abort = AbortOnDrop(task.abort_handle());
+        let ended = task.await;
         let why = match ended {
             Ok(WatchEnd::Closed) => return,
             Ok(WatchEnd::StreamEnded) => "watch stream ended".to_owned(),
@@ -769,6 +781,8 @@ async fn watch_kind(ctx: WatchContext) -> WatchEnd {
                     .datastore_kind_absent
                     .with_label_values(&label)
                     .set(1);
+                // Working as intended: an absent kind holds nothing to catch up on.
+                board.component_up(&component);
                 if !report(&tx, &tracker, spec.name, true).await {
                     return WatchEnd::Closed;
                 }
