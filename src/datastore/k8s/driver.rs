@@ -582,14 +582,34 @@ enum WatchEnd {
 /// restarted watch has listed again.
 async fn supervise_kind(ctx: WatchContext) {
     let component = watch_component(ctx.spec.name);
+    let (tx, board) = (ctx.tx.clone(), ctx.board.clone());
     let restarts = ctx
         .metrics
         .component_restarts
         .with_label_values(&[&component]);
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    supervise(&component, &tx, &board, restarts, backoff, || {
+        watch_kind(ctx.clone())
+    })
+    .await
+}
+
+/// The restart loop of [`supervise_kind`], apart from what is restarted (so that it can be
+/// tested without an API server). Each run is a task of its own in a recoverable scope.
+async fn supervise<F, Fut>(
+    component: &str,
+    tx: &DriverSender,
+    board: &StatusBoard,
+    restarts: prometheus::IntCounter,
+    mut backoff: Backoff,
+    mut start: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = WatchEnd> + Send + 'static,
+{
     loop {
         let started = Instant::now();
-        let task = tokio::spawn(Recoverable::new(watch_kind(ctx.clone())));
+        let task = tokio::spawn(Recoverable::new(start()));
         // If this supervisor is dropped (the driver stops or fails), its watch goes with it.
         let _abort = AbortOnDrop(task.abort_handle());
         let ended = task.await;
@@ -599,7 +619,7 @@ async fn supervise_kind(ctx: WatchContext) {
             Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
             Err(e) => e.to_string(),
         };
-        if ctx.tx.is_closed() {
+        if tx.is_closed() {
             return;
         }
         // A watch that ran for a good while before failing starts the backoff again.
@@ -607,12 +627,12 @@ async fn supervise_kind(ctx: WatchContext) {
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        warn!(kind = ctx.spec.name, reason = %why, restart_in = ?delay, "watch failed; restarting it");
+        warn!(component, reason = %why, restart_in = ?delay, "watch failed; restarting it");
         restarts.inc();
-        ctx.board.component_down(&component);
+        board.component_down(component);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = ctx.tx.closed() => return,
+            _ = tx.closed() => return,
         }
     }
 }
@@ -977,6 +997,69 @@ mod tests {
         // A relist that no longer returns n2 (deleted while the watch was down).
         s.end_of_list(&["n3", "n4"].map(String::from).into());
         assert_eq!(count.get(), Some(2));
+    }
+
+    #[test]
+    fn a_failing_watch_is_restarted_and_down_until_it_has_listed_again() {
+        use std::sync::atomic::AtomicU32;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let board = Arc::new(StatusBoard::new());
+        board.set_component_down_unready(Duration::ZERO);
+        board.set_sync_status(SyncStatus::InSync);
+        let restarts = prometheus::IntCounter::new("r", "r").unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel::<DriverEvent>(1);
+        rt.block_on(async {
+            let sup = tokio::spawn({
+                let (tx, board, runs, restarts) =
+                    (tx.clone(), board.clone(), runs.clone(), restarts.clone());
+                async move {
+                    let backoff =
+                        Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
+                    let watch_tx = tx.clone();
+                    let watch_board = board.clone();
+                    supervise("watch/x", &tx, &board, restarts, backoff, move || {
+                        let n = runs.fetch_add(1, Ordering::SeqCst);
+                        let (tx, board) = (watch_tx.clone(), watch_board.clone());
+                        async move {
+                            match n {
+                                0 => panic!("test: the first run panics"),
+                                1 => WatchEnd::StreamEnded,
+                                _ => {
+                                    // Listed: up again, then watching until the driver stops.
+                                    board.component_up("watch/x");
+                                    tx.closed().await;
+                                    WatchEnd::Closed
+                                }
+                            }
+                        }
+                    })
+                    .await
+                }
+            });
+            let mut saw_down = false;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while runs.load(Ordering::SeqCst) < 3 || board.longest_down().is_some() {
+                saw_down |= board
+                    .readiness()
+                    .is_err_and(|e| e.contains("watch/x down for"));
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(saw_down, "readiness failed while the watch was down");
+            assert_eq!(restarts.get(), 2);
+            // The driver stops: the supervisor ends with its watch, without a restart.
+            drop(rx);
+            tokio::time::timeout(Duration::from_secs(10), sup)
+                .await
+                .expect("the supervisor ends once the pipeline has gone")
+                .unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 3);
+            assert_eq!(restarts.get(), 2);
+        });
     }
 
     #[test]
