@@ -314,7 +314,7 @@ async fn run_pipeline(
                         ResyncStep::Pass(ev) => ev,
                         ResyncStep::Hold => continue,
                         ResyncStep::Done(ev) => {
-                            let gone = sweep(&mut batcher, &resync.take().map(|r| (r.before, r.reported)).unwrap_or_default());
+                            let gone = resync.take().map_or(0, |r| sweep(&mut batcher, &r.before, &r.reported));
                             info!(deleted = gone, "restarted datastore driver in sync; keys it no longer reports deleted");
                             board.component_up(DRIVER);
                             backoff.reset();
@@ -369,7 +369,8 @@ fn track_resync(r: &mut Resync, ev: DriverEvent) -> ResyncStep {
 /// still held; returns how many.
 fn sweep<S: super::BatchSink>(
     batcher: &mut Batcher<S>,
-    (before, reported): &(StateMap, HashSet<Key>),
+    before: &StateMap,
+    reported: &HashSet<Key>,
 ) -> usize {
     let gone: Vec<Key> = before
         .keys()
@@ -479,7 +480,7 @@ mod tests {
         }
         let done = track_resync(&mut r, DriverEvent::Status(SyncStatus::InSync));
         assert!(matches!(done, ResyncStep::Done(_)));
-        assert_eq!(sweep(&mut b, &(r.before, r.reported)), 1);
+        assert_eq!(sweep(&mut b, &r.before, &r.reported), 1);
         let keys: Vec<&str> = b.state().keys().map(|k| &**k).collect();
         assert_eq!(keys, ["/calico/v1/a", "/calico/v1/c", "/calico/v1/d"]);
     }
