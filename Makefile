@@ -20,7 +20,9 @@ build: deps
 test: deps apiserver benchdeps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features typha/fault-injection -- -D warnings
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --features typha/fault-injection --test process_faults
 	$(CARGO) test --workspace --doc
 
 lint: deps

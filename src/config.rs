@@ -86,6 +86,14 @@ pub struct Config {
         default_value = "info"
     )]
     pub log_severity_screen: String,
+    /// Log line format: text, or json (one JSON object per line). Typha has no equivalent.
+    #[arg(
+        long = "log-format",
+        env = "TYPHA_LOGFORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::logging::LogFormat,
 
     /// Kubernetes: kubeconfig file; unset means KUBECONFIG, ~/.kube/config, or the in-cluster
     /// service account, in that order.
@@ -395,6 +403,15 @@ pub struct Config {
         default_value_t = 300.0
     )]
     pub datastore_unreachable_timeout_secs: f64,
+    /// /readiness fails while a supervised part (a per-kind watch, the datastore driver, the
+    /// snapshot encoder) has been down, restarting, for longer than this; /liveness fails once
+    /// it has been down for longer than the datastore-unreachable timeout.
+    #[arg(
+        long = "component-down-unready-secs",
+        env = "TYPHA_COMPONENTDOWNUNREADYSECS",
+        default_value_t = 10.0
+    )]
+    pub component_down_unready_secs: f64,
 
     // ---- sim datastore ----
     /// Sim: nodes in the synthetic cluster.
@@ -631,6 +648,10 @@ impl Config {
             (
                 "datastore-unreachable-timeout-secs",
                 self.datastore_unreachable_timeout_secs,
+            ),
+            (
+                "component-down-unready-secs",
+                self.component_down_unready_secs,
             ),
             (
                 "server-keepalive-idle-secs",
@@ -920,6 +941,7 @@ impl Config {
                 .transpose()?,
             liveness_stall: Duration::from_secs_f64(self.liveness_stall_secs),
             datastore_unreachable: Duration::from_secs_f64(self.datastore_unreachable_timeout_secs),
+            component_down_unready: Duration::from_secs_f64(self.component_down_unready_secs),
         })
     }
 }

@@ -1,4 +1,8 @@
 //! Assembles the pipeline: datastore thread → bounded channel + waker → reactor thread.
+//!
+//! Every long-lived thread reports its end to the daemon ([`ExitWatch`]): [`Daemon::wait`]
+//! returns when the reactor finishes, or with [`DaemonError::ThreadExited`] as soon as any
+//! other thread ends while the daemon is not shutting down.
 
 use crate::datastore::{
     spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig,
@@ -6,7 +10,9 @@ use crate::datastore::{
 use crate::metrics::Metrics;
 use crate::server::{Server, ServerConfig, ServerHandle};
 use crate::status::StatusBoard;
+use crate::supervise::{ExitWatch, ThreadExit};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use thiserror::Error;
@@ -29,6 +35,32 @@ pub enum DaemonError {
     ReactorFailed(std::io::Error),
     #[error("reactor thread panicked")]
     ReactorPanicked,
+    #[error("thread {name} {} while the daemon was running", if *panicked { "panicked" } else { "ended" })]
+    ThreadExited { name: &'static str, panicked: bool },
+}
+
+const REACTOR_THREAD: &str = "typha-reactor";
+
+/// Starts a shutdown from anywhere (the signal thread) and records that it was asked for, so
+/// that threads ending afterwards are not taken for failures.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    requested: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Graceful: stop accepting, shed clients over the shutdown timeout.
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.server.shutdown();
+    }
+
+    /// Say goodbye to every remaining client now.
+    pub fn shutdown_now(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.server.shutdown_now();
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,9 +77,11 @@ pub struct Daemon {
     pub metrics_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusBoard>,
-    handle: ServerHandle,
+    handle: ShutdownHandle,
     reactor: Option<JoinHandle<std::io::Result<()>>>,
     datastore: Option<DatastoreHandle>,
+    exit_watch: ExitWatch,
+    exits: crossbeam_channel::Receiver<ThreadExit>,
 }
 
 impl Daemon {
@@ -77,18 +111,28 @@ impl Daemon {
                 }
             })?;
         let protocol_addr = server.local_addr();
-        let handle = server.handle();
+        let handle = ShutdownHandle {
+            server: server.handle(),
+            requested: Arc::new(AtomicBool::new(false)),
+        };
+        let (exit_watch, exits) = ExitWatch::new();
         let datastore = spawn_datastore_thread(
             cfg.datastore,
             tx,
             server.waker(),
             metrics.clone(),
             status.clone(),
+            &exit_watch,
         )
         .map_err(DaemonError::Datastore)?;
+        let reactor_guard = exit_watch.guard(REACTOR_THREAD);
         let reactor = std::thread::Builder::new()
-            .name("typha-reactor".into())
-            .spawn(move || server.run())
+            .name(REACTOR_THREAD.into())
+            .spawn(move || {
+                let _exit_guard = reactor_guard;
+                crate::fault_point!("reactor-panic");
+                server.run()
+            })
             .map_err(DaemonError::Reactor)?;
         Ok(Daemon {
             protocol_addr,
@@ -99,16 +143,37 @@ impl Daemon {
             handle,
             reactor: Some(reactor),
             datastore: Some(datastore),
+            exit_watch,
+            exits,
         })
     }
 
+    /// Watches one more thread (the binary's signal thread): its end, while the daemon is not
+    /// shutting down, ends [`Daemon::wait`] with [`DaemonError::ThreadExited`].
+    pub fn watch_thread(&self, name: &'static str) -> crate::supervise::ExitGuard {
+        self.exit_watch.guard(name)
+    }
+
     /// A handle that starts a graceful shutdown from anywhere (a signal handler thread).
-    pub fn shutdown_handle(&self) -> ServerHandle {
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.handle.clone()
     }
 
     /// Waits for the reactor to finish (after a shutdown), then stops the datastore thread.
+    /// Returns early with [`DaemonError::ThreadExited`] if another thread ends first while the
+    /// daemon is not shutting down: the caller should end the process, not wait for the rest.
     pub fn wait(mut self) -> Result<(), DaemonError> {
+        while let Ok(exit) = self.exits.recv() {
+            if exit.name == REACTOR_THREAD {
+                break;
+            }
+            if !self.handle.requested.load(Ordering::SeqCst) {
+                return Err(DaemonError::ThreadExited {
+                    name: exit.name,
+                    panicked: exit.panicked,
+                });
+            }
+        }
         let result = match self.reactor.take().map(JoinHandle::join) {
             Some(Ok(Ok(()))) | None => Ok(()),
             Some(Ok(Err(e))) => Err(DaemonError::ReactorFailed(e)),

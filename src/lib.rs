@@ -5,18 +5,22 @@
 //! `DeltaBatch`es (`proto::encode`); the mio reactor (`server`) writes the same shared frames
 //! to every client. `client` is the receiving side, used by tests and the loadtest harness.
 
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datastore;
 pub mod debug_client;
+pub mod fault;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod rebalance;
 pub mod server;
 pub mod status;
+pub mod supervise;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;

@@ -1,25 +1,28 @@
 //! The `typha` daemon binary; `typha client ...` runs the debugging client instead.
+//!
+//! The process never half-dies: the panic hook ends it on any panic outside a supervised part,
+//! and the main thread ends it as soon as any daemon thread ends while no shutdown was asked
+//! for (`typha::supervise`). Logging cannot take a thread down (`typha::logging`), and the
+//! signal thread starts the shutdown before it logs anything.
 
 use anyhow::Context;
 use std::time::Duration;
 use tracing::{error, info};
 use typha::config::Config;
-use typha::daemon::{Daemon, DaemonConfig};
+use typha::daemon::{Daemon, DaemonConfig, DaemonError};
+use typha::logging::{LogFormat, LogGuard, LogSettings};
+use typha::supervise;
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = match level.to_ascii_lowercase().as_str() {
-        "none" => "off".to_owned(),
-        "warning" => "warn".to_owned(),
-        "fatal" | "panic" => "error".to_owned(),
-        l => l.to_owned(),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .with_context(|| format!("invalid log level {level:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+/// How long the last log lines may take to reach stderr at exit.
+const FINAL_FLUSH: Duration = Duration::from_millis(500);
+
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<LogGuard> {
+    typha::logging::init(&LogSettings {
+        level: level.to_owned(),
+        format,
+        ..LogSettings::default()
+    })
+    .context("cannot set up logging")
 }
 
 /// `typha client ...`: the debugging client (`typha::debug_client`); exits with its code.
@@ -30,11 +33,15 @@ fn client_main() -> ! {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(&cli.log_severity) {
-        eprintln!("typha client: {e:#}");
-        std::process::exit(typha::debug_client::EXIT_ERROR);
-    }
+    let guard = match init_logging(&cli.log_severity, LogFormat::Text) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("typha client: {e:#}");
+            std::process::exit(typha::debug_client::EXIT_ERROR);
+        }
+    };
     let code = cli.run_and_report(&mut std::io::stdout().lock(), &mut std::io::stderr());
+    guard.flush(FINAL_FLUSH);
     std::process::exit(code)
 }
 
@@ -42,12 +49,13 @@ fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).is_some_and(|a| a == "client") {
         client_main();
     }
+    supervise::install_panic_hook();
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(typha::config::ConfigError::Args(e)) => e.exit(),
         Err(e) => return Err(e).context("invalid configuration"),
     };
-    init_logging(&cfg.log_severity_screen)?;
+    let logs = init_logging(&cfg.log_severity_screen, cfg.log_format)?;
     let daemon = Daemon::start(DaemonConfig {
         server: cfg.server_config()?,
         datastore: cfg.datastore_config()?,
@@ -60,46 +68,64 @@ fn main() -> anyhow::Result<()> {
         datastore = ?cfg.datastore_type,
         "typha-rs started"
     );
-    // One plain line on stdout so scripts and tests can find the ports.
-    println!(
-        "typha-rs listening: protocol={} health={} metrics={}",
-        daemon.protocol_addr,
-        daemon.health_addr.map_or("off".into(), |a| a.to_string()),
-        daemon.metrics_addr.map_or("off".into(), |a| a.to_string()),
-    );
+    // Installed before the ports are announced, so a signal sent as soon as they are is handled.
     let handle = daemon.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .context("cannot install signal handlers")?;
+    // One plain line on stdout so scripts and tests can find the ports. A closed stdout is
+    // no reason to stop serving, so the error is ignored rather than panicking in println!.
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "typha-rs listening: protocol={} health={} metrics={}",
+            daemon.protocol_addr,
+            daemon.health_addr.map_or("off".into(), |a| a.to_string()),
+            daemon.metrics_addr.map_or("off".into(), |a| a.to_string()),
+        );
+        let _ = std::io::stdout().flush();
+    }
+    let signal_guard = daemon.watch_thread("typha-signals");
     std::thread::Builder::new()
         .name("typha-signals".into())
         .spawn(move || {
+            let _exit_guard = signal_guard;
             let mut signals = signals.forever();
+            // The shutdown starts before anything is logged: it must not depend on logging.
             if let Some(sig) = signals.next() {
-                info!(signal = sig, "signal received; shutting down gracefully");
+                typha::fault_point!("signal-thread-panic");
                 handle.shutdown();
+                info!(signal = sig, "signal received; shutting down gracefully");
             }
             // A second signal: the operator will not wait for the gradual shed.
             if let Some(sig) = signals.next() {
+                handle.shutdown_now();
                 info!(
                     signal = sig,
                     "second signal; saying goodbye to every client now"
                 );
-                handle.shutdown_now();
             }
         })
         .context("cannot start the signal thread")?;
     match daemon.wait() {
         Ok(()) => {
             info!("typha-rs stopped");
-            // Let the log line out before exiting.
-            std::thread::sleep(Duration::from_millis(10));
+            logs.flush(FINAL_FLUSH);
             Ok(())
+        }
+        Err(e @ DaemonError::ThreadExited { .. }) => {
+            // Half a daemon must not keep running: say why, then go without waiting for the
+            // remaining threads (the reactor's graceful shed could take minutes).
+            error!(error = %e, "typha-rs failed");
+            logs.flush(FINAL_FLUSH);
+            supervise::fatal_exit(&format!("typha: fatal: {e}; exiting\n"))
         }
         Err(e) => {
             error!(error = %e, "typha-rs failed");
+            logs.flush(FINAL_FLUSH);
             Err(e.into())
         }
     }

@@ -64,6 +64,12 @@ pub struct Metrics {
     pub datastore_in_sync: IntGauge,
     // TLS.
     pub tls_reloads: IntCounterVec,
+    // Process.
+    pub component_restarts: IntCounterVec,
+    /// Copied from the process-wide log counters (`crate::logging`) when scraped.
+    pub logs_dropped: IntCounter,
+    pub log_errors: IntCounter,
+    pub logs_suppressed: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -347,6 +353,27 @@ impl Metrics {
                 "Reloads of the server's TLS files after they changed, by result (success, failure).",
                 &["result"],
             ),
+            component_restarts: counter_vec(
+                &r,
+                "typha_component_restarts_total",
+                "Restarts of a supervised part after it panicked or ended, by component (driver, watch/<kind>, snapshot-encoder).",
+                &["component"],
+            ),
+            logs_dropped: counter(
+                &r,
+                "typha_logs_dropped",
+                "Log lines dropped because the log queue was full (the log reader is slow or stuck).",
+            ),
+            log_errors: counter(
+                &r,
+                "typha_log_errors",
+                "Failed writes of log lines to stderr (the log reader has gone).",
+            ),
+            logs_suppressed: counter(
+                &r,
+                "typha_logs_suppressed_total",
+                "Per-connection log lines held back by the storm limit (each second's count is logged in one line).",
+            ),
             registry: r,
         };
         for t in SyncerType::ALL {
@@ -371,6 +398,17 @@ impl Metrics {
         self.datastore_in_sync.set(i64::from(
             status.sync_status() == crate::model::SyncStatus::InSync,
         ));
+        // The log counters are process-wide and only grow; each daemon's counter catches up.
+        for (c, now) in [
+            (&self.logs_dropped, crate::logging::dropped_lines()),
+            (&self.log_errors, crate::logging::write_errors()),
+            (&self.logs_suppressed, crate::logging::suppressed_lines()),
+        ] {
+            let seen = c.get();
+            if now > seen {
+                c.inc_by(now - seen);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -5,7 +5,7 @@
 //! data path.
 
 use crate::model::{Digest, SyncStatus, SyncerType};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -64,7 +64,14 @@ pub struct StatusBoard {
     connections: AtomicU64,
     max_connections: AtomicU64,
     digests: Mutex<VecDeque<DigestRecord>>,
+    /// Supervised parts that failed and have not recovered yet, with when they went down.
+    down: Mutex<BTreeMap<String, Instant>>,
+    /// A part down for longer than this fails `/readiness` (milliseconds).
+    down_unready_ms: AtomicU64,
 }
+
+/// How long a supervised part may stay down before `/readiness` fails, unless configured.
+pub const DEFAULT_COMPONENT_DOWN_UNREADY: Duration = Duration::from_secs(10);
 
 impl Default for StatusBoard {
     fn default() -> Self {
@@ -88,6 +95,8 @@ impl StatusBoard {
             connections: AtomicU64::new(0),
             max_connections: AtomicU64::new(u64::MAX),
             digests: Mutex::new(VecDeque::with_capacity(DIGEST_HISTORY)),
+            down: Mutex::new(BTreeMap::new()),
+            down_unready_ms: AtomicU64::new(DEFAULT_COMPONENT_DOWN_UNREADY.as_millis() as u64),
         }
     }
 
@@ -113,6 +122,7 @@ impl StatusBoard {
     }
 
     pub fn datastore_beat(&self) {
+        crate::fault_point!("datastore-thread-panic");
         test_stall(&self.stall_datastore_ms);
         self.datastore_beat_ms
             .store(self.now_ms(), Ordering::Relaxed);
@@ -125,6 +135,35 @@ impl StatusBoard {
     /// From now on not ready, so a Service stops sending new clients here.
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// How long a supervised part may stay down before `/readiness` fails.
+    pub fn set_component_down_unready(&self, d: Duration) {
+        self.down_unready_ms.store(
+            d.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records that the supervised part `component` failed; the first failure of an outage
+    /// starts its clock, later ones (a restart that failed again) keep it.
+    pub fn component_down(&self, component: &str) {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        d.entry(component.to_owned()).or_insert_with(Instant::now);
+    }
+
+    /// Records that `component` works again (its restart has caught up).
+    pub fn component_up(&self, component: &str) {
+        let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        d.remove(component);
+    }
+
+    /// The part down the longest, and for how long.
+    pub fn longest_down(&self) -> Option<(String, Duration)> {
+        let d = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter()
+            .map(|(c, since)| (c.clone(), since.elapsed()))
+            .max_by_key(|(_, age)| *age)
     }
 
     pub fn set_connections(&self, n: usize, max: usize) {
@@ -160,8 +199,9 @@ impl StatusBoard {
             .then(|| self.age(&self.datastore_contact_ms))
     }
 
-    /// Live while both threads have made progress within `stall` and the datastore (where
-    /// tracked) has answered within `unreachable`. A replica that fails this cannot recover on
+    /// Live while both threads have made progress within `stall`, the datastore (where
+    /// tracked) has answered within `unreachable`, and no supervised part has been down for
+    /// longer than `unreachable`. A replica that fails this cannot recover on
     /// its own, so Kubernetes should restart it.
     pub fn liveness(&self, stall: Duration, unreachable: Duration) -> Result<(), String> {
         if self.reactor_stopped.load(Ordering::Relaxed) {
@@ -178,6 +218,12 @@ impl StatusBoard {
         if let Some(u) = self.datastore_unreachable_for() {
             if u > unreachable {
                 return Err(format!("datastore unreachable for {}", secs(u)));
+            }
+        }
+        // A part its supervisor cannot bring back: as stale as an unreachable datastore.
+        if let Some((c, age)) = self.longest_down() {
+            if age > unreachable {
+                return Err(format!("{c} down for {}", secs(age)));
             }
         }
         Ok(())
@@ -198,7 +244,9 @@ impl StatusBoard {
             .store(d.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Ready while in sync with the datastore and below the connection limit.
+    /// Ready while in sync with the datastore, no supervised part has been down for longer
+    /// than its limit ([`StatusBoard::set_component_down_unready`]), and below the connection
+    /// limit.
     pub fn readiness(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err("shutting down".into());
@@ -206,6 +254,12 @@ impl StatusBoard {
         let s = self.sync_status();
         if s != SyncStatus::InSync {
             return Err(format!("datastore status is {}", s.as_str()));
+        }
+        if let Some((c, age)) = self.longest_down() {
+            let limit = Duration::from_millis(self.down_unready_ms.load(Ordering::Relaxed));
+            if age > limit {
+                return Err(format!("{c} down for {}", secs(age)));
+            }
         }
         let (n, max) = (
             self.connections.load(Ordering::Relaxed),

@@ -109,6 +109,7 @@ pub fn kubernetes_daemon_config(kubeconfig: &Path) -> DaemonConfig {
             metrics_listen: None,
             liveness_stall: Duration::from_secs(30),
             datastore_unreachable: Duration::from_secs(300),
+            component_down_unready: crate::status::DEFAULT_COMPONENT_DOWN_UNREADY,
         },
         batch_channel_capacity: 1024,
     }

@@ -107,6 +107,7 @@ fn start_daemon() -> Daemon {
             metrics_listen: None,
             liveness_stall: Duration::from_secs(30),
             datastore_unreachable: Duration::from_secs(300),
+            component_down_unready: typha::status::DEFAULT_COMPONENT_DOWN_UNREADY,
         },
         batch_channel_capacity: 1024,
     })

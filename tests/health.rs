@@ -38,6 +38,7 @@ fn start(stall: Duration, max_connections: usize) -> Daemon {
             metrics_listen: Some(loopback),
             liveness_stall: stall,
             datastore_unreachable: Duration::from_secs(300),
+            component_down_unready: typha::status::DEFAULT_COMPONENT_DOWN_UNREADY,
         },
         batch_channel_capacity: 1024,
     })

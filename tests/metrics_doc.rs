@@ -83,6 +83,7 @@ fn every_metric_is_documented() {
             metrics_listen: Some(loopback),
             liveness_stall: Duration::from_secs(30),
             datastore_unreachable: Duration::from_secs(300),
+            component_down_unready: typha::status::DEFAULT_COMPONENT_DOWN_UNREADY,
         },
         batch_channel_capacity: 1024,
     })

@@ -34,6 +34,7 @@ fn daemon(kubeconfig: &std::path::Path) -> Daemon {
             metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             liveness_stall: Duration::from_secs(30),
             datastore_unreachable: Duration::from_secs(300),
+            component_down_unready: typha::status::DEFAULT_COMPONENT_DOWN_UNREADY,
         },
         batch_channel_capacity: 1024,
     })

@@ -1,36 +1,77 @@
-//! The snapshot cache: each snapshot is encoded (and compressed) once per syncer type, codec and
-//! sequence number, off the reactor thread, and shared by every client that joins at that point.
+//! The snapshot cache: each snapshot is encoded (and compressed) once per syncer type, wire
+//! variant and sequence number, off the reactor thread, and shared by every client that joins at that point.
 //!
 //! Invariants (enforced by `tests/snapshot_cache.rs`, written down in `docs/snapshot-cache.md`):
 //! 1. A snapshot at sequence S is built from the canonical map exactly as of S: the reactor
 //!    hands the encoder the map that arrived with batch S.
 //! 2. A client served a snapshot at S continues from S + 1 out of the ring, so it is only served
 //!    while the ring still holds S + 1; otherwise a newer snapshot is built.
-//! 3. At most one encode per (syncer type, codec) runs at a time; clients arriving meanwhile
+//! 3. At most one encode per (syncer type, wire variant) runs at a time; clients arriving meanwhile
 //!    wait for it rather than starting their own (a reconnect storm costs one encode).
 //! 4. A finished snapshot is reused for new clients while it is at most `reuse_window` old or
 //!    still current, so a quiet datastore never re-encodes.
+//!
+//! The encoder is supervised: an encode that panics is caught, counted as a restart of the
+//! `snapshot-encoder`, marked down on the status board, and tried again after a backoff, so
+//! the clients waiting for it are served once it succeeds (and readiness, then liveness, fail
+//! while it does not).
 
 use super::ring::Ring;
 use crate::metrics::Metrics;
 use crate::model::{StateMap, SyncStatus, SyncerType};
-use crate::proto::encode::{encode_snapshot, EncodedSnapshot};
+use crate::proto::encode::{encode_snapshot, EncodedSnapshot, WireVariant};
 use crate::proto::Codec;
+use crate::status::StatusBoard;
+use crate::supervise::{catch_recoverable, Backoff};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub type SnapshotKey = (SyncerType, Option<Codec>);
+pub type SnapshotKey = (SyncerType, WireVariant);
+
+/// The status-board and metric name of the encoder.
+const ENCODER: &str = "snapshot-encoder";
 
 struct SnapshotJob {
     state: StateMap,
     seq: u64,
     status: SyncStatus,
     syncer: SyncerType,
+    variant: WireVariant,
+    /// The codec of the native compressed variant.
     codec: Option<Codec>,
     chunk_bytes: usize,
+}
+
+/// Encodes one snapshot job in its variant.
+fn encode_job(job: &SnapshotJob) -> EncodedSnapshot {
+    let native = |codec| {
+        encode_snapshot(
+            &job.state,
+            job.seq,
+            job.status,
+            job.syncer,
+            codec,
+            job.chunk_bytes,
+        )
+    };
+    match job.variant {
+        WireVariant::NativePlain => native(None),
+        WireVariant::NativeCompressed => {
+            let mut snap = native(job.codec);
+            snap.variant = WireVariant::NativeCompressed;
+            snap
+        }
+        // No Typha session asks for these yet; answered as native plain so that a caller's
+        // mistake shows as a client error, never as a hung waiter.
+        WireVariant::TyphaSnappy | WireVariant::TyphaPlain => {
+            let mut snap = native(None);
+            snap.variant = job.variant;
+            snap
+        }
+    }
 }
 
 struct Cached {
@@ -58,32 +99,47 @@ pub struct SnapshotCache {
     worker: Option<JoinHandle<()>>,
     reuse_window: Duration,
     chunk_bytes: usize,
+    codec: Option<Codec>,
     metrics: Arc<Metrics>,
 }
 
 impl SnapshotCache {
-    /// Starts the encoder thread; `wake` is called after each finished snapshot.
+    /// Starts the encoder thread; `wake` is called after each finished snapshot. `codec` is
+    /// the native compressed variant's.
     pub fn new(
         reuse_window: Duration,
         chunk_bytes: usize,
+        codec: Option<Codec>,
         metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
         wake: impl Fn() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded();
+        let restarts = metrics.component_restarts.with_label_values(&[ENCODER]);
         let worker = std::thread::Builder::new()
             .name("typha-snapshot".into())
             .spawn(move || {
+                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
                 for job in jobs_rx {
                     let started = Instant::now();
-                    let snap = encode_snapshot(
-                        &job.state,
-                        job.seq,
-                        job.status,
-                        job.syncer,
-                        job.codec,
-                        job.chunk_bytes,
-                    );
+                    let snap = loop {
+                        match catch_recoverable(|| {
+                            crate::fault_point!("snapshot-panic");
+                            encode_job(&job)
+                        }) {
+                            Ok(snap) => break snap,
+                            Err(why) => {
+                                let delay = backoff.next_delay();
+                                tracing::warn!(reason = %why, syncer = job.syncer.as_str(), seq = job.seq, retry_in = ?delay, "snapshot encoder panicked; restarting it");
+                                restarts.inc();
+                                board.component_down(ENCODER);
+                                std::thread::sleep(delay);
+                            }
+                        }
+                    };
+                    board.component_up(ENCODER);
+                    backoff.reset();
                     drop(job.state);
                     if res_tx.send((Arc::new(snap), started.elapsed())).is_err() {
                         return;
@@ -99,6 +155,7 @@ impl SnapshotCache {
             worker: Some(worker),
             reuse_window,
             chunk_bytes,
+            codec,
             metrics,
         })
     }
@@ -134,12 +191,13 @@ impl SnapshotCache {
             seq: ring.last_seq(),
             status,
             syncer: key.0,
-            codec: key.1,
+            variant: key.1,
+            codec: self.codec,
             chunk_bytes: self.chunk_bytes,
         };
         if let Some(jobs) = &self.jobs {
-            // The worker only stops when `jobs` is dropped, so this send cannot fail while we
-            // hold it; if it somehow did, the waiter would be timed out by the write timeout.
+            // The worker only stops when `jobs` is dropped (an encode that panics is caught and
+            // tried again), so this send cannot fail while we hold it.
             let _ = jobs.send(job);
         }
         self.pending.insert(key, vec![waiter]);
@@ -149,7 +207,7 @@ impl SnapshotCache {
     /// Takes a finished snapshot, if any, with the connections that were waiting for it.
     pub fn poll_finished(&mut self) -> Option<(Arc<EncodedSnapshot>, Vec<Waiter>)> {
         let (snap, took) = self.results.try_recv().ok()?;
-        let key = (snap.syncer, snap.codec);
+        let key = (snap.syncer, snap.variant);
         let name = snap.syncer.as_str();
         self.metrics
             .snapshots_generated

@@ -1,10 +1,12 @@
 //! The list+watch loop per kind, the per-object diff, and the sync status.
 
 use super::translate::{self, TranslateFn};
+use crate::datastore::thread::{injected_fault, Fault};
 use crate::datastore::{DriverEvent, DriverSender};
 use crate::metrics::Metrics;
 use crate::model::{entry_hash, KvUpdate, SyncStatus};
 use crate::status::StatusBoard;
+use crate::supervise::{panic_message, Backoff, Recoverable};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
@@ -12,8 +14,9 @@ use kube::runtime::WatchStreamExt;
 use kube::Client;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// How to reach the API server and how patiently.
@@ -451,10 +454,19 @@ pub async fn run(
     if tx.send(DriverEvent::Updates(defaults)).await.is_err() {
         return;
     }
+    // Everything this driver starts lives in `tasks`: if the driver ends or panics, dropping
+    // the set aborts them, so a restarted driver never runs beside the remains of the old one.
+    let mut tasks = tokio::task::JoinSet::new();
+    let node_count = NodeCount::default();
     if let Some(r) = cfg.rebalance.clone() {
-        tokio::spawn(super::replicas::run(client.clone(), r, metrics.clone()));
+        tasks.spawn(super::replicas::run(
+            client.clone(),
+            r,
+            metrics.clone(),
+            node_count.clone(),
+        ));
     }
-    let prober = tokio::spawn(probe_reachability(
+    tasks.spawn(probe_reachability(
         client.clone(),
         cfg.probe_interval.max(Duration::from_millis(10)),
         board.clone(),
@@ -469,27 +481,160 @@ pub async fn run(
         metrics.datastore_errors.with_label_values(&l);
         metrics.datastore_watch_restarts.with_label_values(&l);
         metrics.datastore_kind_absent.with_label_values(&l);
+        metrics
+            .component_restarts
+            .with_label_values(&[&watch_component(spec.name)]);
     }
     let tracker: Tracker = Arc::new(Mutex::new(SyncTracker {
         pending: kinds.iter().map(|k| k.name).collect(),
         status: SyncStatus::WaitingForDatastore,
     }));
-    let mut tasks = Vec::new();
     for spec in kinds {
-        tasks.push(tokio::spawn(watch_kind(
-            client.clone(),
+        let counts_nodes = spec.kind == "Node" && spec.group.is_empty();
+        let state = Arc::new(Mutex::new(KindState {
             spec,
-            cfg.clone(),
-            tx.clone(),
-            tracker.clone(),
-            metrics.clone(),
-            board.clone(),
-        )));
+            objects: HashMap::new(),
+            metrics: metrics.clone(),
+            present: counts_nodes.then(|| NodeTally {
+                ids: HashSet::new(),
+                count: node_count.clone(),
+                listed: false,
+            }),
+        }));
+        tasks.spawn(supervise_kind(WatchContext {
+            client: client.clone(),
+            spec,
+            cfg: cfg.clone(),
+            tx: tx.clone(),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            board: board.clone(),
+            state,
+        }));
     }
-    for t in tasks {
-        let _ = t.await;
+    tx.closed().await;
+}
+
+/// The status-board and metric name of one kind's watch.
+fn watch_component(kind: &str) -> String {
+    format!("watch/{kind}")
+}
+
+/// The number of Node objects the Node watch holds, for the replica counter: it reads the
+/// watch's count instead of listing every Node from etcd itself. `None` until the first list
+/// of Nodes has completed.
+#[derive(Debug, Clone)]
+pub struct NodeCount(Arc<AtomicU64>);
+
+impl Default for NodeCount {
+    fn default() -> Self {
+        NodeCount(Arc::new(AtomicU64::new(u64::MAX)))
     }
-    prober.abort();
+}
+
+impl NodeCount {
+    pub fn get(&self) -> Option<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n as usize),
+        }
+    }
+
+    fn set(&self, n: usize) {
+        self.0.store(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a kind's watch needs, and what outlives one run of it: `state` (what each object
+/// yielded) is kept across restarts, so a restarted watch relists and diffs like any relist.
+#[derive(Clone)]
+struct WatchContext {
+    client: Client,
+    spec: KindSpec,
+    cfg: KubernetesConfig,
+    tx: DriverSender,
+    tracker: Tracker,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    state: Arc<Mutex<KindState>>,
+}
+
+/// Aborts a spawned task when dropped: a task outlives its `JoinHandle` otherwise.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How one run of a kind's watch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchEnd {
+    /// The pipeline has gone: the driver is stopping.
+    Closed,
+    /// The watch stream ended, which it never should.
+    StreamEnded,
+}
+
+/// Runs a kind's watch, restarting it with a backoff whenever it panics or ends while the
+/// driver runs. The kind counts as down (status board, readiness) from its failure until its
+/// restarted watch has listed again.
+async fn supervise_kind(ctx: WatchContext) {
+    let component = watch_component(ctx.spec.name);
+    let (tx, board) = (ctx.tx.clone(), ctx.board.clone());
+    let restarts = ctx
+        .metrics
+        .component_restarts
+        .with_label_values(&[&component]);
+    let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    supervise(&component, &tx, &board, restarts, backoff, || {
+        watch_kind(ctx.clone())
+    })
+    .await
+}
+
+/// The restart loop of [`supervise_kind`], apart from what is restarted (so that it can be
+/// tested without an API server). Each run is a task of its own in a recoverable scope.
+async fn supervise<F, Fut>(
+    component: &str,
+    tx: &DriverSender,
+    board: &StatusBoard,
+    restarts: prometheus::IntCounter,
+    mut backoff: Backoff,
+    mut start: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = WatchEnd> + Send + 'static,
+{
+    loop {
+        let started = Instant::now();
+        let task = tokio::spawn(Recoverable::new(start()));
+        // If this supervisor is dropped (the driver stops or fails), its watch goes with it.
+        let _abort = AbortOnDrop(task.abort_handle());
+        let ended = task.await;
+        let why = match ended {
+            Ok(WatchEnd::Closed) => return,
+            Ok(WatchEnd::StreamEnded) => "watch stream ended".to_owned(),
+            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
+            Err(e) => e.to_string(),
+        };
+        if tx.is_closed() {
+            return;
+        }
+        // A watch that ran for a good while before failing starts the backoff again.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        warn!(component, reason = %why, restart_in = ?delay, "watch failed; restarting it");
+        restarts.inc();
+        board.component_down(component);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+    }
 }
 
 /// What one object yielded last: each key with the hash of its value.
@@ -499,6 +644,31 @@ struct KindState {
     spec: KindSpec,
     objects: HashMap<String, Yielded>,
     metrics: Arc<Metrics>,
+    /// For the Node kind: every object present, whether it yields keys or not.
+    present: Option<NodeTally>,
+}
+
+/// The Node objects the watch holds, published as a [`NodeCount`] once the first list is
+/// complete (a count mid-list would understate the cluster).
+struct NodeTally {
+    ids: HashSet<String>,
+    count: NodeCount,
+    listed: bool,
+}
+
+impl NodeTally {
+    fn publish(&self) {
+        if self.listed {
+            self.count.set(self.ids.len());
+        }
+    }
+}
+
+/// The kind's state, whatever a panic in a previous run left behind: each method below
+/// leaves it consistent at every point a panic could come from (translation happens before
+/// anything changes).
+fn lock(state: &Mutex<KindState>) -> std::sync::MutexGuard<'_, KindState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn object_id(obj: &DynamicObject) -> String {
@@ -534,6 +704,10 @@ impl KindState {
 
     fn apply(&mut self, obj: &DynamicObject) -> Vec<KvUpdate> {
         let id = object_id(obj);
+        if let Some(t) = &mut self.present {
+            t.ids.insert(id.clone());
+            t.publish();
+        }
         let rev = obj.metadata.resource_version.clone().unwrap_or_default();
         let kvs = match serde_json::to_value(obj) {
             Ok(v) => match (self.spec.translate)(&v) {
@@ -554,7 +728,33 @@ impl KindState {
     }
 
     fn delete(&mut self, id: &str, rev: &str) -> Vec<KvUpdate> {
+        if let Some(t) = &mut self.present {
+            t.ids.remove(id);
+            t.publish();
+        }
         self.diff(id, Vec::new(), rev)
+    }
+
+    /// After a complete list: deletes every object the list did not return (gone while no
+    /// watch could see it).
+    fn end_of_list(&mut self, seen: &HashSet<String>) -> Vec<KvUpdate> {
+        if let Some(t) = &mut self.present {
+            t.ids.retain(|id| seen.contains(id));
+            t.listed = true;
+            t.publish();
+        }
+        let gone: Vec<String> = self
+            .objects
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for id in gone {
+            debug!(kind = self.spec.name, object = %id, "gone while the watch was down");
+            out.extend(self.delete(&id, ""));
+        }
+        out
     }
 }
 
@@ -574,20 +774,20 @@ async fn resolve(client: &Client, spec: &KindSpec) -> Result<Option<ApiResource>
     Ok(None)
 }
 
-async fn watch_kind(
-    client: Client,
-    spec: KindSpec,
-    cfg: KubernetesConfig,
-    tx: DriverSender,
-    tracker: Tracker,
-    metrics: Arc<Metrics>,
-    board: Arc<StatusBoard>,
-) {
-    let mut state = KindState {
+/// One run of a kind's watch: resolve the served version, then list+watch until the pipeline
+/// goes away. `ctx.state` carries what the objects yielded across runs.
+async fn watch_kind(ctx: WatchContext) -> WatchEnd {
+    let WatchContext {
+        client,
         spec,
-        objects: HashMap::new(),
-        metrics: metrics.clone(),
-    };
+        cfg,
+        tx,
+        tracker,
+        metrics,
+        board,
+        state,
+    } = ctx;
+    let component = watch_component(spec.name);
     let label = [spec.name];
     let mut backoff = Duration::from_millis(500);
     let ar = loop {
@@ -601,12 +801,14 @@ async fn watch_kind(
                     .datastore_kind_absent
                     .with_label_values(&label)
                     .set(1);
+                // Working as intended: an absent kind holds nothing to catch up on.
+                board.component_up(&component);
                 if !report(&tx, &tracker, spec.name, true).await {
-                    return;
+                    return WatchEnd::Closed;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.missing_api_retry) => {}
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => return WatchEnd::Closed,
                 }
             }
             Err(e) => {
@@ -614,7 +816,7 @@ async fn watch_kind(
                 metrics.datastore_errors.with_label_values(&label).inc();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => return WatchEnd::Closed,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -631,12 +833,19 @@ async fn watch_kind(
     futures::pin_mut!(stream);
     let mut listed_once = false;
     let mut seen: HashSet<String> = HashSet::new();
+    let fault_name = format!("watch-{}", spec.name);
     loop {
         let ev = tokio::select! {
             ev = stream.next() => ev,
-            _ = tx.closed() => return,
+            _ = tx.closed() => return WatchEnd::Closed,
+            f = injected_fault(&fault_name) => match f {
+                Fault::Panic => panic!("injected fault watch-{}-panic", spec.name),
+                Fault::Finish => return WatchEnd::StreamEnded,
+            },
         };
-        let Some(ev) = ev else { return };
+        let Some(ev) = ev else {
+            return WatchEnd::StreamEnded;
+        };
         if ev.is_ok() {
             board.datastore_contact();
         }
@@ -649,7 +858,7 @@ async fn watch_kind(
                         .with_label_values(&label)
                         .inc();
                 } else if !report(&tx, &tracker, spec.name, false).await {
-                    return;
+                    return WatchEnd::Closed;
                 }
                 seen.clear();
                 continue;
@@ -657,20 +866,11 @@ async fn watch_kind(
             Ok(Event::InitApply(obj)) => {
                 metrics.datastore_events.with_label_values(&label).inc();
                 seen.insert(object_id(&obj));
-                state.apply(&obj)
+                let out = lock(&state).apply(&obj);
+                out
             }
             Ok(Event::InitDone) => {
-                let gone: Vec<String> = state
-                    .objects
-                    .keys()
-                    .filter(|id| !seen.contains(*id))
-                    .cloned()
-                    .collect();
-                let mut out = Vec::new();
-                for id in gone {
-                    debug!(kind = spec.name, object = %id, "gone while the watch was down");
-                    out.extend(state.delete(&id, ""));
-                }
+                let out = lock(&state).end_of_list(&seen);
                 seen.clear();
                 if !out.is_empty() {
                     metrics
@@ -678,23 +878,27 @@ async fn watch_kind(
                         .with_label_values(&label)
                         .inc_by(out.len() as u64);
                     if tx.send(DriverEvent::Updates(out)).await.is_err() {
-                        return;
+                        return WatchEnd::Closed;
                     }
                 }
                 listed_once = true;
+                // Caught up: a restarted watch is up again.
+                board.component_up(&component);
                 if !report(&tx, &tracker, spec.name, true).await {
-                    return;
+                    return WatchEnd::Closed;
                 }
                 continue;
             }
             Ok(Event::Apply(obj)) => {
                 metrics.datastore_events.with_label_values(&label).inc();
-                state.apply(&obj)
+                let out = lock(&state).apply(&obj);
+                out
             }
             Ok(Event::Delete(obj)) => {
                 metrics.datastore_events.with_label_values(&label).inc();
                 let rev = obj.metadata.resource_version.clone().unwrap_or_default();
-                state.delete(&object_id(&obj), &rev)
+                let out = lock(&state).delete(&object_id(&obj), &rev);
+                out
             }
             Err(e) => {
                 warn!(kind = spec.name, error = %e, "watch error; retrying");
@@ -710,7 +914,7 @@ async fn watch_kind(
             .with_label_values(&label)
             .inc_by(updates.len() as u64);
         if tx.send(DriverEvent::Updates(updates)).await.is_err() {
-            return;
+            return WatchEnd::Closed;
         }
     }
 }
@@ -725,6 +929,7 @@ mod tests {
             spec: watched_kinds()[0],
             objects: HashMap::new(),
             metrics: Arc::new(Metrics::new()),
+            present: None,
         }
     }
 
@@ -760,6 +965,101 @@ mod tests {
         assert_eq!(s.delete("n1", "13").len(), 2);
         assert!(s.objects.is_empty());
         assert!(s.delete("n1", "14").is_empty());
+    }
+
+    #[test]
+    fn the_node_count_is_published_after_the_list_and_follows_the_watch() {
+        let count = NodeCount::default();
+        let spec = watched_kinds()[0];
+        assert_eq!(spec.kind, "Node");
+        let mut s = KindState {
+            present: Some(NodeTally {
+                ids: HashSet::new(),
+                count: count.clone(),
+                listed: false,
+            }),
+            ..state()
+        };
+        let node = |name: &str| DynamicObject::new(name, &api_resource(&spec, "v1"));
+        let seen: HashSet<String> = ["n1", "n2", "n3"].map(String::from).into();
+        for n in &seen {
+            s.apply(&node(n));
+        }
+        assert_eq!(count.get(), None, "no count mid-list");
+        s.end_of_list(&seen);
+        // Bare objects translate to nothing, and are counted all the same.
+        assert_eq!(count.get(), Some(3));
+        s.apply(&node("n4"));
+        s.apply(&node("n4"));
+        assert_eq!(count.get(), Some(4));
+        s.delete("n1", "9");
+        assert_eq!(count.get(), Some(3));
+        // A relist that no longer returns n2 (deleted while the watch was down).
+        s.end_of_list(&["n3", "n4"].map(String::from).into());
+        assert_eq!(count.get(), Some(2));
+    }
+
+    #[test]
+    fn a_failing_watch_is_restarted_and_down_until_it_has_listed_again() {
+        use std::sync::atomic::AtomicU32;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let board = Arc::new(StatusBoard::new());
+        board.set_component_down_unready(Duration::ZERO);
+        board.set_sync_status(SyncStatus::InSync);
+        let restarts = prometheus::IntCounter::new("r", "r").unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel::<DriverEvent>(1);
+        rt.block_on(async {
+            let sup = tokio::spawn({
+                let (tx, board, runs, restarts) =
+                    (tx.clone(), board.clone(), runs.clone(), restarts.clone());
+                async move {
+                    let backoff =
+                        Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
+                    let watch_tx = tx.clone();
+                    let watch_board = board.clone();
+                    supervise("watch/x", &tx, &board, restarts, backoff, move || {
+                        let n = runs.fetch_add(1, Ordering::SeqCst);
+                        let (tx, board) = (watch_tx.clone(), watch_board.clone());
+                        async move {
+                            match n {
+                                0 => panic!("test: the first run panics"),
+                                1 => WatchEnd::StreamEnded,
+                                _ => {
+                                    // Listed: up again, then watching until the driver stops.
+                                    board.component_up("watch/x");
+                                    tx.closed().await;
+                                    WatchEnd::Closed
+                                }
+                            }
+                        }
+                    })
+                    .await
+                }
+            });
+            let mut saw_down = false;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while runs.load(Ordering::SeqCst) < 3 || board.longest_down().is_some() {
+                saw_down |= board
+                    .readiness()
+                    .is_err_and(|e| e.contains("watch/x down for"));
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(saw_down, "readiness failed while the watch was down");
+            assert_eq!(restarts.get(), 2);
+            // The driver stops: the supervisor ends with its watch, without a restart.
+            drop(rx);
+            tokio::time::timeout(Duration::from_secs(10), sup)
+                .await
+                .expect("the supervisor ends once the pipeline has gone")
+                .unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 3);
+            assert_eq!(restarts.get(), 2);
+        });
     }
 
     #[test]

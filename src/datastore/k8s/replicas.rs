@@ -1,19 +1,26 @@
 //! The replica counter of Kubernetes rebalancing mode: every poll interval, count this
-//! daemon's Service endpoints (ready and not) and the Nodes, compute this replica's connection
-//! target and publish it for the reactor. It only reads the API server and writes one number;
-//! nothing flows back into the datastore pipeline.
+//! daemon's Service endpoints (ready and not), take the number of Nodes from the driver's own
+//! Node watch (listing every Node from etcd each time would cost the API server far more than
+//! the answer is worth), compute this replica's connection target and publish it for the
+//! reactor. It only reads and writes numbers; nothing flows back into the datastore pipeline.
 
+use super::driver::NodeCount;
 use crate::client::discovery::list_service_endpoints;
 use crate::metrics::Metrics;
 use crate::model::SyncerType;
 use crate::rebalance::{connection_target, ClusterCounts, RebalanceConfig};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
 use kube::Client;
 use std::sync::Arc;
 use tracing::{info, warn};
 
-async fn count(client: &Client, cfg: &RebalanceConfig) -> Result<ClusterCounts, String> {
+async fn count(
+    client: &Client,
+    cfg: &RebalanceConfig,
+    nodes: &NodeCount,
+) -> Result<ClusterCounts, String> {
+    let nodes = nodes
+        .get()
+        .ok_or_else(|| "the Node watch has not listed the nodes yet".to_owned())?;
     let endpoints = list_service_endpoints(client, &cfg.namespace, &cfg.service, &cfg.port_name)
         .await
         .map_err(|e| {
@@ -22,30 +29,15 @@ async fn count(client: &Client, cfg: &RebalanceConfig) -> Result<ClusterCounts, 
                 cfg.namespace, cfg.service
             )
         })?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    // Metadata only: the count is all that is wanted, and Node statuses are large.
-    let mut n = 0usize;
-    let mut params = ListParams::default().limit(500);
-    loop {
-        let page = nodes
-            .list_metadata(&params)
-            .await
-            .map_err(|e| format!("cannot list nodes: {e}"))?;
-        n += page.items.len();
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => params = params.continue_token(&c),
-            None => break,
-        }
-    }
     Ok(ClusterCounts {
         replicas: endpoints.len(),
         ready_replicas: endpoints.iter().filter(|e| e.ready).count(),
-        nodes: n,
+        nodes,
     })
 }
 
 /// Polls until the runtime stops. A failed poll keeps the previous target.
-pub async fn run(client: Client, cfg: RebalanceConfig, metrics: Arc<Metrics>) {
+pub async fn run(client: Client, cfg: RebalanceConfig, metrics: Arc<Metrics>, nodes: NodeCount) {
     info!(
         namespace = %cfg.namespace,
         service = %cfg.service,
@@ -53,12 +45,16 @@ pub async fn run(client: Client, cfg: RebalanceConfig, metrics: Arc<Metrics>) {
         every = ?cfg.poll_interval,
         "connection rebalancing: counting replicas and nodes"
     );
+    // The first target needs the node count: wait for the Node watch's first list.
+    while nodes.get().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<(ClusterCounts, usize)> = None;
     loop {
         tick.tick().await;
-        match count(&client, &cfg).await {
+        match count(&client, &cfg, &nodes).await {
             Ok(c) => {
                 let target = connection_target(&cfg.params, SyncerType::COUNT, c);
                 cfg.target.set(target);
