@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 /// when set). Any other name yields nothing. Config annotations are ignored, as in Calico.
 pub fn translate_cluster_information(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "ClusterInformation")?;
-    if meta.name != "default" {
+    if meta.key_name != "default" {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
@@ -881,9 +881,9 @@ const CONFIG_ANNOTATION_PREFIX: &str = "config.projectcalico.org/";
 /// `/calico/resources/v3/projectcalico.org/felixconfigurations/<name>`.
 pub fn translate_felix_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "FelixConfiguration")?;
-    let prefix = if meta.name == "default" {
+    let prefix = if meta.key_name == "default" {
         "/calico/v1/config/".to_string()
-    } else if let Some(node) = meta.name.strip_prefix("node.") {
+    } else if let Some(node) = meta.key_name.strip_prefix("node.") {
         format!("/calico/v1/host/{node}/config/")
     } else {
         return Ok(vec![raw_v3_resource(
@@ -980,7 +980,7 @@ pub fn translate_network_set(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     Ok(vec![(
         format!(
             "/calico/v1/netset/{}",
-            escape(&format!("{}/{}", meta.namespace, meta.name))
+            escape(&format!("{}/{}", meta.namespace, meta.key_name))
         ),
         to_bytes(&v),
     )])
@@ -1019,7 +1019,7 @@ pub fn translate_tier(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
         },
     };
     Ok(vec![(
-        format!("/calico/v1/policy/tier/{}/metadata", meta.name),
+        format!("/calico/v1/policy/tier/{}/metadata", meta.key_name),
         to_bytes(&v),
     )])
 }

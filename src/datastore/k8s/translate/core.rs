@@ -328,6 +328,12 @@ fn interface_name(ns: &str, pod: &str) -> String {
 /// `projectcalico.org/v3` (no Calico API server, v3 CRDs) are taken as they are.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct CalicoMeta {
+    /// The name the object has in the API server. Calico's watcher builds the v3 `ResourceKey`
+    /// from it before converting the metadata, so every key derived from that `ResourceKey`
+    /// (policies, tiers, network sets, configuration, raw v3 paths) uses it as it is, whatever
+    /// the metadata annotation says and whatever its prefix.
+    pub key_name: String,
+    /// The v3 name: from the metadata annotation when it names one (see [`CalicoMeta::of`]).
     pub name: String,
     pub namespace: String,
     pub uid: String,
@@ -349,6 +355,7 @@ impl CalicoMeta {
     pub(super) fn of(obj: &Value, kind: &str) -> Result<CalicoMeta, TranslateError> {
         let cr_name = name(obj)?.to_string();
         let mut meta = CalicoMeta {
+            key_name: cr_name.clone(),
             name: cr_name.clone(),
             namespace: namespace(obj).to_string(),
             uid: str_at(obj, "/metadata/uid").unwrap_or("").to_string(),
@@ -458,7 +465,7 @@ pub(super) fn raw_v3_resource(kind: &str, plural: &str, obj: &Value) -> Result<K
     m.insert("metadata".into(), meta.to_value());
     m.insert("spec".into(), spec);
     Ok((
-        v3_key(plural, &meta.namespace, &meta.name),
+        v3_key(plural, &meta.namespace, &meta.key_name),
         to_bytes(&Value::Object(m)),
     ))
 }

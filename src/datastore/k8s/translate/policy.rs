@@ -1114,7 +1114,7 @@ fn namespaced_calico_policy(
     let mut v = network_policy_v1(&parse_v3_policy_spec(obj)?, &meta.namespace);
     v.staged_action = action;
     Ok(vec![(
-        policy_key(kind, &meta.namespace, &meta.name),
+        policy_key(kind, &meta.namespace, &meta.key_name),
         to_bytes(&v),
     )])
 }
@@ -1131,7 +1131,7 @@ fn global_calico_policy(obj: &Value, kind: &str, staged: bool) -> Result<Vec<Kv>
     };
     let mut v = global_network_policy_v1(&parse_v3_policy_spec(obj)?);
     v.staged_action = action;
-    Ok(vec![(policy_key(kind, "", &meta.name), to_bytes(&v))])
+    Ok(vec![(policy_key(kind, "", &meta.key_name), to_bytes(&v))])
 }
 
 /// Translates a Calico NetworkPolicy into
@@ -1140,8 +1140,9 @@ fn global_calico_policy(obj: &Value, kind: &str, staged: bool) -> Result<Vec<Kv>
 /// selectors scoped to the namespace unless a rule has a namespace selector), the selector
 /// `(<selector>) && projectcalico.org/namespace == '<ns>'` with any `serviceAccountSelector`
 /// ANDed in as `pcsa.` terms, `types` (lower case) and `performance_hints`. For
-/// `crd.projectcalico.org/v1` objects the v3 name comes from the `projectcalico.org/metadata`
-/// annotation, or is the CR name without a legacy `default.` prefix.
+/// The key carries the object's own name as it is (a legacy `default.` prefix included, whatever
+/// the `projectcalico.org/metadata` annotation says): Calico's watcher builds the key from the
+/// CR name before it converts the metadata.
 pub fn translate_calico_network_policy(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     namespaced_calico_policy(obj, "NetworkPolicy", false)
 }
@@ -1438,6 +1439,7 @@ pub fn translate_staged_k8s_network_policy(obj: &Value) -> Result<Vec<Kv>, Trans
 #[cfg(test)]
 mod tests {
     use super::super::core::tests::{pairs, translate};
+    use super::super::TranslateFn;
     use super::*;
 
     fn norm(s: &str) -> String {
@@ -1748,7 +1750,8 @@ mod tests {
     #[test]
     fn calico_network_policy_legacy_default_prefix() {
         // A crd.projectcalico.org/v1 policy in the default tier without the metadata
-        // annotation: the "default." prefix of the CR name is dropped.
+        // annotation: Calico v3.32 builds the key from the CR name before converting the
+        // metadata, so the "default." prefix stays in the key.
         let out = translate(
             translate_calico_network_policy,
             "calico-networkpolicy/legacy-name.yaml",
@@ -1756,13 +1759,67 @@ mod tests {
         assert_eq!(
             out,
             pairs(&[(
-                "/calico/v1/policy/NetworkPolicy/shop/allow-dns",
+                "/calico/v1/policy/NetworkPolicy/shop/default.allow-dns",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","outbound_rules":[{"action":"allow","protocol":"udp","dst_ports":[53]}],"#,
                     r#""selector":"projectcalico.org/namespace == 'shop'","types":["egress"]}"#
                 )
             )])
         );
+    }
+
+    #[test]
+    fn policy_keys_use_the_object_name_whatever_the_metadata_annotation_says() {
+        // Calico v3.32 builds the ResourceKey from the CR name before the metadata annotation
+        // is decoded, so neither the annotation's name nor a "default." prefix changes the key.
+        let spec = serde_json::json!({"selector": "all()", "types": ["Ingress"]});
+        let with_annotation = |kind: &str, ns: Option<&str>| {
+            let mut meta = serde_json::json!({
+                "name": "default.x",
+                "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d",
+                "annotations": {"projectcalico.org/metadata": "{\"name\":\"other\"}"},
+            });
+            if let Some(ns) = ns {
+                meta["namespace"] = Value::String(ns.into());
+            }
+            serde_json::json!({
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": kind,
+                "metadata": meta,
+                "spec": spec.clone(),
+            })
+        };
+        let cases: [(TranslateFn, &str, Option<&str>, &str); 4] = [
+            (
+                translate_global_network_policy,
+                "GlobalNetworkPolicy",
+                None,
+                "/calico/v1/policy/GlobalNetworkPolicy//default.x",
+            ),
+            (
+                translate_staged_global_network_policy,
+                "StagedGlobalNetworkPolicy",
+                None,
+                "/calico/v1/policy/StagedGlobalNetworkPolicy//default.x",
+            ),
+            (
+                translate_calico_network_policy,
+                "NetworkPolicy",
+                Some("ns1"),
+                "/calico/v1/policy/NetworkPolicy/ns1/default.x",
+            ),
+            (
+                translate_staged_network_policy,
+                "StagedNetworkPolicy",
+                Some("ns1"),
+                "/calico/v1/policy/StagedNetworkPolicy/ns1/default.x",
+            ),
+        ];
+        for (f, kind, ns, key) in cases {
+            let out = f(&with_annotation(kind, ns)).unwrap();
+            let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, vec![key], "{kind}");
+        }
     }
 
     #[test]
@@ -1780,7 +1837,10 @@ mod tests {
                 translate_global_network_policy,
                 "globalnetworkpolicy/gateway.yaml"
             ),
-            pairs(&[("/calico/v1/policy/GlobalNetworkPolicy//gateway", expected)])
+            pairs(&[(
+                "/calico/v1/policy/GlobalNetworkPolicy//default.gateway",
+                expected
+            )])
         );
     }
 
@@ -1792,7 +1852,7 @@ mod tests {
                 "stagednetworkpolicy/set.yaml"
             ),
             pairs(&[(
-                "/calico/v1/policy/StagedNetworkPolicy/shop/trial",
+                "/calico/v1/policy/StagedNetworkPolicy/shop/default.trial",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","order":50,"#,
                     r#""inbound_rules":[{"action":"deny"}],"selector":"(app == 'api') && projectcalico.org/namespace == 'shop'","#,
@@ -1813,7 +1873,7 @@ mod tests {
                 "stagedglobalnetworkpolicy/learn.yaml"
             ),
             pairs(&[(
-                "/calico/v1/policy/StagedGlobalNetworkPolicy//audit",
+                "/calico/v1/policy/StagedGlobalNetworkPolicy//default.audit",
                 concat!(
                     r#"{"tier":"default","outbound_rules":[{"action":"next-tier"}],"#,
                     r#""selector":"all()","types":["egress"],"staged_action":"Learn"}"#
