@@ -1,5 +1,6 @@
 //! The list+watch loop per kind, the per-object diff, and the sync status.
 
+use super::shared_keys::{self, SharedKeys};
 use super::translate::{self, TranslateFn};
 use crate::datastore::{DriverEvent, DriverSender};
 use crate::metrics::Metrics;
@@ -498,6 +499,8 @@ type Yielded = Vec<(String, u128)>;
 struct KindState {
     spec: KindSpec,
     objects: HashMap<String, Yielded>,
+    /// For the kinds whose objects can share a key (see `shared_keys`), every claimant.
+    shared: Option<SharedKeys>,
     metrics: Arc<Metrics>,
 }
 
@@ -509,6 +512,10 @@ fn object_id(obj: &DynamicObject) -> String {
 }
 
 impl KindState {
+    fn shares_keys(spec: &KindSpec) -> bool {
+        shared_keys::KINDS.contains(&spec.name)
+    }
+
     /// The updates that bring the clients from what `id` yielded before to `now`.
     fn diff(&mut self, id: &str, now: Vec<(String, bytes::Bytes)>, rev: &str) -> Vec<KvUpdate> {
         let before = self.objects.remove(id).unwrap_or_default();
@@ -529,7 +536,10 @@ impl KindState {
         if !yielded.is_empty() {
             self.objects.insert(id.to_owned(), yielded);
         }
-        out
+        match &mut self.shared {
+            Some(shared) => shared.resolve(id, out),
+            None => out,
+        }
     }
 
     fn apply(&mut self, obj: &DynamicObject) -> Vec<KvUpdate> {
@@ -586,6 +596,7 @@ async fn watch_kind(
     let mut state = KindState {
         spec,
         objects: HashMap::new(),
+        shared: KindState::shares_keys(&spec).then(SharedKeys::default),
         metrics: metrics.clone(),
     };
     let label = [spec.name];
@@ -724,8 +735,91 @@ mod tests {
         KindState {
             spec: watched_kinds()[0],
             objects: HashMap::new(),
+            shared: None,
             metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    fn kind_state(name: &str) -> KindState {
+        let spec = watched_kinds()
+            .into_iter()
+            .find(|k| k.name == name)
+            .unwrap();
+        KindState {
+            spec,
+            objects: HashMap::new(),
+            shared: KindState::shares_keys(&spec).then(SharedKeys::default),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    fn ippool(name: &str, cidr: &str, nat: bool) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "IPPool",
+            "metadata": {"name": name, "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5"},
+            "spec": {"cidr": cidr, "natOutgoing": nat},
+        }))
+        .unwrap()
+    }
+
+    fn values(us: &[KvUpdate]) -> Vec<(String, Option<bool>)> {
+        us.iter()
+            .map(|u| {
+                let nat = u.value.as_ref().map(|v| {
+                    let j: serde_json::Value = serde_json::from_slice(v).unwrap();
+                    j["masquerade"].as_bool().unwrap()
+                });
+                (u.key.to_string(), nat)
+            })
+            .collect()
+    }
+
+    /// Two pools with one CIDR: the key carries the lowest name's value, and deleting either
+    /// pool leaves the key with the survivor's value.
+    #[test]
+    fn ip_pools_sharing_a_cidr_resolve_as_calico_does() {
+        const KEY: &str = "/calico/v1/ipam/v4/pool/10.0.0.0-16";
+        for delete_first in ["pool-a", "pool-b"] {
+            let mut s = kind_state("ippool");
+            assert!(s.shared.is_some());
+            let b = ippool("pool-b", "10.0.0.0/16", false);
+            let a = ippool("pool-a", "10.0.0.0/16", true);
+            assert_eq!(values(&s.apply(&b)), vec![(KEY.into(), Some(false))]);
+            // pool-a sorts first: it takes the key.
+            assert_eq!(values(&s.apply(&a)), vec![(KEY.into(), Some(true))]);
+            // A change to pool-b is swallowed while pool-a holds the key.
+            assert!(s.apply(&ippool("pool-b", "10.0.0.0/16", true)).is_empty());
+            s.apply(&b);
+            let survivor = if delete_first == "pool-a" {
+                Some(false)
+            } else {
+                None
+            };
+            let out = values(&s.delete(delete_first, "9"));
+            match survivor {
+                // The lowest went: the key is re-sent with pool-b's value, not deleted.
+                Some(nat) => assert_eq!(out, vec![(KEY.into(), Some(nat))]),
+                // pool-b went: pool-a still holds the key, nothing changes.
+                None => assert!(out.is_empty()),
+            }
+            let last = if delete_first == "pool-a" {
+                "pool-b"
+            } else {
+                "pool-a"
+            };
+            assert_eq!(values(&s.delete(last, "10")), vec![(KEY.into(), None)]);
+        }
+    }
+
+    #[test]
+    fn only_key_sharing_kinds_keep_claimants() {
+        let shared: Vec<&str> = watched_kinds()
+            .iter()
+            .filter(|k| KindState::shares_keys(k))
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(shared, vec!["globalnetworkset", "hostendpoint", "ippool"]);
     }
 
     fn kv(k: &str, v: &str) -> (String, bytes::Bytes) {

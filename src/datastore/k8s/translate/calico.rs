@@ -1073,9 +1073,8 @@ fn dscp(s: &str) -> Option<Value> {
 /// Translates a HostEndpoint into `/calico/v1/host/<spec.node>/endpoint/<name>` with `name`
 /// (the interface), `expected_ipv4_addrs` / `expected_ipv6_addrs` (from `expectedIPs`),
 /// `labels` (null when none), `profile_ids`, `ports` (protocols lower case) and `qosControls`
-/// (only the DSCP of the `qos.projectcalico.org/dscp` annotation). With several HostEndpoints
-/// for one node and name Calico keeps the alphabetically lowest; that needs state across
-/// objects and is not done here.
+/// (only the DSCP of the `qos.projectcalico.org/dscp` annotation). Several HostEndpoints for one
+/// node and name are resolved by the driver (`shared_keys`).
 pub fn translate_host_endpoint(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "HostEndpoint")?;
     let node = nonempty_at(obj, "/spec/node").ok_or(TranslateError::Missing("spec.node"))?;
@@ -1181,8 +1180,8 @@ fn encap_mode(mode: Option<&str>) -> &'static str {
 /// as `-`) with the value of `IPPoolV3ToV1`: `cidr`, `ipip` (`tunl0` when IPIP is on),
 /// `ipip_mode` / `vxlan_mode` (`always`, `cross-subnet` or `""`), `masquerade` (natOutgoing),
 /// `ipam` (not disabled), `disabled`, `disableBGPExport`, `assignment_mode` (default
-/// `Automatic`) and `allowed_uses` when set. (With two pools of one CIDR Calico keeps the
-/// alphabetically lowest name; that needs state across objects and is not done here.)
+/// `Automatic`) and `allowed_uses` when set. Two pools of one CIDR are resolved by the driver
+/// (`shared_keys`).
 pub fn translate_ip_pool(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     CalicoMeta::of(obj, "IPPool")?;
     let cidr = strict_cidr(obj, "/spec/cidr", "spec.cidr")?;
