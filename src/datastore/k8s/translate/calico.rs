@@ -10,7 +10,7 @@ use super::core::{
     raw_v3_resource, str_at, string_map_at, strings_at, to_bytes, CalicoMeta, EndpointPort,
     GoFloat, IpNet, LABEL_NAMESPACE,
 };
-use super::{escape, raw, Kv, TranslateError};
+use super::{escape, go_shapes, raw, Kv, TranslateError};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -567,7 +567,7 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 const NANOS_PER_MILLI: u128 = 1_000_000;
 
 /// Go's `time.ParseDuration`, in nanoseconds (sign separate).
-fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
+pub(super) fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
     let mut s = input;
     let mut neg = false;
     if let Some(c) = s.chars().next() {
@@ -640,7 +640,7 @@ fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
 }
 
 /// Go's `Duration.String()` (`1m30s`, `1.5s`, `100ms`, `0s`).
-fn go_duration_string(neg: bool, nanos: u128) -> String {
+pub(super) fn go_duration_string(neg: bool, nanos: u128) -> String {
     fn frac(v: u128, prec: u32) -> (String, u128) {
         // The `prec` low decimal digits of v as ".ddd" without trailing zeros.
         let div = 10u128.pow(prec);
@@ -890,6 +890,7 @@ pub fn translate_felix_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateEr
             "FelixConfiguration",
             "felixconfigurations",
             obj,
+            &go_shapes::FELIX_CONFIGURATION,
         )?]);
     };
     let mut config: BTreeMap<String, String> = BTreeMap::new();
@@ -1376,13 +1377,19 @@ pub fn translate_bgp_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateErro
         "BGPConfiguration",
         "bgpconfigurations",
         obj,
+        &go_shapes::BGP_CONFIGURATION,
     )?])
 }
 
 /// Translates a BGPPeer into the raw v3 `/calico/resources/v3/projectcalico.org/bgppeers/<name>`
 /// (as [`translate_bgp_configuration`]).
 pub fn translate_bgp_peer(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
-    Ok(vec![raw_v3_resource("BGPPeer", "bgppeers", obj)?])
+    Ok(vec![raw_v3_resource(
+        "BGPPeer",
+        "bgppeers",
+        obj,
+        &go_shapes::BGP_PEER,
+    )?])
 }
 
 /// Translates a CalicoNodeStatus into the raw v3
@@ -1393,6 +1400,7 @@ pub fn translate_calico_node_status(obj: &Value) -> Result<Vec<Kv>, TranslateErr
         "CalicoNodeStatus",
         "caliconodestatuses",
         obj,
+        &go_shapes::CALICO_NODE_STATUS,
     )?])
 }
 
@@ -1538,10 +1546,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/felixconfigurations/gpu-nodes",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"FelixConfiguration","metadata":{"#,
-                    r#""creationTimestamp":"2026-03-07T10:00:00Z","labels":{"purpose":"gpu"},"#,
-                    r#""name":"gpu-nodes","uid":"78b43cd2-5a96-4711-9765-ad23cb478f05"},"#,
-                    r#""spec":{"bpfEnabled":true,"nodeSelector":"gpu == 'true'"}}"#
+                    r#"{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"gpu-nodes","#,
+                    r#""uid":"78b43cd2-5a96-4711-9765-ad23cb478f05","creationTimestamp":"2026-03-07T10:00:00Z","#,
+                    r#""labels":{"purpose":"gpu"}},"spec":{"nodeSelector":"gpu == 'true'","bpfEnabled":true,"#,
+                    r#""bpfLogLevel":""}}"#
                 )
             )])
         );
@@ -1686,11 +1694,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPConfiguration","metadata":{"#,
-                    r#""annotations":{"note":"mesh"},"creationTimestamp":"2026-03-01T08:00:35Z","#,
-                    r#""name":"default","uid":"79f058d4-3cb2-4efa-8ad6-3eb179f058d4"},"#,
-                    r#""spec":{"asNumber":64512,"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
-                    r#""serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#
+                    r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","#,
+                    r#""uid":"79f058d4-3cb2-4efa-8ad6-3eb179f058d4","creationTimestamp":"2026-03-01T08:00:35Z","#,
+                    r#""annotations":{"note":"mesh"}},"spec":{"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
+                    r#""asNumber":64512,"serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#
                 )
             )])
         );
@@ -1699,10 +1706,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/bgppeers/peer-with-rr",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPPeer","metadata":{"#,
-                    r#""creationTimestamp":"2026-03-03T12:00:00Z","labels":{"peer":"route-reflector"},"#,
-                    r#""name":"peer-with-rr","uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c"},"#,
-                    r#""spec":{"nodeSelector":"!has(route-reflector)","peerSelector":"has(route-reflector)"}}"#
+                    r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"peer-with-rr","#,
+                    r#""uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c","creationTimestamp":"2026-03-03T12:00:00Z","#,
+                    r#""labels":{"peer":"route-reflector"}},"spec":{"nodeSelector":"!has(route-reflector)","#,
+                    r#""peerSelector":"has(route-reflector)"}}"#
                 )
             )])
         );

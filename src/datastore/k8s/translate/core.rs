@@ -3,15 +3,14 @@
 //! conversion, Go-compatible number formatting, metadata normalization for raw v3 values).
 //!
 //! Values follow Calico v3.32.1's felix syncer in KDD mode (see
-//! `shared/reference/felix-syncer-kdd.md` and the Calico sources it cites). v1 model values are
-//! serialized from structs whose fields are declared in Go's order, so their bytes match what
-//! Go's `encoding/json` produces; maps (labels, annotations) are `BTreeMap`s, sorted as Go sorts
-//! map keys. Raw v3 values are built as `serde_json::Value` objects, whose keys serialize in
-//! sorted order (the crate does not enable `preserve_order`): deterministic, so equal content
-//! always gives equal bytes, but not Go's struct order. Felix decodes them as JSON, so the order
-//! does not matter to it.
+//! `shared/reference/felix-syncer-kdd.md` and the Calico sources it cites), byte for byte as Go's
+//! `encoding/json` writes them: v1 model values are serialized from structs whose fields are
+//! declared in Go's order; raw v3 and Kubernetes values are written by `gojson` against the Go
+//! struct tables in `go_shapes` (declaration order, zero values, `omitempty`, durations); maps
+//! (labels, annotations) are sorted as Go sorts map keys; `<`, `>`, `&` are escaped as Go does.
 
-use super::{escape, name, namespace, raw, Kv, TranslateError};
+use super::gojson::{self, Shape};
+use super::{escape, go_shapes, name, namespace, raw, Kv, TranslateError};
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -53,7 +52,7 @@ const ALLOW_ALL_RULES: &[u8] =
 
 /// Serializes a value Calico sends as JSON.
 pub(super) fn to_bytes<T: Serialize>(v: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+    super::gojson::serialize(v)
 }
 
 /// The string at `ptr`, if there is one (empty strings included).
@@ -452,7 +451,12 @@ pub(super) fn v3_key(plural: &str, ns: &str, name: &str) -> String {
 /// A Calico resource passed through as raw v3: `kind`, `apiVersion: projectcalico.org/v3`,
 /// the normalized metadata of [`CalicoMeta`] and the spec as the object has it (`{}` when
 /// absent). Status is not carried (none of the kinds passed through raw has one Felix reads).
-pub(super) fn raw_v3_resource(kind: &str, plural: &str, obj: &Value) -> Result<Kv, TranslateError> {
+pub(super) fn raw_v3_resource(
+    kind: &str,
+    plural: &str,
+    obj: &Value,
+    shape: &Shape,
+) -> Result<Kv, TranslateError> {
     let meta = CalicoMeta::of(obj, kind)?;
     let spec = obj
         .get("spec")
@@ -466,7 +470,7 @@ pub(super) fn raw_v3_resource(kind: &str, plural: &str, obj: &Value) -> Result<K
     m.insert("spec".into(), spec);
     Ok((
         v3_key(plural, &meta.namespace, &meta.key_name),
-        to_bytes(&Value::Object(m)),
+        gojson::to_bytes(&Value::Object(m), shape),
     ))
 }
 
@@ -1080,7 +1084,10 @@ pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
             out.push((host(&format!("config/{config}")), raw(&v)));
         }
     }
-    out.push((v3_key("nodes", "", node_name), to_bytes(&v3)));
+    out.push((
+        v3_key("nodes", "", node_name),
+        gojson::to_bytes(&v3, &go_shapes::NODE),
+    ));
 
     let wg = WireguardValue {
         interface_ipv4_addr: ip_config("/spec/wireguard/interfaceIPv4Address"),
@@ -1143,7 +1150,10 @@ fn profile_kvs(
         "metadata": meta,
         "spec": spec,
     });
-    out.push((v3_key("profiles", "", profile), to_bytes(&v3)));
+    out.push((
+        v3_key("profiles", "", profile),
+        gojson::to_bytes(&v3, &go_shapes::PROFILE),
+    ));
     out
 }
 
@@ -1249,7 +1259,7 @@ pub fn translate_service(svc: &Value) -> Result<Vec<Kv>, TranslateError> {
     let (ns, n) = namespaced_name(svc)?;
     Ok(vec![(
         v3_key("kubernetesservice", ns, n),
-        to_bytes(&k8s_passthrough(svc)?),
+        gojson::to_bytes(&k8s_passthrough(svc)?, &go_shapes::k8s::SERVICE),
     )])
 }
 
@@ -1292,7 +1302,7 @@ pub fn translate_endpoint_slice(slice: &Value) -> Result<Vec<Kv>, TranslateError
     }
     Ok(vec![(
         v3_key("kubernetesendpointslices", ns, n),
-        to_bytes(&v),
+        gojson::to_bytes(&v, &go_shapes::k8s::ENDPOINT_SLICE),
     )])
 }
 
@@ -1532,15 +1542,14 @@ pub(super) mod tests {
     // ---- Nodes ----
 
     const NODE_V3: &str = concat!(
-        r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"annotations":{"#,
-        r#""projectcalico.org/kube-labels":"{\"beta.kubernetes.io/arch\":\"amd64\",\"kubernetes.io/hostname\":\"worker-1\",\"kubernetes.io/os\":\"linux\",\"topology.kubernetes.io/zone\":\"zone-a\"}"},"#,
-        r#""creationTimestamp":"2026-03-02T09:14:07Z","labels":{"beta.kubernetes.io/arch":"amd64","#,
-        r#""kubernetes.io/hostname":"worker-1","kubernetes.io/os":"linux","topology.kubernetes.io/zone":"zone-a"},"#,
-        r#""name":"worker-1","uid":"5a0b7c2e-3f41-4d8a-9e6b-1c2d3e4f5a6b"},"#,
-        r#""spec":{"addresses":[{"address":"172.18.0.3/16","type":"CalicoNodeIP"},"#,
-        r#"{"address":"172.18.0.3","type":"InternalIP"}],"bgp":{"ipv4Address":"172.18.0.3/16","#,
-        r#""ipv4IPIPTunnelAddr":"10.244.1.0"},"orchRefs":[{"nodeName":"worker-1","orchestrator":"k8s"}],"#,
-        r#""vxlanTunnelMACAddr":"66:2f:1e:a0:3c:7b"},"status":{"podCIDRs":["10.244.1.0/24"]}}"#
+        r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"worker-1","#,
+        r#""uid":"5a0b7c2e-3f41-4d8a-9e6b-1c2d3e4f5a6b","creationTimestamp":"2026-03-02T09:14:07Z","#,
+        r#""labels":{"beta.kubernetes.io/arch":"amd64","kubernetes.io/hostname":"worker-1","kubernetes.io/os":"linux","#,
+        r#""topology.kubernetes.io/zone":"zone-a"},"annotations":{"projectcalico.org/kube-labels":"{\"beta.kubernetes.io/arch\":\"amd64\","#,
+        r#"\"kubernetes.io/hostname\":\"worker-1\",\"kubernetes.io/os\":\"linux\",\"topology.kubernetes.io/zone\":\"zone-a\"}"}},"#,
+        r#""spec":{"bgp":{"ipv4Address":"172.18.0.3/16","ipv4IPIPTunnelAddr":"10.244.1.0"},"vxlanTunnelMACAddr":"66:2f:1e:a0:3c:7b","#,
+        r#""orchRefs":[{"nodeName":"worker-1","orchestrator":"k8s"}],"addresses":[{"address":"172.18.0.3/16","#,
+        r#""type":"CalicoNodeIP"},{"address":"172.18.0.3","type":"InternalIP"}]},"status":{"podCIDRs":["10.244.1.0/24"]}}"#
     );
 
     #[test]
@@ -1581,14 +1590,12 @@ pub(super) mod tests {
     #[test]
     fn node_without_bgp_annotations_uses_internal_ip() {
         let v3 = concat!(
-            r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"annotations":{"#,
-            r#""projectcalico.org/kube-labels":"{\"kubernetes.io/hostname\":\"edge-1\"}"},"#,
+            r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"edge-1","uid":"0f1e2d3c-4b5a-4697-8877-665544332211","#,
             r#""creationTimestamp":"2026-03-05T11:00:00Z","labels":{"kubernetes.io/hostname":"edge-1"},"#,
-            r#""name":"edge-1","uid":"0f1e2d3c-4b5a-4697-8877-665544332211"},"#,
-            r#""spec":{"addresses":[{"address":"fd00:172:18::50","type":"InternalIP"},"#,
-            r#"{"address":"192.168.50.7","type":"InternalIP"},"#,
-            r#"{"address":"203.0.113.7","type":"ExternalIP"}],"#,
-            r#""orchRefs":[{"nodeName":"edge-1","orchestrator":"k8s"}]},"status":{}}"#
+            r#""annotations":{"projectcalico.org/kube-labels":"{\"kubernetes.io/hostname\":\"edge-1\"}"}},"#,
+            r#""spec":{"orchRefs":[{"nodeName":"edge-1","orchestrator":"k8s"}],"addresses":[{"address":"fd00:172:18::50","#,
+            r#""type":"InternalIP"},{"address":"192.168.50.7","type":"InternalIP"},{"address":"203.0.113.7","#,
+            r#""type":"ExternalIP"}]},"status":{}}"#
         );
         assert_eq!(
             translate(translate_node, "node/no-bgp.yaml"),
@@ -1662,10 +1669,10 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/kns.shop",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""creationTimestamp":"2026-03-01T08:00:00Z","name":"kns.shop","#,
-                        r#""uid":"bc34d850-f971-4d3e-8b56-fa72bc34d850"},"spec":{"egress":[{"action":"Allow"}],"#,
-                        r#""ingress":[{"action":"Allow"}],"labelsToApply":{"pcns.kubernetes.io/metadata.name":"shop","#,
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"kns.shop","#,
+                        r#""uid":"bc34d850-f971-4d3e-8b56-fa72bc34d850","creationTimestamp":"2026-03-01T08:00:00Z"},"#,
+                        r#""spec":{"ingress":[{"action":"Allow","source":{},"destination":{}}],"egress":[{"action":"Allow","#,
+                        r#""source":{},"destination":{}}],"labelsToApply":{"pcns.kubernetes.io/metadata.name":"shop","#,
                         r#""pcns.projectcalico.org/name":"shop","pcns.team":"payments"}}}"#
                     )
                 ),
@@ -1686,10 +1693,9 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/ksa.shop.frontend",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""creationTimestamp":"2026-03-01T08:00:01Z","name":"ksa.shop.frontend","#,
-                        r#""uid":"3cba7451-f8d4-4cbc-9ef1-5ed63ab27cf4"},"spec":{"labelsToApply":{"#,
-                        r#""pcsa.app":"frontend","pcsa.projectcalico.org/name":"frontend"}}}"#
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"ksa.shop.frontend","#,
+                        r#""uid":"3cba7451-f8d4-4cbc-9ef1-5ed63ab27cf4","creationTimestamp":"2026-03-01T08:00:01Z"},"#,
+                        r#""spec":{"labelsToApply":{"pcsa.app":"frontend","pcsa.projectcalico.org/name":"frontend"}}}"#
                     )
                 ),
             ])
@@ -1708,9 +1714,9 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/projectcalico-default-allow",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""name":"projectcalico-default-allow"},"spec":{"egress":[{"action":"Allow"}],"#,
-                        r#""ingress":[{"action":"Allow"}]}}"#
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"projectcalico-default-allow","#,
+                        r#""creationTimestamp":null},"spec":{"ingress":[{"action":"Allow","source":{},"destination":{}}],"#,
+                        r#""egress":[{"action":"Allow","source":{},"destination":{}}]}}"#
                     )
                 ),
             ])

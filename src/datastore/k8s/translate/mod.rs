@@ -17,6 +17,8 @@ use thiserror::Error;
 mod calico;
 mod cnp;
 mod core;
+mod go_shapes;
+mod gojson;
 mod policy;
 
 pub use self::calico::*;
@@ -60,7 +62,7 @@ pub fn escape(segment: &str) -> String {
 
 /// Serializes a value Calico sends as JSON.
 pub fn json(v: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+    gojson::serialize(v)
 }
 
 /// A value Calico sends as raw text (config strings, the ready flag, host IPs).

@@ -1648,28 +1648,28 @@ mod tests {
             // From podSelector (role=frontend) and namespaceSelector {}, TCP 8081, 8080 and "metrics"
             // (named first, numbers merged into a range).
             r#"{"action":"allow","protocol":"tcp","#,
-            r#""src_selector":"(projectcalico.org/namespace == 'shop') && (projectcalico.org/orchestrator == 'k8s' && role == 'frontend')","#,
-            r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' && role == 'frontend'"},"#,
-            r#"{"action":"allow","protocol":"tcp","src_selector":"(has(projectcalico.org/namespace)) && (projectcalico.org/orchestrator == 'k8s')","#,
+            r#""src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend')","#,
+            r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend'"},"#,
+            r#"{"action":"allow","protocol":"tcp","src_selector":"(has(projectcalico.org/namespace)) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s')","#,
             r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s'","orig_src_namespace_selector":"all()"},"#,
             // UDP 53 from the same peers.
             r#"{"action":"allow","protocol":"udp","#,
-            r#""src_selector":"(projectcalico.org/namespace == 'shop') && (projectcalico.org/orchestrator == 'k8s' && role == 'frontend')","#,
-            r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' && role == 'frontend'"},"#,
-            r#"{"action":"allow","protocol":"udp","src_selector":"(has(projectcalico.org/namespace)) && (projectcalico.org/orchestrator == 'k8s')","#,
+            r#""src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend')","#,
+            r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend'"},"#,
+            r#"{"action":"allow","protocol":"udp","src_selector":"(has(projectcalico.org/namespace)) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s')","#,
             r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s'","orig_src_namespace_selector":"all()"},"#,
             // Second ingress rule: ipBlock with except, all ports.
             r#"{"action":"allow","src_nets":["10.0.0.0/8"],"!src_nets":["10.1.0.0/16","10.2.0.0/16"]}],"#,
             r#""outbound_rules":["#,
             // Egress to namespaces labelled team=payments (and env in prod,staging), pods app=db, TCP 5432 and endPort range.
             r#"{"action":"allow","protocol":"tcp","#,
-            r#""dst_selector":"((pcns.team == \"payments\" && pcns.env in {\"prod\", \"staging\"})) && (projectcalico.org/orchestrator == 'k8s' && app == 'db')","#,
+            r#""dst_selector":"((pcns.team == \"payments\" \u0026\u0026 pcns.env in {\"prod\", \"staging\"})) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'db')","#,
             r#""dst_ports":[5432,"30000:30100"],"#,
-            r#""orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' && app == 'db'","#,
-            r#""orig_dst_namespace_selector":"team == 'payments' && env in { 'staging', 'prod' }"},"#,
+            r#""orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'db'","#,
+            r#""orig_dst_namespace_selector":"team == 'payments' \u0026\u0026 env in { 'staging', 'prod' }"},"#,
             // Egress anywhere on UDP 53 (no peers).
             r#"{"action":"allow","protocol":"udp","dst_ports":[53]}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s' && app == 'api' && tier in { 'web', 'edge' } && ! has(canary)) && projectcalico.org/namespace == 'shop'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'api' \u0026\u0026 tier in { 'web', 'edge' } \u0026\u0026 ! has(canary)) \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1688,7 +1688,7 @@ mod tests {
         let expected = concat!(
             r#"{"namespace":"default","tier":"default","order":1000,"#,
             r#""inbound_rules":[{"action":"allow"}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && projectcalico.org/namespace == 'default'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 projectcalico.org/namespace == 'default'","#,
             r#""types":["ingress"]}"#
         );
         assert_eq!(
@@ -1703,7 +1703,7 @@ mod tests {
         );
         let deny = concat!(
             r#"{"namespace":"shop","tier":"default","order":1000,"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && projectcalico.org/namespace == 'shop'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1722,17 +1722,17 @@ mod tests {
     fn calico_network_policy() {
         let expected = concat!(
             r#"{"namespace":"shop","tier":"security","order":100.5,"inbound_rules":["#,
-            r#"{"action":"allow","protocol":"tcp","src_selector":"(projectcalico.org/namespace == 'shop') && (app == 'frontend')","#,
+            r#"{"action":"allow","protocol":"tcp","src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (app == 'frontend')","#,
             r#""dst_ports":[8080,"9000:9100","http"],"orig_src_selector":"app == 'frontend'"},"#,
             r#"{"action":"next-tier","ip_version":4,"protocol":"icmp","icmp_type":8,"icmp_code":0,"#,
-            r#""src_selector":"(pcns.team == \"ops\") && ((pcsa.role == \"monitor\") && (projectcalico.org/serviceaccount in {\"prometheus\"}))","#,
+            r#""src_selector":"(pcns.team == \"ops\") \u0026\u0026 ((pcsa.role == \"monitor\") \u0026\u0026 (projectcalico.org/serviceaccount in {\"prometheus\"}))","#,
             r#""orig_src_namespace_selector":"team == 'ops'","orig_src_service_acct_names":["prometheus"],"#,
             r#""orig_src_service_acct_selector":"role == 'monitor'","metadata":{"annotations":{"owner":"sec"}}}],"#,
             r#""outbound_rules":[{"action":"deny","protocol":6,"dst_nets":["169.254.0.0/16"],"!dst_nets":["169.254.1.0/24"]},"#,
             r#"{"action":"log","!protocol":"udp","dst_selector":"projectcalico.org/namespace == 'shop'","#,
             r#""dst_service":"kube-dns","dst_service_ns":"kube-system","!dst_selector":"app == 'db'","!dst_ports":[22],"#,
             r#""!orig_dst_selector":"app == 'db'","http":{"methods":["GET"],"paths":[{"prefix":"/api"}]}}],"#,
-            r#""selector":"((app == 'api') && projectcalico.org/namespace == 'shop') && pcsa.team == \"payments\"","#,
+            r#""selector":"((app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop') \u0026\u0026 pcsa.team == \"payments\"","#,
             r#""types":["ingress","egress"],"performance_hints":["AssumeNeededOnEveryNode"]}"#
         );
         assert_eq!(
@@ -1829,7 +1829,7 @@ mod tests {
             r#""src_nets":["10.0.0.0/8","192.168.1.7/32"],"dst_ports":[22],"#,
             r#""!src_nets":["10.9.0.0/16"]}],"#,
             r#""outbound_rules":[{"action":"next-tier"}],"#,
-            r#""selector":"(role == 'gateway') && (pcns.kubernetes.io/metadata.name == \"kube-system\" || has(projectcalico.org/namespace))","#,
+            r#""selector":"(role == 'gateway') \u0026\u0026 (pcns.kubernetes.io/metadata.name == \"kube-system\" || has(projectcalico.org/namespace))","#,
             r#""untracked":true,"apply_on_forward":true,"types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1855,7 +1855,7 @@ mod tests {
                 "/calico/v1/policy/StagedNetworkPolicy/shop/default.trial",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","order":50,"#,
-                    r#""inbound_rules":[{"action":"deny"}],"selector":"(app == 'api') && projectcalico.org/namespace == 'shop'","#,
+                    r#""inbound_rules":[{"action":"deny"}],"selector":"(app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
                     r#""types":["ingress"],"staged_action":"Set"}"#
                 )
             )])
@@ -1896,7 +1896,7 @@ mod tests {
                 "/calico/v1/policy/StagedKubernetesNetworkPolicy/shop/lockdown",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","order":1000,"#,
-                    r#""selector":"(projectcalico.org/orchestrator == 'k8s' && app == 'api') && projectcalico.org/namespace == 'shop'","#,
+                    r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
                     r#""types":["ingress"],"staged_action":"Set"}"#
                 )
             )])
