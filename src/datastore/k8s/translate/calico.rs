@@ -1707,7 +1707,7 @@ mod tests {
                 "/calico/resources/v3/projectcalico.org/bgppeers/peer-with-rr",
                 concat!(
                     r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"peer-with-rr","#,
-                    r#""uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c","creationTimestamp":"2026-03-03T12:00:00Z","#,
+                    r#""uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c","generation":1,"creationTimestamp":"2026-03-03T12:00:00Z","#,
                     r#""labels":{"peer":"route-reflector"}},"spec":{"nodeSelector":"!has(route-reflector)","#,
                     r#""peerSelector":"has(route-reflector)"}}"#
                 )

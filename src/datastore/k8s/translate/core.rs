@@ -307,15 +307,19 @@ fn interface_name(ns: &str, pod: &str) -> String {
 
 /// The metadata of a Calico resource as the raw v3 value carries it.
 ///
-/// Kept: `name`, `namespace`, `uid`, `creationTimestamp`, `labels`, `annotations` — what
-/// Calico's own conversion of a `crd.projectcalico.org/v1` resource keeps when the resource
-/// has its `projectcalico.org/metadata` annotation (the normal case: Calico writes it).
+/// Kept: `name`, `namespace`, `uid`, `generation`, `creationTimestamp`, `labels`,
+/// `annotations` and `ownerReferences`, from where Calico v3.32.1's
+/// `ConvertK8sResourceToCalicoResource` takes them. For a `crd.projectcalico.org/v1` object
+/// with the `projectcalico.org/metadata` annotation (the normal case: Calico writes it) the
+/// generation and owner references are the annotation's, each owner in `crd.projectcalico.org/v1`
+/// or `projectcalico.org/v3` rewritten to `projectcalico.org/v3` with its UID converted;
+/// without the annotation they are the CR's own.
 /// Dropped, so that changes Felix does not care about give byte-identical values:
 /// * `resourceVersion`: Calico moves it out of the value into `V3ResourceVersion`;
-/// * `managedFields`: server-side-apply bookkeeping, rewritten on every write;
-/// * `generation`: only tracks spec changes, which change the value anyway;
-/// * `selfLink`, `finalizers`, `ownerReferences`, `deletionTimestamp`,
-///   `deletionGracePeriodSeconds`, `generateName`: lifecycle bookkeeping Felix never reads;
+/// * `managedFields`: server-side-apply bookkeeping, rewritten on every write; no Calico
+///   component reads it (docs/datastore.md measures what it costs);
+/// * `selfLink`, `finalizers`, `deletionTimestamp`, `deletionGracePeriodSeconds`,
+///   `generateName`: lifecycle bookkeeping Felix never reads;
 /// * the annotations `projectcalico.org/metadata` (decoded, as Calico does) and
 ///   `kubectl.kubernetes.io/last-applied-configuration` (client-side bookkeeping; a deviation
 ///   from Calico, which keeps it).
@@ -336,9 +340,33 @@ pub(super) struct CalicoMeta {
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    pub generation: Option<Value>,
     pub creation_timestamp: Option<Value>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    pub owner_references: Option<Value>,
+}
+
+/// An owner list from the metadata annotation, with Calico owners moved to the v3 API and their
+/// UIDs converted (`ConvertK8sResourceToCalicoResource`).
+fn v3_owner_references(refs: &Value) -> Result<Value, TranslateError> {
+    let Value::Array(list) = refs else {
+        return Err(invalid("metadata.ownerReferences", "not a list"));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for r in list {
+        let mut r = r.clone();
+        let api = str_at(&r, "/apiVersion").unwrap_or("");
+        if api == CRD_V1_API || api == V3_API {
+            let uid = convert_uid(str_at(&r, "/uid").unwrap_or(""))?;
+            if let Some(m) = r.as_object_mut() {
+                m.insert("apiVersion".into(), Value::String(V3_API.into()));
+                m.insert("uid".into(), Value::String(uid));
+            }
+        }
+        out.push(r);
+    }
+    Ok(Value::Array(out))
 }
 
 /// Policy kinds whose CRD name may carry a legacy `default.` prefix (`determinePolicyName`).
@@ -358,6 +386,14 @@ impl CalicoMeta {
             name: cr_name.clone(),
             namespace: namespace(obj).to_string(),
             uid: str_at(obj, "/metadata/uid").unwrap_or("").to_string(),
+            generation: obj
+                .pointer("/metadata/generation")
+                .filter(|v| !v.is_null())
+                .cloned(),
+            owner_references: obj
+                .pointer("/metadata/ownerReferences")
+                .filter(|v| !v.is_null())
+                .cloned(),
             creation_timestamp: obj
                 .pointer("/metadata/creationTimestamp")
                 .filter(|v| !v.is_null())
@@ -381,7 +417,14 @@ impl CalicoMeta {
                     format!("{METADATA_ANNOTATION}: {e}"),
                 )
             })?,
-            None => Value::Null,
+            None => return Ok(meta),
+        };
+        // With the annotation, Calico replaces the CR's metadata by the stored one: the
+        // generation and owners are the stored ones (or none).
+        meta.generation = stored.get("generation").filter(|v| !v.is_null()).cloned();
+        meta.owner_references = match stored.get("ownerReferences").filter(|v| !v.is_null()) {
+            Some(refs) => Some(v3_owner_references(refs)?),
+            None => None,
         };
         if let Some(l) = string_map_at(&stored, "/labels", "metadata.labels")? {
             meta.labels.extend(l);
@@ -416,6 +459,12 @@ impl CalicoMeta {
         }
         if !self.uid.is_empty() {
             m.insert("uid".into(), Value::String(self.uid.clone()));
+        }
+        if let Some(g) = &self.generation {
+            m.insert("generation".into(), g.clone());
+        }
+        if let Some(o) = &self.owner_references {
+            m.insert("ownerReferences".into(), o.clone());
         }
         if let Some(ts) = &self.creation_timestamp {
             m.insert("creationTimestamp".into(), ts.clone());
@@ -1536,6 +1585,57 @@ pub(super) mod tests {
         assert_eq!(
             translate_pod(&pod),
             Err(TranslateError::Missing("metadata.name"))
+        );
+    }
+
+    #[test]
+    fn raw_v3_metadata_carries_generation_and_owner_references_as_calico_does() {
+        let owner_uid = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d";
+        let stored = serde_json::json!({
+            "generation": 4,
+            "ownerReferences": [
+                {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "name": "default", "uid": owner_uid},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "op", "uid": owner_uid, "controller": true},
+            ],
+        });
+        let obj = serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "BGPPeer",
+            "metadata": {
+                "name": "peer", "uid": owner_uid, "generation": 9, "resourceVersion": "7",
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "cr-owner", "uid": owner_uid}],
+                "annotations": {"projectcalico.org/metadata": stored.to_string()},
+            },
+            "spec": {"peerIP": "10.0.0.1"},
+        });
+        let converted = convert_uid(owner_uid).unwrap();
+        let meta = CalicoMeta::of(&obj, "BGPPeer").unwrap();
+        // The stored metadata wins: its generation and its owners, Calico's moved to v3.
+        assert_eq!(meta.generation, Some(serde_json::json!(4)));
+        assert_eq!(
+            meta.owner_references,
+            Some(serde_json::json!([
+                {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "name": "default", "uid": converted},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "op", "uid": owner_uid, "controller": true},
+            ]))
+        );
+        let (_, bytes) =
+            raw_v3_resource("BGPPeer", "bgppeers", &obj, &go_shapes::BGP_PEER).unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.starts_with(&format!(
+            r#"{{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{{"name":"peer","uid":"{converted}","generation":4,"creationTimestamp":null,"ownerReferences":[{{"apiVersion":"projectcalico.org/v3","kind":"BGPConfiguration","name":"default","uid":"{converted}"}},{{"apiVersion":"apps/v1","kind":"Deployment","name":"op","uid":"{owner_uid}","controller":true}}]}}"#
+        )), "{text}");
+        assert!(!text.contains("managedFields") && !text.contains("resourceVersion"));
+
+        // Without the annotation the CR's own generation and owners are kept as they are.
+        let mut bare = obj.clone();
+        bare["metadata"]["annotations"] = serde_json::json!({});
+        let meta = CalicoMeta::of(&bare, "BGPPeer").unwrap();
+        assert_eq!(meta.generation, Some(serde_json::json!(9)));
+        assert_eq!(
+            meta.owner_references,
+            Some(obj["metadata"]["ownerReferences"].clone())
         );
     }
 
