@@ -467,6 +467,7 @@ pub async fn run(
         metrics.datastore_events.with_label_values(&l);
         metrics.datastore_updates_emitted.with_label_values(&l);
         metrics.datastore_translate_errors.with_label_values(&l);
+        metrics.validation_failures.with_label_values(&l);
         metrics.datastore_errors.with_label_values(&l);
         metrics.datastore_watch_restarts.with_label_values(&l);
         metrics.datastore_kind_absent.with_label_values(&l);
@@ -501,8 +502,14 @@ struct KindState {
     objects: HashMap<String, Yielded>,
     /// For the kinds whose objects can share a key (see `shared_keys`), every claimant.
     shared: Option<SharedKeys>,
+    /// When a validation failure of this kind was last logged at warn level.
+    last_invalid_warning: Option<std::time::Instant>,
     metrics: Arc<Metrics>,
 }
+
+/// Validation failures are logged at warn level at most this often per kind (at debug level
+/// otherwise): a bad object is re-validated on every change and every relist.
+const INVALID_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 fn object_id(obj: &DynamicObject) -> String {
     match &obj.metadata.namespace {
@@ -560,7 +567,38 @@ impl KindState {
             },
             Err(_) => Vec::new(),
         };
+        let kvs = self.validated(&id, kvs);
         self.diff(&id, kvs, &rev)
+    }
+
+    /// Drops the pairs Typha's validation filter would send as missing; a key an object
+    /// yielded while valid is then deleted by the diff.
+    fn validated(
+        &mut self,
+        id: &str,
+        mut kvs: Vec<(String, bytes::Bytes)>,
+    ) -> Vec<(String, bytes::Bytes)> {
+        kvs.retain(|(k, v)| match translate::validate(k, v) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics
+                    .validation_failures
+                    .with_label_values(&[self.spec.name])
+                    .inc();
+                let now = std::time::Instant::now();
+                let due = self
+                    .last_invalid_warning
+                    .map_or(true, |t| now.duration_since(t) >= INVALID_WARNING_INTERVAL);
+                if due {
+                    self.last_invalid_warning = Some(now);
+                    warn!(kind = self.spec.name, object = %id, key = %k, %reason, "Validation failed; treating as missing");
+                } else {
+                    debug!(kind = self.spec.name, object = %id, key = %k, %reason, "Validation failed; treating as missing");
+                }
+                false
+            }
+        });
+        kvs
     }
 
     fn delete(&mut self, id: &str, rev: &str) -> Vec<KvUpdate> {
@@ -597,6 +635,7 @@ async fn watch_kind(
         spec,
         objects: HashMap::new(),
         shared: KindState::shares_keys(&spec).then(SharedKeys::default),
+        last_invalid_warning: None,
         metrics: metrics.clone(),
     };
     let label = [spec.name];
@@ -736,6 +775,7 @@ mod tests {
             spec: watched_kinds()[0],
             objects: HashMap::new(),
             shared: None,
+            last_invalid_warning: None,
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -749,6 +789,7 @@ mod tests {
             spec,
             objects: HashMap::new(),
             shared: KindState::shares_keys(&spec).then(SharedKeys::default),
+            last_invalid_warning: None,
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -810,6 +851,47 @@ mod tests {
             };
             assert_eq!(values(&s.delete(last, "10")), vec![(KEY.into(), None)]);
         }
+    }
+
+    fn gnp(ports: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "p", "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Allow", "destination": {"ports": ports}}]},
+        }))
+        .unwrap()
+    }
+
+    /// A valid object that turns invalid is deleted (Typha's "treating as missing"), counted
+    /// per kind, and comes back when valid again.
+    #[test]
+    fn an_object_failing_validation_is_sent_as_missing() {
+        const KEY: &str = "/calico/v1/policy/GlobalNetworkPolicy//p";
+        let mut s = kind_state("globalnetworkpolicy");
+        let named = s.apply(&gnp(serde_json::json!(["http"])));
+        assert_eq!(values_of(&named), vec![(KEY.to_string(), true)]);
+        // A numeric port without a protocol fails Calico's v1 rule validation.
+        let bad = s.apply(&gnp(serde_json::json!([80])));
+        assert_eq!(values_of(&bad), vec![(KEY.to_string(), false)]);
+        let failures = |s: &KindState| {
+            s.metrics
+                .validation_failures
+                .with_label_values(&["globalnetworkpolicy"])
+                .get()
+        };
+        assert_eq!(failures(&s), 1);
+        // Still invalid: nothing more to send.
+        assert!(s.apply(&gnp(serde_json::json!([81]))).is_empty());
+        assert_eq!(failures(&s), 2);
+        let back = s.apply(&gnp(serde_json::json!(["http"])));
+        assert_eq!(values_of(&back), vec![(KEY.to_string(), true)]);
+    }
+
+    fn values_of(us: &[KvUpdate]) -> Vec<(String, bool)> {
+        us.iter()
+            .map(|u| (u.key.to_string(), u.value.is_some()))
+            .collect()
     }
 
     #[test]

@@ -20,11 +20,13 @@ mod core;
 mod go_shapes;
 mod gojson;
 mod policy;
+mod validate;
 
 pub use self::calico::*;
 pub use self::cnp::*;
 pub use self::core::*;
 pub use self::policy::*;
+pub use self::validate::{validate, Invalid};
 
 /// One key a translated object yields, with its serialized value.
 pub type Kv = (String, Bytes);

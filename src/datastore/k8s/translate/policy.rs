@@ -325,6 +325,11 @@ impl SelParser {
     }
 }
 
+/// Whether Calico's selector parser accepts `s` (the v1 validator's `selector` rule).
+pub fn selector_parses(s: &str) -> bool {
+    parse_selector(s).is_some()
+}
+
 fn parse_selector(s: &str) -> Option<Sel> {
     let toks = tokenize(s)?;
     if toks.first() == Some(&Tok::Eof) {
