@@ -1058,7 +1058,7 @@ const DSCP_NAMES: &[&str] = &[
 ];
 
 /// The DSCP annotation as `numorstring.DSCP` validates and marshals it.
-fn dscp(s: &str) -> Option<Value> {
+pub(super) fn dscp(s: &str) -> Option<Value> {
     if let Ok(n) = s.parse::<u8>() {
         return (n <= 63).then(|| Value::from(n));
     }

@@ -550,6 +550,8 @@ struct WorkloadEndpointValue {
     allow_spoofed_source_ips: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     annotations: BTreeMap<String, String>,
+    #[serde(rename = "qosControls", skip_serializing_if = "Option::is_none")]
+    qos_controls: Option<super::qos::QosControls>,
 }
 
 #[derive(Serialize)]
@@ -781,6 +783,7 @@ pub fn translate_pod(pod: &Value) -> Result<Vec<Kv>, TranslateError> {
             .to_string(),
         allow_spoofed_source_ips: spoof,
         annotations: wep_annotations,
+        qos_controls: super::qos::qos_controls(&annotations),
     };
     let key = format!(
         "/calico/v1/host/{node}/workload/k8s/{}/endpoint/eth0",

@@ -20,6 +20,7 @@ mod core;
 mod go_shapes;
 mod gojson;
 mod policy;
+mod qos;
 mod validate;
 
 pub use self::calico::*;
