@@ -62,8 +62,22 @@ pub struct KindSpec {
 const CALICO: &str = "crd.projectcalico.org";
 
 /// Everything Calico's felix syncer reads in Kubernetes-datastore mode (which covers the bgp,
-/// tunnel-ip-allocation syncers' kinds too: each syncer type takes its keys by prefix).
+/// tunnel-ip-allocation syncers' kinds too: each syncer type takes its keys by prefix). With
+/// `USE_POD_CIDR` set, IPAM blocks and block affinities are not watched (the node translator
+/// makes the blocks from the pod CIDRs), as in Calico's felix and bgp syncers.
 pub fn watched_kinds() -> Vec<KindSpec> {
+    watched_kinds_for(translate::use_pod_cidr())
+}
+
+fn watched_kinds_for(use_pod_cidr: bool) -> Vec<KindSpec> {
+    let mut kinds = all_kinds();
+    if use_pod_cidr {
+        kinds.retain(|k| k.name != "ipamblock" && k.name != "blockaffinity");
+    }
+    kinds
+}
+
+fn all_kinds() -> Vec<KindSpec> {
     use translate::*;
     let k = |name, group, versions, kind, plural, translate| KindSpec {
         name,
@@ -235,6 +249,23 @@ pub fn watched_kinds() -> Vec<KindSpec> {
             "BGPPeer",
             "bgppeers",
             translate_bgp_peer,
+        ),
+        k(
+            "bgpfilter",
+            CALICO,
+            &["v1"],
+            "BGPFilter",
+            "bgpfilters",
+            translate_bgp_filter,
+        ),
+        // Calico v3.32+; absent on clusters without KubeVirt, which then counts as listed.
+        k(
+            "livemigration",
+            "kubevirt.io",
+            &["v1"],
+            "VirtualMachineInstanceMigration",
+            "virtualmachineinstancemigrations",
+            translate_live_migration,
         ),
         k(
             "ipamblock",
@@ -892,6 +923,14 @@ mod tests {
         us.iter()
             .map(|u| (u.key.to_string(), u.value.is_some()))
             .collect()
+    }
+
+    #[test]
+    fn use_pod_cidr_drops_the_ipam_watches() {
+        let names = |on| -> Vec<&str> { watched_kinds_for(on).iter().map(|k| k.name).collect() };
+        assert!(names(false).contains(&"ipamblock") && names(false).contains(&"blockaffinity"));
+        assert!(!names(true).contains(&"ipamblock") && !names(true).contains(&"blockaffinity"));
+        assert_eq!(names(false).len(), names(true).len() + 2);
     }
 
     #[test]

@@ -1392,6 +1392,17 @@ pub fn translate_bgp_peer(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     )?])
 }
 
+/// Translates a BGPFilter into the raw v3 `/calico/resources/v3/projectcalico.org/bgpfilters/<name>`
+/// (the bgp syncer's; as [`translate_bgp_configuration`]).
+pub fn translate_bgp_filter(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
+    Ok(vec![raw_v3_resource(
+        "BGPFilter",
+        "bgpfilters",
+        obj,
+        &go_shapes::BGP_FILTER,
+    )?])
+}
+
 /// Translates a CalicoNodeStatus into the raw v3
 /// `/calico/resources/v3/projectcalico.org/caliconodestatuses/<name>` (the node-status syncer's
 /// only kind; as [`translate_bgp_configuration`]).

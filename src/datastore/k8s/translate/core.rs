@@ -291,15 +291,32 @@ pub(super) fn convert_uid(uid: &str) -> Result<String, TranslateError> {
 
 use crate::datastore::sim::sha1;
 
-/// The host-side interface name of a pod: `cali` + 11 hex digits of `sha1("<ns>.<pod>")`.
-/// (Calico uses the first entry of `FELIX_INTERFACEPREFIX` instead of `cali` when that is set
-/// in Typha's environment; typha-rs always uses `cali`.)
+/// The host-side interface name of a pod: the prefix + 11 hex digits of `sha1("<ns>.<pod>")`.
+/// The prefix is the first entry of `FELIX_INTERFACEPREFIX` in the daemon's environment, `cali`
+/// when that is unset or empty (`VethNameForWorkload`, read when the first pod is translated).
 fn interface_name(ns: &str, pod: &str) -> String {
-    let mut s = String::from("cali");
-    for b in &sha1(format!("{ns}.{pod}").as_bytes())[..6] {
-        let _ = write!(s, "{b:02x}");
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX
+        .get_or_init(|| interface_prefix(std::env::var("FELIX_INTERFACEPREFIX").ok().as_deref()));
+    interface_name_with_prefix(prefix, ns, pod)
+}
+
+/// The prefix `FELIX_INTERFACEPREFIX` gives: its first comma-separated entry, or `cali`.
+fn interface_prefix(env: Option<&str>) -> String {
+    match env {
+        None | Some("") => "cali".to_string(),
+        Some(list) => list.split(',').next().unwrap_or("").to_string(),
     }
-    s.truncate(15);
+}
+
+fn interface_name_with_prefix(prefix: &str, ns: &str, pod: &str) -> String {
+    let mut s = String::from(prefix);
+    let mut hex = String::new();
+    for b in &sha1(format!("{ns}.{pod}").as_bytes())[..6] {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex.truncate(11);
+    s.push_str(&hex);
     s
 }
 
@@ -865,7 +882,7 @@ fn node_annotation<'a>(
 }
 
 /// `K8sNodeToCalico` (with `usePodCIDR` off): the v3 Node built from the fields Calico keeps.
-fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
+fn k8s_node_to_calico(node: &Value, use_pod_cidr: bool) -> Result<Value, TranslateError> {
     let node_name = name(node)?;
     let ann = annotations_of(node)?;
     let k8s_labels = string_map_at(node, "/metadata/labels", "metadata.labels")?;
@@ -915,11 +932,21 @@ fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
     };
     str_entry(&mut bgp, "ipv4Address", ipv4);
     str_entry(&mut bgp, "ipv6Address", ipv6);
-    str_entry(
-        &mut bgp,
-        "ipv4IPIPTunnelAddr",
-        node_annotation(&ann, ANN_IPIP_TUNNEL, |s| validate_network_v(s, true)),
-    );
+    // With host-local IPAM (USE_POD_CIDR) the IPIP and WireGuard tunnel addresses are the
+    // first address of the pod CIDR; otherwise they come from the annotations.
+    let pod_cidr = nonempty_at(node, "/spec/podCIDR").filter(|_| use_pod_cidr);
+    let static_tunnel = match pod_cidr {
+        Some(c) => Some(static_tunnel_address(c)?),
+        None => None,
+    };
+    match &static_tunnel {
+        Some(addr) => str_entry(&mut bgp, "ipv4IPIPTunnelAddr", addr.as_deref()),
+        None => str_entry(
+            &mut bgp,
+            "ipv4IPIPTunnelAddr",
+            node_annotation(&ann, ANN_IPIP_TUNNEL, |s| validate_network_v(s, true)),
+        ),
+    }
     str_entry(
         &mut bgp,
         "routeReflectorClusterID",
@@ -953,16 +980,25 @@ fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
         serde_json::json!([{ "nodeName": node_name, "orchestrator": "k8s" }]),
     );
     let mut wg = Map::new();
-    str_entry(
-        &mut wg,
-        "interfaceIPv4Address",
-        node_annotation(&ann, ANN_WG_IFACE_V4, |s| validate_network_v(s, true)),
-    );
-    str_entry(
-        &mut wg,
-        "interfaceIPv6Address",
-        node_annotation(&ann, ANN_WG_IFACE_V6, |s| validate_network_v(s, false)),
-    );
+    match &static_tunnel {
+        Some(addr) => {
+            if ann.get(ANN_WG_KEY).is_some_and(|k| !k.is_empty()) {
+                str_entry(&mut wg, "interfaceIPv4Address", addr.as_deref());
+            }
+        }
+        None => {
+            str_entry(
+                &mut wg,
+                "interfaceIPv4Address",
+                node_annotation(&ann, ANN_WG_IFACE_V4, |s| validate_network_v(s, true)),
+            );
+            str_entry(
+                &mut wg,
+                "interfaceIPv6Address",
+                node_annotation(&ann, ANN_WG_IFACE_V6, |s| validate_network_v(s, false)),
+            );
+        }
+    }
     if !wg.is_empty() {
         spec.insert("wireguard".into(), Value::Object(wg));
     }
@@ -1091,8 +1127,49 @@ fn find_node_address(v3: &Value, kind: &str) -> Option<IpAddr> {
 ///
 /// and always the raw v3 Node at `/calico/resources/v3/projectcalico.org/nodes/<node>`.
 pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
+    translate_node_with(node, use_pod_cidr())
+}
+
+/// Whether `USE_POD_CIDR` (host-local IPAM from the nodes' pod CIDRs) is set in the daemon's
+/// environment, read once as Go's `strconv.ParseBool` reads it (`K8sUsePodCIDR` in
+/// `lib/apiconfig`). The node translator then sends the static tunnel addresses and a block
+/// per pod CIDR, and the driver does not watch IPAM blocks and block affinities.
+pub fn use_pod_cidr() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        matches!(
+            std::env::var("USE_POD_CIDR").as_deref(),
+            Ok("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
+    })
+}
+
+/// `getStaticTunnelAddress`: the pod CIDR's address as written with its last byte incremented
+/// (wrapping, as a Go byte does); nothing for an IPv6 CIDR. A CIDR that does not parse fails
+/// the node's conversion, as in Calico.
+fn static_tunnel_address(pod_cidr: &str) -> Result<Option<String>, TranslateError> {
+    let (ip, _) = parse_cidr(pod_cidr)
+        .ok_or_else(|| invalid("spec.podCIDR", format!("not a CIDR: {pod_cidr:?}")))?;
+    Ok(match ip {
+        IpAddr::V4(v4) => {
+            let mut o = v4.octets();
+            o[3] = o[3].wrapping_add(1);
+            Some(Ipv4Addr::from(o).to_string())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| {
+            let mut o = v4.octets();
+            o[3] = o[3].wrapping_add(1);
+            Ipv4Addr::from(o).to_string()
+        }),
+    })
+}
+
+/// [`translate_node`] with `USE_POD_CIDR` given: when it is on, also a block
+/// `/calico/ipam/v2/assignment/ipv<4|6>/block/<cidr>` per entry of `spec.podCIDRs`, affine to
+/// `host:<node>` (`FelixNodeUpdateProcessor`).
+pub fn translate_node_with(node: &Value, use_pod_cidr: bool) -> Result<Vec<Kv>, TranslateError> {
     let node_name = name(node)?;
-    let v3 = k8s_node_to_calico(node)?;
+    let v3 = k8s_node_to_calico(node, use_pod_cidr)?;
     let host = |k: &str| format!("/calico/v1/host/{node_name}/{k}");
     let mut out = Vec::new();
 
@@ -1157,6 +1234,30 @@ pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
         || !wg.public_key_v6.is_empty()
     {
         out.push((host("wireguard"), to_bytes(&wg)));
+    }
+    if use_pod_cidr {
+        for c in strings_at(&v3, "/status/podCIDRs", "spec.podCIDRs")? {
+            // Calico skips a pod CIDR that does not parse.
+            let Some((_, net)) = parse_cidr(&c) else {
+                continue;
+            };
+            let v = if net.is_v4() { 4 } else { 6 };
+            let block = serde_json::json!({
+                "cidr": net.to_string(),
+                "affinity": format!("host:{node_name}"),
+            });
+            let value = format!(
+                r#"{{"cidr":{},"affinity":{},"allocations":null,"unallocated":null,"attributes":null,"sequenceNumber":0,"sequenceNumberForAllocation":null,"deleted":false}}"#,
+                block["cidr"], block["affinity"]
+            );
+            out.push((
+                format!(
+                    "/calico/ipam/v2/assignment/ipv{v}/block/{}-{}",
+                    net.addr, net.prefix
+                ),
+                Bytes::from(value),
+            ));
+        }
     }
     Ok(out)
 }
@@ -1400,6 +1501,14 @@ pub(super) mod tests {
         );
         // sha1("default.nginx") = c440f455693b69cd... (Python's hashlib).
         assert_eq!(interface_name("default", "nginx"), "calic440f455693");
+        // FELIX_INTERFACEPREFIX: the first entry of the list names the interface.
+        assert_eq!(interface_prefix(None), "cali");
+        assert_eq!(interface_prefix(Some("")), "cali");
+        assert_eq!(interface_prefix(Some("tap,cali")), "tap");
+        assert_eq!(
+            interface_name_with_prefix(&interface_prefix(Some("tap,cali")), "default", "nginx"),
+            "tapc440f455693"
+        );
     }
 
     #[test]
@@ -1654,6 +1763,36 @@ pub(super) mod tests {
         r#""orchRefs":[{"nodeName":"worker-1","orchestrator":"k8s"}],"addresses":[{"address":"172.18.0.3/16","#,
         r#""type":"CalicoNodeIP"},{"address":"172.18.0.3","type":"InternalIP"}]},"status":{"podCIDRs":["10.244.1.0/24"]}}"#
     );
+
+    #[test]
+    fn use_pod_cidr_gives_static_tunnel_addresses_and_blocks() {
+        let mut node = fixture("node/worker-1.yaml");
+        node["spec"]["podCIDR"] = Value::String("10.244.1.0/24".into());
+        node["spec"]["podCIDRs"] = serde_json::json!(["10.244.1.0/24", "fd00:244:1::/64"]);
+        let out = text(&translate_node_with(&node, true).unwrap());
+        let get = |k: &str| out.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("/calico/v1/host/worker-1/config/IpInIpTunnelAddr").as_deref(),
+            Some("10.244.1.1")
+        );
+        assert_eq!(
+            get("/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-24").as_deref(),
+            Some(concat!(
+                r#"{"cidr":"10.244.1.0/24","affinity":"host:worker-1","allocations":null,"unallocated":null,"#,
+                r#""attributes":null,"sequenceNumber":0,"sequenceNumberForAllocation":null,"deleted":false}"#
+            ))
+        );
+        assert!(get("/calico/ipam/v2/assignment/ipv6/block/fd00:244:1::-64").is_some());
+        // Without USE_POD_CIDR: no blocks, and the tunnel address is the annotation's.
+        let plain = text(&translate_node_with(&node, false).unwrap());
+        assert!(plain.iter().all(|(k, _)| !k.starts_with("/calico/ipam/")));
+        assert_eq!(
+            static_tunnel_address("10.0.0.255/24").unwrap().as_deref(),
+            Some("10.0.0.0")
+        );
+        assert_eq!(static_tunnel_address("fd00::/64").unwrap(), None);
+        assert!(static_tunnel_address("bad").is_err());
+    }
 
     #[test]
     fn node_with_bgp_annotations() {

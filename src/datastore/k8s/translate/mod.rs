@@ -19,6 +19,7 @@ mod cnp;
 mod core;
 mod go_shapes;
 mod gojson;
+mod livemigration;
 mod policy;
 mod qos;
 mod validate;
@@ -26,6 +27,7 @@ mod validate;
 pub use self::calico::*;
 pub use self::cnp::*;
 pub use self::core::*;
+pub use self::livemigration::*;
 pub use self::policy::*;
 pub use self::validate::{validate, Invalid};
 
