@@ -406,7 +406,8 @@ async fn probe_reachability(client: Client, every: Duration, board: Arc<StatusBo
 /// returns what the driver would hold after a resync: every translated key with its value,
 /// including the default allow profile. An independent view of the datastore for checking a
 /// daemon's digest (`typha-loadtest run --verify-datastore`). Objects that do not translate
-/// yield nothing, as in the watch loop.
+/// yield nothing, values that fail validation are left out, and a key several objects share
+/// holds the value of the object whose name sorts lowest, as in the watch loop.
 pub async fn list_translated(
     cfg: &KubernetesConfig,
 ) -> Result<std::collections::BTreeMap<String, bytes::Bytes>, String> {
@@ -425,6 +426,9 @@ pub async fn list_translated(
         };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let mut lp = ListParams::default().limit(cfg.page_size);
+        // By object id, so that shared keys go to the lowest name (see `shared_keys`).
+        let mut by_object: std::collections::BTreeMap<String, Vec<(String, bytes::Bytes)>> =
+            std::collections::BTreeMap::new();
         loop {
             let page = api
                 .list(&lp)
@@ -434,13 +438,22 @@ pub async fn list_translated(
                 let Ok(v) = serde_json::to_value(obj) else {
                     continue;
                 };
-                if let Ok(kvs) = (spec.translate)(&v) {
-                    out.extend(kvs);
+                if let Ok(mut kvs) = (spec.translate)(&v) {
+                    kvs.retain(|(k, val)| translate::validate(k, val).is_ok());
+                    by_object.insert(object_id(obj), kvs);
                 }
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(c) => lp = lp.continue_token(&c),
                 None => break,
+            }
+        }
+        let first_claim_wins = KindState::shares_keys(&spec);
+        for (k, v) in by_object.into_values().flatten() {
+            if first_claim_wins {
+                out.entry(k).or_insert(v);
+            } else {
+                out.insert(k, v);
             }
         }
     }
