@@ -938,6 +938,60 @@ mod tests {
             .collect()
     }
 
+    fn hep(cr_name: &str, iface: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "HostEndpoint",
+            "metadata": {
+                "name": cr_name, "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5",
+                "annotations": {"projectcalico.org/metadata": "{\"name\":\"node1-eth0\"}"},
+            },
+            "spec": {"node": "node1", "interfaceName": iface},
+        }))
+        .unwrap()
+    }
+
+    /// Two host endpoints whose metadata annotation gives one v3 name on one node share a key;
+    /// the claimant order is by CR name. Deleting either keeps the other's value on the key.
+    #[test]
+    fn host_endpoints_sharing_a_key_resolve_as_calico_does() {
+        const KEY: &str = "/calico/v1/host/node1/endpoint/node1-eth0";
+        let iface = |us: &[KvUpdate]| -> Vec<(String, Option<String>)> {
+            us.iter()
+                .map(|u| {
+                    let name = u.value.as_ref().map(|v| {
+                        let j: serde_json::Value = serde_json::from_slice(v).unwrap();
+                        j["name"].as_str().unwrap().to_string()
+                    });
+                    (u.key.to_string(), name)
+                })
+                .collect()
+        };
+        for first_deleted in ["hep-a", "hep-b"] {
+            let mut s = kind_state("hostendpoint");
+            assert_eq!(
+                iface(&s.apply(&hep("hep-b", "eth1"))),
+                vec![(KEY.into(), Some("eth1".into()))]
+            );
+            assert_eq!(
+                iface(&s.apply(&hep("hep-a", "eth0"))),
+                vec![(KEY.into(), Some("eth0".into()))]
+            );
+            let out = iface(&s.delete(first_deleted, "6"));
+            if first_deleted == "hep-a" {
+                assert_eq!(out, vec![(KEY.into(), Some("eth1".into()))]);
+            } else {
+                assert!(out.is_empty(), "hep-a still holds the key");
+            }
+            let other = if first_deleted == "hep-a" {
+                "hep-b"
+            } else {
+                "hep-a"
+            };
+            assert_eq!(iface(&s.delete(other, "7")), vec![(KEY.into(), None)]);
+        }
+    }
+
     #[test]
     fn use_pod_cidr_drops_the_ipam_watches() {
         let names = |on| -> Vec<&str> { watched_kinds_for(on).iter().map(|k| k.name).collect() };
