@@ -515,8 +515,9 @@ pub(super) fn v3_key(plural: &str, ns: &str, name: &str) -> String {
 }
 
 /// A Calico resource passed through as raw v3: `kind`, `apiVersion: projectcalico.org/v3`,
-/// the normalized metadata of [`CalicoMeta`] and the spec as the object has it (`{}` when
-/// absent). Status is not carried (none of the kinds passed through raw has one Felix reads).
+/// the normalized metadata of [`CalicoMeta`], the spec as the object has it, and its status
+/// when the kind's Go struct has one (CalicoNodeStatus), all written by `gojson` against
+/// `shape`, as Typha marshals the whole v3 struct.
 pub(super) fn raw_v3_resource(
     kind: &str,
     plural: &str,
@@ -534,6 +535,9 @@ pub(super) fn raw_v3_resource(
     m.insert("apiVersion".into(), Value::String(V3_API.to_string()));
     m.insert("metadata".into(), meta.to_value());
     m.insert("spec".into(), spec);
+    if let Some(status) = obj.get("status").filter(|v| !v.is_null()) {
+        m.insert("status".into(), status.clone());
+    }
     Ok((
         v3_key(plural, &meta.namespace, &meta.key_name),
         gojson::to_bytes(&Value::Object(m), shape),
