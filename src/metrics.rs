@@ -56,6 +56,7 @@ pub struct Metrics {
     pub datastore_events: IntCounterVec,
     pub datastore_updates_emitted: IntCounterVec,
     pub datastore_translate_errors: IntCounterVec,
+    pub validation_failures: IntCounterVec,
     pub datastore_errors: IntCounterVec,
     pub datastore_watch_restarts: IntCounterVec,
     pub datastore_kind_absent: IntGaugeVec,
@@ -313,6 +314,12 @@ impl Metrics {
                 &r,
                 "typha_datastore_translate_errors_total",
                 "Objects that could not be translated (treated as deleted), by kind.",
+                &["kind"],
+            ),
+            validation_failures: counter_vec(
+                &r,
+                "typha_validation_failures_total",
+                "Values that failed Calico's validation and were sent as missing, by kind.",
                 &["kind"],
             ),
             datastore_errors: counter_vec(

@@ -1,5 +1,6 @@
 //! The list+watch loop per kind, the per-object diff, and the sync status.
 
+use super::shared_keys::{self, SharedKeys};
 use super::translate::{self, TranslateFn};
 use crate::datastore::thread::{injected_fault, Fault};
 use crate::datastore::{DriverEvent, DriverSender};
@@ -64,8 +65,22 @@ pub struct KindSpec {
 const CALICO: &str = "crd.projectcalico.org";
 
 /// Everything Calico's felix syncer reads in Kubernetes-datastore mode (which covers the bgp,
-/// tunnel-ip-allocation syncers' kinds too: each syncer type takes its keys by prefix).
+/// tunnel-ip-allocation syncers' kinds too: each syncer type takes its keys by prefix). With
+/// `USE_POD_CIDR` set, IPAM blocks and block affinities are not watched (the node translator
+/// makes the blocks from the pod CIDRs), as in Calico's felix and bgp syncers.
 pub fn watched_kinds() -> Vec<KindSpec> {
+    watched_kinds_for(translate::use_pod_cidr())
+}
+
+fn watched_kinds_for(use_pod_cidr: bool) -> Vec<KindSpec> {
+    let mut kinds = all_kinds();
+    if use_pod_cidr {
+        kinds.retain(|k| k.name != "ipamblock" && k.name != "blockaffinity");
+    }
+    kinds
+}
+
+fn all_kinds() -> Vec<KindSpec> {
     use translate::*;
     let k = |name, group, versions, kind, plural, translate| KindSpec {
         name,
@@ -239,6 +254,23 @@ pub fn watched_kinds() -> Vec<KindSpec> {
             translate_bgp_peer,
         ),
         k(
+            "bgpfilter",
+            CALICO,
+            &["v1"],
+            "BGPFilter",
+            "bgpfilters",
+            translate_bgp_filter,
+        ),
+        // Calico v3.32+; absent on clusters without KubeVirt, which then counts as listed.
+        k(
+            "livemigration",
+            "kubevirt.io",
+            &["v1"],
+            "VirtualMachineInstanceMigration",
+            "virtualmachineinstancemigrations",
+            translate_live_migration,
+        ),
+        k(
             "ipamblock",
             CALICO,
             &["v1"],
@@ -377,7 +409,8 @@ async fn probe_reachability(client: Client, every: Duration, board: Arc<StatusBo
 /// returns what the driver would hold after a resync: every translated key with its value,
 /// including the default allow profile. An independent view of the datastore for checking a
 /// daemon's digest (`typha-loadtest run --verify-datastore`). Objects that do not translate
-/// yield nothing, as in the watch loop.
+/// yield nothing, values that fail validation are left out, and a key several objects share
+/// holds the value of the object whose name sorts lowest, as in the watch loop.
 pub async fn list_translated(
     cfg: &KubernetesConfig,
 ) -> Result<std::collections::BTreeMap<String, bytes::Bytes>, String> {
@@ -396,6 +429,9 @@ pub async fn list_translated(
         };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let mut lp = ListParams::default().limit(cfg.page_size);
+        // By object id, so that shared keys go to the lowest name (see `shared_keys`).
+        let mut by_object: std::collections::BTreeMap<String, Vec<(String, bytes::Bytes)>> =
+            std::collections::BTreeMap::new();
         loop {
             let page = api
                 .list(&lp)
@@ -405,13 +441,22 @@ pub async fn list_translated(
                 let Ok(v) = serde_json::to_value(obj) else {
                     continue;
                 };
-                if let Ok(kvs) = (spec.translate)(&v) {
-                    out.extend(kvs);
+                if let Ok(mut kvs) = (spec.translate)(&v) {
+                    kvs.retain(|(k, val)| translate::validate(k, val).is_ok());
+                    by_object.insert(object_id(obj), kvs);
                 }
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(c) => lp = lp.continue_token(&c),
                 None => break,
+            }
+        }
+        let first_claim_wins = KindState::shares_keys(&spec);
+        for (k, v) in by_object.into_values().flatten() {
+            if first_claim_wins {
+                out.entry(k).or_insert(v);
+            } else {
+                out.insert(k, v);
             }
         }
     }
@@ -478,6 +523,7 @@ pub async fn run(
         metrics.datastore_events.with_label_values(&l);
         metrics.datastore_updates_emitted.with_label_values(&l);
         metrics.datastore_translate_errors.with_label_values(&l);
+        metrics.validation_failures.with_label_values(&l);
         metrics.datastore_errors.with_label_values(&l);
         metrics.datastore_watch_restarts.with_label_values(&l);
         metrics.datastore_kind_absent.with_label_values(&l);
@@ -494,6 +540,8 @@ pub async fn run(
         let state = Arc::new(Mutex::new(KindState {
             spec,
             objects: HashMap::new(),
+            shared: KindState::shares_keys(&spec).then(SharedKeys::default),
+            last_invalid_warning: None,
             metrics: metrics.clone(),
             present: counts_nodes.then(|| NodeTally {
                 ids: HashSet::new(),
@@ -643,6 +691,10 @@ type Yielded = Vec<(String, u128)>;
 struct KindState {
     spec: KindSpec,
     objects: HashMap<String, Yielded>,
+    /// For the kinds whose objects can share a key (see `shared_keys`), every claimant.
+    shared: Option<SharedKeys>,
+    /// When a validation failure of this kind was last logged at warn level.
+    last_invalid_warning: Option<std::time::Instant>,
     metrics: Arc<Metrics>,
     /// For the Node kind: every object present, whether it yields keys or not.
     present: Option<NodeTally>,
@@ -671,6 +723,10 @@ fn lock(state: &Mutex<KindState>) -> std::sync::MutexGuard<'_, KindState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Validation failures are logged at warn level at most this often per kind (at debug level
+/// otherwise): a bad object is re-validated on every change and every relist.
+const INVALID_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 fn object_id(obj: &DynamicObject) -> String {
     match &obj.metadata.namespace {
         Some(ns) => format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or("")),
@@ -679,6 +735,10 @@ fn object_id(obj: &DynamicObject) -> String {
 }
 
 impl KindState {
+    fn shares_keys(spec: &KindSpec) -> bool {
+        shared_keys::KINDS.contains(&spec.name)
+    }
+
     /// The updates that bring the clients from what `id` yielded before to `now`.
     fn diff(&mut self, id: &str, now: Vec<(String, bytes::Bytes)>, rev: &str) -> Vec<KvUpdate> {
         let before = self.objects.remove(id).unwrap_or_default();
@@ -699,7 +759,10 @@ impl KindState {
         if !yielded.is_empty() {
             self.objects.insert(id.to_owned(), yielded);
         }
-        out
+        match &mut self.shared {
+            Some(shared) => shared.resolve(id, out),
+            None => out,
+        }
     }
 
     fn apply(&mut self, obj: &DynamicObject) -> Vec<KvUpdate> {
@@ -724,7 +787,38 @@ impl KindState {
             },
             Err(_) => Vec::new(),
         };
+        let kvs = self.validated(&id, kvs);
         self.diff(&id, kvs, &rev)
+    }
+
+    /// Drops the pairs Typha's validation filter would send as missing; a key an object
+    /// yielded while valid is then deleted by the diff.
+    fn validated(
+        &mut self,
+        id: &str,
+        mut kvs: Vec<(String, bytes::Bytes)>,
+    ) -> Vec<(String, bytes::Bytes)> {
+        kvs.retain(|(k, v)| match translate::validate(k, v) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics
+                    .validation_failures
+                    .with_label_values(&[self.spec.name])
+                    .inc();
+                let now = std::time::Instant::now();
+                let due = self
+                    .last_invalid_warning
+                    .map_or(true, |t| now.duration_since(t) >= INVALID_WARNING_INTERVAL);
+                if due {
+                    self.last_invalid_warning = Some(now);
+                    warn!(kind = self.spec.name, object = %id, key = %k, %reason, "Validation failed; treating as missing");
+                } else {
+                    debug!(kind = self.spec.name, object = %id, key = %k, %reason, "Validation failed; treating as missing");
+                }
+                false
+            }
+        });
+        kvs
     }
 
     fn delete(&mut self, id: &str, rev: &str) -> Vec<KvUpdate> {
@@ -928,9 +1022,198 @@ mod tests {
         KindState {
             spec: watched_kinds()[0],
             objects: HashMap::new(),
+            shared: None,
+            last_invalid_warning: None,
             metrics: Arc::new(Metrics::new()),
             present: None,
         }
+    }
+
+    fn kind_state(name: &str) -> KindState {
+        let spec = watched_kinds()
+            .into_iter()
+            .find(|k| k.name == name)
+            .unwrap();
+        KindState {
+            spec,
+            objects: HashMap::new(),
+            shared: KindState::shares_keys(&spec).then(SharedKeys::default),
+            last_invalid_warning: None,
+            metrics: Arc::new(Metrics::new()),
+            present: None,
+        }
+    }
+
+    fn ippool(name: &str, cidr: &str, nat: bool) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "IPPool",
+            "metadata": {"name": name, "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5"},
+            "spec": {"cidr": cidr, "natOutgoing": nat},
+        }))
+        .unwrap()
+    }
+
+    fn values(us: &[KvUpdate]) -> Vec<(String, Option<bool>)> {
+        us.iter()
+            .map(|u| {
+                let nat = u.value.as_ref().map(|v| {
+                    let j: serde_json::Value = serde_json::from_slice(v).unwrap();
+                    j["masquerade"].as_bool().unwrap()
+                });
+                (u.key.to_string(), nat)
+            })
+            .collect()
+    }
+
+    /// Two pools with one CIDR: the key carries the lowest name's value, and deleting either
+    /// pool leaves the key with the survivor's value.
+    #[test]
+    fn ip_pools_sharing_a_cidr_resolve_as_calico_does() {
+        const KEY: &str = "/calico/v1/ipam/v4/pool/10.0.0.0-16";
+        for delete_first in ["pool-a", "pool-b"] {
+            let mut s = kind_state("ippool");
+            assert!(s.shared.is_some());
+            let b = ippool("pool-b", "10.0.0.0/16", false);
+            let a = ippool("pool-a", "10.0.0.0/16", true);
+            assert_eq!(values(&s.apply(&b)), vec![(KEY.into(), Some(false))]);
+            // pool-a sorts first: it takes the key.
+            assert_eq!(values(&s.apply(&a)), vec![(KEY.into(), Some(true))]);
+            // A change to pool-b is swallowed while pool-a holds the key.
+            assert!(s.apply(&ippool("pool-b", "10.0.0.0/16", true)).is_empty());
+            s.apply(&b);
+            let survivor = if delete_first == "pool-a" {
+                Some(false)
+            } else {
+                None
+            };
+            let out = values(&s.delete(delete_first, "9"));
+            match survivor {
+                // The lowest went: the key is re-sent with pool-b's value, not deleted.
+                Some(nat) => assert_eq!(out, vec![(KEY.into(), Some(nat))]),
+                // pool-b went: pool-a still holds the key, nothing changes.
+                None => assert!(out.is_empty()),
+            }
+            let last = if delete_first == "pool-a" {
+                "pool-b"
+            } else {
+                "pool-a"
+            };
+            assert_eq!(values(&s.delete(last, "10")), vec![(KEY.into(), None)]);
+        }
+    }
+
+    fn gnp(ports: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "p", "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Allow", "destination": {"ports": ports}}]},
+        }))
+        .unwrap()
+    }
+
+    /// A valid object that turns invalid is deleted (Typha's "treating as missing"), counted
+    /// per kind, and comes back when valid again.
+    #[test]
+    fn an_object_failing_validation_is_sent_as_missing() {
+        const KEY: &str = "/calico/v1/policy/GlobalNetworkPolicy//p";
+        let mut s = kind_state("globalnetworkpolicy");
+        let named = s.apply(&gnp(serde_json::json!(["http"])));
+        assert_eq!(values_of(&named), vec![(KEY.to_string(), true)]);
+        // A numeric port without a protocol fails Calico's v1 rule validation.
+        let bad = s.apply(&gnp(serde_json::json!([80])));
+        assert_eq!(values_of(&bad), vec![(KEY.to_string(), false)]);
+        let failures = |s: &KindState| {
+            s.metrics
+                .validation_failures
+                .with_label_values(&["globalnetworkpolicy"])
+                .get()
+        };
+        assert_eq!(failures(&s), 1);
+        // Still invalid: nothing more to send.
+        assert!(s.apply(&gnp(serde_json::json!([81]))).is_empty());
+        assert_eq!(failures(&s), 2);
+        let back = s.apply(&gnp(serde_json::json!(["http"])));
+        assert_eq!(values_of(&back), vec![(KEY.to_string(), true)]);
+    }
+
+    fn values_of(us: &[KvUpdate]) -> Vec<(String, bool)> {
+        us.iter()
+            .map(|u| (u.key.to_string(), u.value.is_some()))
+            .collect()
+    }
+
+    fn hep(cr_name: &str, iface: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "HostEndpoint",
+            "metadata": {
+                "name": cr_name, "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5",
+                "annotations": {"projectcalico.org/metadata": "{\"name\":\"node1-eth0\"}"},
+            },
+            "spec": {"node": "node1", "interfaceName": iface},
+        }))
+        .unwrap()
+    }
+
+    /// Two host endpoints whose metadata annotation gives one v3 name on one node share a key;
+    /// the claimant order is by CR name. Deleting either keeps the other's value on the key.
+    #[test]
+    fn host_endpoints_sharing_a_key_resolve_as_calico_does() {
+        const KEY: &str = "/calico/v1/host/node1/endpoint/node1-eth0";
+        let iface = |us: &[KvUpdate]| -> Vec<(String, Option<String>)> {
+            us.iter()
+                .map(|u| {
+                    let name = u.value.as_ref().map(|v| {
+                        let j: serde_json::Value = serde_json::from_slice(v).unwrap();
+                        j["name"].as_str().unwrap().to_string()
+                    });
+                    (u.key.to_string(), name)
+                })
+                .collect()
+        };
+        for first_deleted in ["hep-a", "hep-b"] {
+            let mut s = kind_state("hostendpoint");
+            assert_eq!(
+                iface(&s.apply(&hep("hep-b", "eth1"))),
+                vec![(KEY.into(), Some("eth1".into()))]
+            );
+            assert_eq!(
+                iface(&s.apply(&hep("hep-a", "eth0"))),
+                vec![(KEY.into(), Some("eth0".into()))]
+            );
+            let out = iface(&s.delete(first_deleted, "6"));
+            if first_deleted == "hep-a" {
+                assert_eq!(out, vec![(KEY.into(), Some("eth1".into()))]);
+            } else {
+                assert!(out.is_empty(), "hep-a still holds the key");
+            }
+            let other = if first_deleted == "hep-a" {
+                "hep-b"
+            } else {
+                "hep-a"
+            };
+            assert_eq!(iface(&s.delete(other, "7")), vec![(KEY.into(), None)]);
+        }
+    }
+
+    #[test]
+    fn use_pod_cidr_drops_the_ipam_watches() {
+        let names = |on| -> Vec<&str> { watched_kinds_for(on).iter().map(|k| k.name).collect() };
+        assert!(names(false).contains(&"ipamblock") && names(false).contains(&"blockaffinity"));
+        assert!(!names(true).contains(&"ipamblock") && !names(true).contains(&"blockaffinity"));
+        assert_eq!(names(false).len(), names(true).len() + 2);
+    }
+
+    #[test]
+    fn only_key_sharing_kinds_keep_claimants() {
+        let shared: Vec<&str> = watched_kinds()
+            .iter()
+            .filter(|k| KindState::shares_keys(k))
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(shared, vec!["globalnetworkset", "hostendpoint", "ippool"]);
     }
 
     fn kv(k: &str, v: &str) -> (String, bytes::Bytes) {

@@ -12,6 +12,7 @@
 
 mod driver;
 mod replicas;
+mod shared_keys;
 pub mod translate;
 
 pub use driver::{list_translated, run, watched_kinds, KindSpec, KubernetesConfig};

@@ -10,7 +10,7 @@ use super::core::{
     raw_v3_resource, str_at, string_map_at, strings_at, to_bytes, CalicoMeta, EndpointPort,
     GoFloat, IpNet, LABEL_NAMESPACE,
 };
-use super::{escape, raw, Kv, TranslateError};
+use super::{escape, go_shapes, raw, Kv, TranslateError};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 /// when set). Any other name yields nothing. Config annotations are ignored, as in Calico.
 pub fn translate_cluster_information(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "ClusterInformation")?;
-    if meta.name != "default" {
+    if meta.key_name != "default" {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
@@ -567,7 +567,7 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 const NANOS_PER_MILLI: u128 = 1_000_000;
 
 /// Go's `time.ParseDuration`, in nanoseconds (sign separate).
-fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
+pub(super) fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
     let mut s = input;
     let mut neg = false;
     if let Some(c) = s.chars().next() {
@@ -640,7 +640,7 @@ fn parse_go_duration(input: &str) -> Option<(bool, u128)> {
 }
 
 /// Go's `Duration.String()` (`1m30s`, `1.5s`, `100ms`, `0s`).
-fn go_duration_string(neg: bool, nanos: u128) -> String {
+pub(super) fn go_duration_string(neg: bool, nanos: u128) -> String {
     fn frac(v: u128, prec: u32) -> (String, u128) {
         // The `prec` low decimal digits of v as ".ddd" without trailing zeros.
         let div = 10u128.pow(prec);
@@ -881,15 +881,16 @@ const CONFIG_ANNOTATION_PREFIX: &str = "config.projectcalico.org/";
 /// `/calico/resources/v3/projectcalico.org/felixconfigurations/<name>`.
 pub fn translate_felix_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "FelixConfiguration")?;
-    let prefix = if meta.name == "default" {
+    let prefix = if meta.key_name == "default" {
         "/calico/v1/config/".to_string()
-    } else if let Some(node) = meta.name.strip_prefix("node.") {
+    } else if let Some(node) = meta.key_name.strip_prefix("node.") {
         format!("/calico/v1/host/{node}/config/")
     } else {
         return Ok(vec![raw_v3_resource(
             "FelixConfiguration",
             "felixconfigurations",
             obj,
+            &go_shapes::FELIX_CONFIGURATION,
         )?]);
     };
     let mut config: BTreeMap<String, String> = BTreeMap::new();
@@ -980,7 +981,7 @@ pub fn translate_network_set(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     Ok(vec![(
         format!(
             "/calico/v1/netset/{}",
-            escape(&format!("{}/{}", meta.namespace, meta.name))
+            escape(&format!("{}/{}", meta.namespace, meta.key_name))
         ),
         to_bytes(&v),
     )])
@@ -1019,7 +1020,7 @@ pub fn translate_tier(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
         },
     };
     Ok(vec![(
-        format!("/calico/v1/policy/tier/{}/metadata", meta.name),
+        format!("/calico/v1/policy/tier/{}/metadata", meta.key_name),
         to_bytes(&v),
     )])
 }
@@ -1057,7 +1058,7 @@ const DSCP_NAMES: &[&str] = &[
 ];
 
 /// The DSCP annotation as `numorstring.DSCP` validates and marshals it.
-fn dscp(s: &str) -> Option<Value> {
+pub(super) fn dscp(s: &str) -> Option<Value> {
     if let Ok(n) = s.parse::<u8>() {
         return (n <= 63).then(|| Value::from(n));
     }
@@ -1073,9 +1074,8 @@ fn dscp(s: &str) -> Option<Value> {
 /// Translates a HostEndpoint into `/calico/v1/host/<spec.node>/endpoint/<name>` with `name`
 /// (the interface), `expected_ipv4_addrs` / `expected_ipv6_addrs` (from `expectedIPs`),
 /// `labels` (null when none), `profile_ids`, `ports` (protocols lower case) and `qosControls`
-/// (only the DSCP of the `qos.projectcalico.org/dscp` annotation). With several HostEndpoints
-/// for one node and name Calico keeps the alphabetically lowest; that needs state across
-/// objects and is not done here.
+/// (only the DSCP of the `qos.projectcalico.org/dscp` annotation). Several HostEndpoints for one
+/// node and name are resolved by the driver (`shared_keys`).
 pub fn translate_host_endpoint(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "HostEndpoint")?;
     let node = nonempty_at(obj, "/spec/node").ok_or(TranslateError::Missing("spec.node"))?;
@@ -1181,8 +1181,8 @@ fn encap_mode(mode: Option<&str>) -> &'static str {
 /// as `-`) with the value of `IPPoolV3ToV1`: `cidr`, `ipip` (`tunl0` when IPIP is on),
 /// `ipip_mode` / `vxlan_mode` (`always`, `cross-subnet` or `""`), `masquerade` (natOutgoing),
 /// `ipam` (not disabled), `disabled`, `disableBGPExport`, `assignment_mode` (default
-/// `Automatic`) and `allowed_uses` when set. (With two pools of one CIDR Calico keeps the
-/// alphabetically lowest name; that needs state across objects and is not done here.)
+/// `Automatic`) and `allowed_uses` when set. Two pools of one CIDR are resolved by the driver
+/// (`shared_keys`).
 pub fn translate_ip_pool(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     CalicoMeta::of(obj, "IPPool")?;
     let cidr = strict_cidr(obj, "/spec/cidr", "spec.cidr")?;
@@ -1377,13 +1377,30 @@ pub fn translate_bgp_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateErro
         "BGPConfiguration",
         "bgpconfigurations",
         obj,
+        &go_shapes::BGP_CONFIGURATION,
     )?])
 }
 
 /// Translates a BGPPeer into the raw v3 `/calico/resources/v3/projectcalico.org/bgppeers/<name>`
 /// (as [`translate_bgp_configuration`]).
 pub fn translate_bgp_peer(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
-    Ok(vec![raw_v3_resource("BGPPeer", "bgppeers", obj)?])
+    Ok(vec![raw_v3_resource(
+        "BGPPeer",
+        "bgppeers",
+        obj,
+        &go_shapes::BGP_PEER,
+    )?])
+}
+
+/// Translates a BGPFilter into the raw v3 `/calico/resources/v3/projectcalico.org/bgpfilters/<name>`
+/// (the bgp syncer's; as [`translate_bgp_configuration`]).
+pub fn translate_bgp_filter(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
+    Ok(vec![raw_v3_resource(
+        "BGPFilter",
+        "bgpfilters",
+        obj,
+        &go_shapes::BGP_FILTER,
+    )?])
 }
 
 /// Translates a CalicoNodeStatus into the raw v3
@@ -1394,6 +1411,7 @@ pub fn translate_calico_node_status(obj: &Value) -> Result<Vec<Kv>, TranslateErr
         "CalicoNodeStatus",
         "caliconodestatuses",
         obj,
+        &go_shapes::CALICO_NODE_STATUS,
     )?])
 }
 
@@ -1539,10 +1557,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/felixconfigurations/gpu-nodes",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"FelixConfiguration","metadata":{"#,
-                    r#""creationTimestamp":"2026-03-07T10:00:00Z","labels":{"purpose":"gpu"},"#,
-                    r#""name":"gpu-nodes","uid":"78b43cd2-5a96-4711-9765-ad23cb478f05"},"#,
-                    r#""spec":{"bpfEnabled":true,"nodeSelector":"gpu == 'true'"}}"#
+                    r#"{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"gpu-nodes","#,
+                    r#""uid":"78b43cd2-5a96-4711-9765-ad23cb478f05","creationTimestamp":"2026-03-07T10:00:00Z","#,
+                    r#""labels":{"purpose":"gpu"}},"spec":{"nodeSelector":"gpu == 'true'","bpfEnabled":true,"#,
+                    r#""bpfLogLevel":""}}"#
                 )
             )])
         );
@@ -1687,11 +1705,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/bgpconfigurations/default",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPConfiguration","metadata":{"#,
-                    r#""annotations":{"note":"mesh"},"creationTimestamp":"2026-03-01T08:00:35Z","#,
-                    r#""name":"default","uid":"79f058d4-3cb2-4efa-8ad6-3eb179f058d4"},"#,
-                    r#""spec":{"asNumber":64512,"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
-                    r#""serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#
+                    r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","#,
+                    r#""uid":"79f058d4-3cb2-4efa-8ad6-3eb179f058d4","creationTimestamp":"2026-03-01T08:00:35Z","#,
+                    r#""annotations":{"note":"mesh"}},"spec":{"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
+                    r#""asNumber":64512,"serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#
                 )
             )])
         );
@@ -1700,10 +1717,10 @@ mod tests {
             pairs(&[(
                 "/calico/resources/v3/projectcalico.org/bgppeers/peer-with-rr",
                 concat!(
-                    r#"{"apiVersion":"projectcalico.org/v3","kind":"BGPPeer","metadata":{"#,
-                    r#""creationTimestamp":"2026-03-03T12:00:00Z","labels":{"peer":"route-reflector"},"#,
-                    r#""name":"peer-with-rr","uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c"},"#,
-                    r#""spec":{"nodeSelector":"!has(route-reflector)","peerSelector":"has(route-reflector)"}}"#
+                    r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"peer-with-rr","#,
+                    r#""uid":"0f1a2b3c-4d5e-4f6a-9b7c-8d9e0f1a2b3c","generation":1,"creationTimestamp":"2026-03-03T12:00:00Z","#,
+                    r#""labels":{"peer":"route-reflector"}},"spec":{"nodeSelector":"!has(route-reflector)","#,
+                    r#""peerSelector":"has(route-reflector)"}}"#
                 )
             )])
         );

@@ -736,7 +736,7 @@ mod tests {
             r#""dst_ports":["9090:9091","9100:9102"],"orig_src_namespace_selector":"kubernetes.io/metadata.name == 'monitoring'","#,
             r#""metadata":{"annotations":{"name":"allow-monitoring"}}},"#,
             // deny-untrusted: one rule per peer.
-            r#"{"action":"deny","src_selector":"(pcns.trust == \"untrusted\") && (projectcalico.org/orchestrator == 'k8s')","#,
+            r#"{"action":"deny","src_selector":"(pcns.trust == \"untrusted\") \u0026\u0026 (projectcalico.org/orchestrator == 'k8s')","#,
             r#""orig_src_selector":"projectcalico.org/orchestrator == 'k8s'","orig_src_namespace_selector":"trust == 'untrusted'","#,
             r#""metadata":{"annotations":{"name":"deny-untrusted"}}},"#,
             r#"{"action":"deny","src_selector":"pcns.environment in {\"dev\", \"sandbox\"}","#,
@@ -748,19 +748,19 @@ mod tests {
             r#""outbound_rules":["#,
             // allow-dns: TCP before UDP.
             r#"{"action":"allow","protocol":"tcp","#,
-            r#""dst_selector":"(pcns.kubernetes.io/metadata.name == \"kube-system\") && (projectcalico.org/orchestrator == 'k8s' && k8s-app == 'kube-dns')","#,
-            r#""dst_ports":[53],"orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' && k8s-app == 'kube-dns'","#,
+            r#""dst_selector":"(pcns.kubernetes.io/metadata.name == \"kube-system\") \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 k8s-app == 'kube-dns')","#,
+            r#""dst_ports":[53],"orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 k8s-app == 'kube-dns'","#,
             r#""orig_dst_namespace_selector":"kubernetes.io/metadata.name == 'kube-system'","#,
             r#""metadata":{"annotations":{"name":"allow-dns"}}},"#,
             r#"{"action":"allow","protocol":"udp","#,
-            r#""dst_selector":"(pcns.kubernetes.io/metadata.name == \"kube-system\") && (projectcalico.org/orchestrator == 'k8s' && k8s-app == 'kube-dns')","#,
-            r#""dst_ports":[53],"orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' && k8s-app == 'kube-dns'","#,
+            r#""dst_selector":"(pcns.kubernetes.io/metadata.name == \"kube-system\") \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 k8s-app == 'kube-dns')","#,
+            r#""dst_ports":[53],"orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 k8s-app == 'kube-dns'","#,
             r#""orig_dst_namespace_selector":"kubernetes.io/metadata.name == 'kube-system'","#,
             r#""metadata":{"annotations":{"name":"allow-dns"}}},"#,
             r#"{"action":"deny","dst_nets":["169.254.169.254/32","fd00:ec2::254/128"],"#,
             r#""metadata":{"annotations":{"name":"deny-cloud-metadata"}}}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && "#,
-            r#"(pcns.environment == \"production\" && pcns.kubernetes.io/metadata.name not in {\"calico-system\", \"kube-system\"})","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 "#,
+            r#"(pcns.environment == \"production\" \u0026\u0026 pcns.kubernetes.io/metadata.name not in {\"calico-system\", \"kube-system\"})","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -778,8 +778,8 @@ mod tests {
     #[test]
     fn baseline_tier_policy() {
         let ingress_src = concat!(
-            r#"(pcns.kubernetes.io/metadata.name == \"ingress-nginx\") && "#,
-            r#"(projectcalico.org/orchestrator == 'k8s' && app.kubernetes.io/component == 'controller' && "#,
+            r#"(pcns.kubernetes.io/metadata.name == \"ingress-nginx\") \u0026\u0026 "#,
+            r#"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app.kubernetes.io/component == 'controller' \u0026\u0026 "#,
             r#"app.kubernetes.io/name == 'ingress-nginx')"#
         );
         let expected = [
@@ -787,7 +787,7 @@ mod tests {
             r#"{"action":"allow","protocol":"tcp","src_selector":""#,
             ingress_src,
             r#"","dst_ports":[8080,8443],"#,
-            r#""orig_src_selector":"projectcalico.org/orchestrator == 'k8s' && app.kubernetes.io/component == 'controller' && app.kubernetes.io/name == 'ingress-nginx'","#,
+            r#""orig_src_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app.kubernetes.io/component == 'controller' \u0026\u0026 app.kubernetes.io/name == 'ingress-nginx'","#,
             r#""orig_src_namespace_selector":"kubernetes.io/metadata.name == 'ingress-nginx'","#,
             r#""metadata":{"annotations":{"name":"allow-ingress-controller"}}},"#,
             r#"{"action":"deny","src_selector":"has(projectcalico.org/namespace)","orig_src_namespace_selector":"all()","#,
@@ -799,7 +799,7 @@ mod tests {
             r#""metadata":{"annotations":{"name":"allow-internal-services"}}},"#,
             r#"{"action":"deny","dst_nets":["0.0.0.0/0"],"metadata":{"annotations":{"name":"default-deny-egress"}}},"#,
             r#"{"action":"deny","dst_nets":["::/0"],"metadata":{"annotations":{"name":"default-deny-egress"}}}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s' && has(app.kubernetes.io/name) && ! has(policy.example.com/exempt)) && "#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 has(app.kubernetes.io/name) \u0026\u0026 ! has(policy.example.com/exempt)) \u0026\u0026 "#,
             r#"pcns.kubernetes.io/metadata.name not in {\"kube-system\"}","#,
             r#""types":["ingress","egress"]}"#,
         ]
@@ -825,7 +825,7 @@ mod tests {
             r#"{"action":"deny"},{"action":"deny"},"#,
             r#"{"action":"allow","protocol":"tcp","dst_nets":["10.20.0.0/16"],"dst_ports":[5000],"#,
             r#""metadata":{"annotations":{"name":"allow-registry"}}}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && has(projectcalico.org/namespace)","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 has(projectcalico.org/namespace)","#,
             r#""types":["egress"]}"#
         );
         assert_eq!(
@@ -910,7 +910,7 @@ mod tests {
             // matches every protocol and port; no name, no metadata.
             r#""outbound_rules":[{"action":"deny"},{"action":"allow","dst_nets":["10.1.0.0/16"]}],"#,
             // A pods subject without a namespace selector selects every namespace.
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s' && app == 'web') && has(projectcalico.org/namespace)","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'web') \u0026\u0026 has(projectcalico.org/namespace)","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -931,7 +931,7 @@ mod tests {
             run(obj),
             pairs(&[(
                 "/calico/v1/policy/KubernetesClusterNetworkPolicy//p",
-                r#"{"tier":"kube-admin","order":3,"selector":"(projectcalico.org/orchestrator == 'k8s') && pcns.team == \"a\""}"#
+                r#"{"tier":"kube-admin","order":3,"selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 pcns.team == \"a\""}"#
             )])
         );
     }

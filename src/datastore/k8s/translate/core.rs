@@ -3,15 +3,14 @@
 //! conversion, Go-compatible number formatting, metadata normalization for raw v3 values).
 //!
 //! Values follow Calico v3.32.1's felix syncer in KDD mode (see
-//! `shared/reference/felix-syncer-kdd.md` and the Calico sources it cites). v1 model values are
-//! serialized from structs whose fields are declared in Go's order, so their bytes match what
-//! Go's `encoding/json` produces; maps (labels, annotations) are `BTreeMap`s, sorted as Go sorts
-//! map keys. Raw v3 values are built as `serde_json::Value` objects, whose keys serialize in
-//! sorted order (the crate does not enable `preserve_order`): deterministic, so equal content
-//! always gives equal bytes, but not Go's struct order. Felix decodes them as JSON, so the order
-//! does not matter to it.
+//! `shared/reference/felix-syncer-kdd.md` and the Calico sources it cites), byte for byte as Go's
+//! `encoding/json` writes them: v1 model values are serialized from structs whose fields are
+//! declared in Go's order; raw v3 and Kubernetes values are written by `gojson` against the Go
+//! struct tables in `go_shapes` (declaration order, zero values, `omitempty`, durations); maps
+//! (labels, annotations) are sorted as Go sorts map keys; `<`, `>`, `&` are escaped as Go does.
 
-use super::{escape, name, namespace, raw, Kv, TranslateError};
+use super::gojson::{self, Shape};
+use super::{escape, go_shapes, name, namespace, raw, Kv, TranslateError};
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -53,7 +52,7 @@ const ALLOW_ALL_RULES: &[u8] =
 
 /// Serializes a value Calico sends as JSON.
 pub(super) fn to_bytes<T: Serialize>(v: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+    super::gojson::serialize(v)
 }
 
 /// The string at `ptr`, if there is one (empty strings included).
@@ -292,15 +291,32 @@ pub(super) fn convert_uid(uid: &str) -> Result<String, TranslateError> {
 
 use crate::datastore::sim::sha1;
 
-/// The host-side interface name of a pod: `cali` + 11 hex digits of `sha1("<ns>.<pod>")`.
-/// (Calico uses the first entry of `FELIX_INTERFACEPREFIX` instead of `cali` when that is set
-/// in Typha's environment; typha-rs always uses `cali`.)
+/// The host-side interface name of a pod: the prefix + 11 hex digits of `sha1("<ns>.<pod>")`.
+/// The prefix is the first entry of `FELIX_INTERFACEPREFIX` in the daemon's environment, `cali`
+/// when that is unset or empty (`VethNameForWorkload`, read when the first pod is translated).
 fn interface_name(ns: &str, pod: &str) -> String {
-    let mut s = String::from("cali");
-    for b in &sha1(format!("{ns}.{pod}").as_bytes())[..6] {
-        let _ = write!(s, "{b:02x}");
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX
+        .get_or_init(|| interface_prefix(std::env::var("FELIX_INTERFACEPREFIX").ok().as_deref()));
+    interface_name_with_prefix(prefix, ns, pod)
+}
+
+/// The prefix `FELIX_INTERFACEPREFIX` gives: its first comma-separated entry, or `cali`.
+fn interface_prefix(env: Option<&str>) -> String {
+    match env {
+        None | Some("") => "cali".to_string(),
+        Some(list) => list.split(',').next().unwrap_or("").to_string(),
     }
-    s.truncate(15);
+}
+
+fn interface_name_with_prefix(prefix: &str, ns: &str, pod: &str) -> String {
+    let mut s = String::from(prefix);
+    let mut hex = String::new();
+    for b in &sha1(format!("{ns}.{pod}").as_bytes())[..6] {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex.truncate(11);
+    s.push_str(&hex);
     s
 }
 
@@ -308,15 +324,19 @@ fn interface_name(ns: &str, pod: &str) -> String {
 
 /// The metadata of a Calico resource as the raw v3 value carries it.
 ///
-/// Kept: `name`, `namespace`, `uid`, `creationTimestamp`, `labels`, `annotations` — what
-/// Calico's own conversion of a `crd.projectcalico.org/v1` resource keeps when the resource
-/// has its `projectcalico.org/metadata` annotation (the normal case: Calico writes it).
+/// Kept: `name`, `namespace`, `uid`, `generation`, `creationTimestamp`, `labels`,
+/// `annotations` and `ownerReferences`, from where Calico v3.32.1's
+/// `ConvertK8sResourceToCalicoResource` takes them. For a `crd.projectcalico.org/v1` object
+/// with the `projectcalico.org/metadata` annotation (the normal case: Calico writes it) the
+/// generation and owner references are the annotation's, each owner in `crd.projectcalico.org/v1`
+/// or `projectcalico.org/v3` rewritten to `projectcalico.org/v3` with its UID converted;
+/// without the annotation they are the CR's own.
 /// Dropped, so that changes Felix does not care about give byte-identical values:
 /// * `resourceVersion`: Calico moves it out of the value into `V3ResourceVersion`;
-/// * `managedFields`: server-side-apply bookkeeping, rewritten on every write;
-/// * `generation`: only tracks spec changes, which change the value anyway;
-/// * `selfLink`, `finalizers`, `ownerReferences`, `deletionTimestamp`,
-///   `deletionGracePeriodSeconds`, `generateName`: lifecycle bookkeeping Felix never reads;
+/// * `managedFields`: server-side-apply bookkeeping, rewritten on every write; no Calico
+///   component reads it (docs/datastore.md measures what it costs);
+/// * `selfLink`, `finalizers`, `deletionTimestamp`, `deletionGracePeriodSeconds`,
+///   `generateName`: lifecycle bookkeeping Felix never reads;
 /// * the annotations `projectcalico.org/metadata` (decoded, as Calico does) and
 ///   `kubectl.kubernetes.io/last-applied-configuration` (client-side bookkeeping; a deviation
 ///   from Calico, which keeps it).
@@ -328,12 +348,42 @@ fn interface_name(ns: &str, pod: &str) -> String {
 /// `projectcalico.org/v3` (no Calico API server, v3 CRDs) are taken as they are.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct CalicoMeta {
+    /// The name the object has in the API server. Calico's watcher builds the v3 `ResourceKey`
+    /// from it before converting the metadata, so every key derived from that `ResourceKey`
+    /// (policies, tiers, network sets, configuration, raw v3 paths) uses it as it is, whatever
+    /// the metadata annotation says and whatever its prefix.
+    pub key_name: String,
+    /// The v3 name: from the metadata annotation when it names one (see [`CalicoMeta::of`]).
     pub name: String,
     pub namespace: String,
     pub uid: String,
+    pub generation: Option<Value>,
     pub creation_timestamp: Option<Value>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    pub owner_references: Option<Value>,
+}
+
+/// An owner list from the metadata annotation, with Calico owners moved to the v3 API and their
+/// UIDs converted (`ConvertK8sResourceToCalicoResource`).
+fn v3_owner_references(refs: &Value) -> Result<Value, TranslateError> {
+    let Value::Array(list) = refs else {
+        return Err(invalid("metadata.ownerReferences", "not a list"));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for r in list {
+        let mut r = r.clone();
+        let api = str_at(&r, "/apiVersion").unwrap_or("");
+        if api == CRD_V1_API || api == V3_API {
+            let uid = convert_uid(str_at(&r, "/uid").unwrap_or(""))?;
+            if let Some(m) = r.as_object_mut() {
+                m.insert("apiVersion".into(), Value::String(V3_API.into()));
+                m.insert("uid".into(), Value::String(uid));
+            }
+        }
+        out.push(r);
+    }
+    Ok(Value::Array(out))
 }
 
 /// Policy kinds whose CRD name may carry a legacy `default.` prefix (`determinePolicyName`).
@@ -349,9 +399,18 @@ impl CalicoMeta {
     pub(super) fn of(obj: &Value, kind: &str) -> Result<CalicoMeta, TranslateError> {
         let cr_name = name(obj)?.to_string();
         let mut meta = CalicoMeta {
+            key_name: cr_name.clone(),
             name: cr_name.clone(),
             namespace: namespace(obj).to_string(),
             uid: str_at(obj, "/metadata/uid").unwrap_or("").to_string(),
+            generation: obj
+                .pointer("/metadata/generation")
+                .filter(|v| !v.is_null())
+                .cloned(),
+            owner_references: obj
+                .pointer("/metadata/ownerReferences")
+                .filter(|v| !v.is_null())
+                .cloned(),
             creation_timestamp: obj
                 .pointer("/metadata/creationTimestamp")
                 .filter(|v| !v.is_null())
@@ -375,7 +434,14 @@ impl CalicoMeta {
                     format!("{METADATA_ANNOTATION}: {e}"),
                 )
             })?,
-            None => Value::Null,
+            None => return Ok(meta),
+        };
+        // With the annotation, Calico replaces the CR's metadata by the stored one: the
+        // generation and owners are the stored ones (or none).
+        meta.generation = stored.get("generation").filter(|v| !v.is_null()).cloned();
+        meta.owner_references = match stored.get("ownerReferences").filter(|v| !v.is_null()) {
+            Some(refs) => Some(v3_owner_references(refs)?),
+            None => None,
         };
         if let Some(l) = string_map_at(&stored, "/labels", "metadata.labels")? {
             meta.labels.extend(l);
@@ -411,6 +477,12 @@ impl CalicoMeta {
         if !self.uid.is_empty() {
             m.insert("uid".into(), Value::String(self.uid.clone()));
         }
+        if let Some(g) = &self.generation {
+            m.insert("generation".into(), g.clone());
+        }
+        if let Some(o) = &self.owner_references {
+            m.insert("ownerReferences".into(), o.clone());
+        }
         if let Some(ts) = &self.creation_timestamp {
             m.insert("creationTimestamp".into(), ts.clone());
         }
@@ -443,9 +515,15 @@ pub(super) fn v3_key(plural: &str, ns: &str, name: &str) -> String {
 }
 
 /// A Calico resource passed through as raw v3: `kind`, `apiVersion: projectcalico.org/v3`,
-/// the normalized metadata of [`CalicoMeta`] and the spec as the object has it (`{}` when
-/// absent). Status is not carried (none of the kinds passed through raw has one Felix reads).
-pub(super) fn raw_v3_resource(kind: &str, plural: &str, obj: &Value) -> Result<Kv, TranslateError> {
+/// the normalized metadata of [`CalicoMeta`], the spec as the object has it, and its status
+/// when the kind's Go struct has one (CalicoNodeStatus), all written by `gojson` against
+/// `shape`, as Typha marshals the whole v3 struct.
+pub(super) fn raw_v3_resource(
+    kind: &str,
+    plural: &str,
+    obj: &Value,
+    shape: &Shape,
+) -> Result<Kv, TranslateError> {
     let meta = CalicoMeta::of(obj, kind)?;
     let spec = obj
         .get("spec")
@@ -457,9 +535,12 @@ pub(super) fn raw_v3_resource(kind: &str, plural: &str, obj: &Value) -> Result<K
     m.insert("apiVersion".into(), Value::String(V3_API.to_string()));
     m.insert("metadata".into(), meta.to_value());
     m.insert("spec".into(), spec);
+    if let Some(status) = obj.get("status").filter(|v| !v.is_null()) {
+        m.insert("status".into(), status.clone());
+    }
     Ok((
-        v3_key(plural, &meta.namespace, &meta.name),
-        to_bytes(&Value::Object(m)),
+        v3_key(plural, &meta.namespace, &meta.key_name),
+        gojson::to_bytes(&Value::Object(m), shape),
     ))
 }
 
@@ -490,6 +571,8 @@ struct WorkloadEndpointValue {
     allow_spoofed_source_ips: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     annotations: BTreeMap<String, String>,
+    #[serde(rename = "qosControls", skip_serializing_if = "Option::is_none")]
+    qos_controls: Option<super::qos::QosControls>,
 }
 
 #[derive(Serialize)]
@@ -721,6 +804,7 @@ pub fn translate_pod(pod: &Value) -> Result<Vec<Kv>, TranslateError> {
             .to_string(),
         allow_spoofed_source_ips: spoof,
         annotations: wep_annotations,
+        qos_controls: super::qos::qos_controls(&annotations),
     };
     let key = format!(
         "/calico/v1/host/{node}/workload/k8s/{}/endpoint/eth0",
@@ -802,7 +886,7 @@ fn node_annotation<'a>(
 }
 
 /// `K8sNodeToCalico` (with `usePodCIDR` off): the v3 Node built from the fields Calico keeps.
-fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
+fn k8s_node_to_calico(node: &Value, use_pod_cidr: bool) -> Result<Value, TranslateError> {
     let node_name = name(node)?;
     let ann = annotations_of(node)?;
     let k8s_labels = string_map_at(node, "/metadata/labels", "metadata.labels")?;
@@ -852,11 +936,21 @@ fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
     };
     str_entry(&mut bgp, "ipv4Address", ipv4);
     str_entry(&mut bgp, "ipv6Address", ipv6);
-    str_entry(
-        &mut bgp,
-        "ipv4IPIPTunnelAddr",
-        node_annotation(&ann, ANN_IPIP_TUNNEL, |s| validate_network_v(s, true)),
-    );
+    // With host-local IPAM (USE_POD_CIDR) the IPIP and WireGuard tunnel addresses are the
+    // first address of the pod CIDR; otherwise they come from the annotations.
+    let pod_cidr = nonempty_at(node, "/spec/podCIDR").filter(|_| use_pod_cidr);
+    let static_tunnel = match pod_cidr {
+        Some(c) => Some(static_tunnel_address(c)?),
+        None => None,
+    };
+    match &static_tunnel {
+        Some(addr) => str_entry(&mut bgp, "ipv4IPIPTunnelAddr", addr.as_deref()),
+        None => str_entry(
+            &mut bgp,
+            "ipv4IPIPTunnelAddr",
+            node_annotation(&ann, ANN_IPIP_TUNNEL, |s| validate_network_v(s, true)),
+        ),
+    }
     str_entry(
         &mut bgp,
         "routeReflectorClusterID",
@@ -890,16 +984,25 @@ fn k8s_node_to_calico(node: &Value) -> Result<Value, TranslateError> {
         serde_json::json!([{ "nodeName": node_name, "orchestrator": "k8s" }]),
     );
     let mut wg = Map::new();
-    str_entry(
-        &mut wg,
-        "interfaceIPv4Address",
-        node_annotation(&ann, ANN_WG_IFACE_V4, |s| validate_network_v(s, true)),
-    );
-    str_entry(
-        &mut wg,
-        "interfaceIPv6Address",
-        node_annotation(&ann, ANN_WG_IFACE_V6, |s| validate_network_v(s, false)),
-    );
+    match &static_tunnel {
+        Some(addr) => {
+            if ann.get(ANN_WG_KEY).is_some_and(|k| !k.is_empty()) {
+                str_entry(&mut wg, "interfaceIPv4Address", addr.as_deref());
+            }
+        }
+        None => {
+            str_entry(
+                &mut wg,
+                "interfaceIPv4Address",
+                node_annotation(&ann, ANN_WG_IFACE_V4, |s| validate_network_v(s, true)),
+            );
+            str_entry(
+                &mut wg,
+                "interfaceIPv6Address",
+                node_annotation(&ann, ANN_WG_IFACE_V6, |s| validate_network_v(s, false)),
+            );
+        }
+    }
     if !wg.is_empty() {
         spec.insert("wireguard".into(), Value::Object(wg));
     }
@@ -1028,8 +1131,49 @@ fn find_node_address(v3: &Value, kind: &str) -> Option<IpAddr> {
 ///
 /// and always the raw v3 Node at `/calico/resources/v3/projectcalico.org/nodes/<node>`.
 pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
+    translate_node_with(node, use_pod_cidr())
+}
+
+/// Whether `USE_POD_CIDR` (host-local IPAM from the nodes' pod CIDRs) is set in the daemon's
+/// environment, read once as Go's `strconv.ParseBool` reads it (`K8sUsePodCIDR` in
+/// `lib/apiconfig`). The node translator then sends the static tunnel addresses and a block
+/// per pod CIDR, and the driver does not watch IPAM blocks and block affinities.
+pub fn use_pod_cidr() -> bool {
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        matches!(
+            std::env::var("USE_POD_CIDR").as_deref(),
+            Ok("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
+    })
+}
+
+/// `getStaticTunnelAddress`: the pod CIDR's address as written with its last byte incremented
+/// (wrapping, as a Go byte does); nothing for an IPv6 CIDR. A CIDR that does not parse fails
+/// the node's conversion, as in Calico.
+fn static_tunnel_address(pod_cidr: &str) -> Result<Option<String>, TranslateError> {
+    let (ip, _) = parse_cidr(pod_cidr)
+        .ok_or_else(|| invalid("spec.podCIDR", format!("not a CIDR: {pod_cidr:?}")))?;
+    Ok(match ip {
+        IpAddr::V4(v4) => {
+            let mut o = v4.octets();
+            o[3] = o[3].wrapping_add(1);
+            Some(Ipv4Addr::from(o).to_string())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| {
+            let mut o = v4.octets();
+            o[3] = o[3].wrapping_add(1);
+            Ipv4Addr::from(o).to_string()
+        }),
+    })
+}
+
+/// [`translate_node`] with `USE_POD_CIDR` given: when it is on, also a block
+/// `/calico/ipam/v2/assignment/ipv<4|6>/block/<cidr>` per entry of `spec.podCIDRs`, affine to
+/// `host:<node>` (`FelixNodeUpdateProcessor`).
+pub fn translate_node_with(node: &Value, use_pod_cidr: bool) -> Result<Vec<Kv>, TranslateError> {
     let node_name = name(node)?;
-    let v3 = k8s_node_to_calico(node)?;
+    let v3 = k8s_node_to_calico(node, use_pod_cidr)?;
     let host = |k: &str| format!("/calico/v1/host/{node_name}/{k}");
     let mut out = Vec::new();
 
@@ -1073,7 +1217,10 @@ pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
             out.push((host(&format!("config/{config}")), raw(&v)));
         }
     }
-    out.push((v3_key("nodes", "", node_name), to_bytes(&v3)));
+    out.push((
+        v3_key("nodes", "", node_name),
+        gojson::to_bytes(&v3, &go_shapes::NODE),
+    ));
 
     let wg = WireguardValue {
         interface_ipv4_addr: ip_config("/spec/wireguard/interfaceIPv4Address"),
@@ -1091,6 +1238,30 @@ pub fn translate_node(node: &Value) -> Result<Vec<Kv>, TranslateError> {
         || !wg.public_key_v6.is_empty()
     {
         out.push((host("wireguard"), to_bytes(&wg)));
+    }
+    if use_pod_cidr {
+        for c in strings_at(&v3, "/status/podCIDRs", "spec.podCIDRs")? {
+            // Calico skips a pod CIDR that does not parse.
+            let Some((_, net)) = parse_cidr(&c) else {
+                continue;
+            };
+            let v = if net.is_v4() { 4 } else { 6 };
+            let block = serde_json::json!({
+                "cidr": net.to_string(),
+                "affinity": format!("host:{node_name}"),
+            });
+            let value = format!(
+                r#"{{"cidr":{},"affinity":{},"allocations":null,"unallocated":null,"attributes":null,"sequenceNumber":0,"sequenceNumberForAllocation":null,"deleted":false}}"#,
+                block["cidr"], block["affinity"]
+            );
+            out.push((
+                format!(
+                    "/calico/ipam/v2/assignment/ipv{v}/block/{}-{}",
+                    net.addr, net.prefix
+                ),
+                Bytes::from(value),
+            ));
+        }
     }
     Ok(out)
 }
@@ -1136,7 +1307,10 @@ fn profile_kvs(
         "metadata": meta,
         "spec": spec,
     });
-    out.push((v3_key("profiles", "", profile), to_bytes(&v3)));
+    out.push((
+        v3_key("profiles", "", profile),
+        gojson::to_bytes(&v3, &go_shapes::PROFILE),
+    ));
     out
 }
 
@@ -1242,7 +1416,7 @@ pub fn translate_service(svc: &Value) -> Result<Vec<Kv>, TranslateError> {
     let (ns, n) = namespaced_name(svc)?;
     Ok(vec![(
         v3_key("kubernetesservice", ns, n),
-        to_bytes(&k8s_passthrough(svc)?),
+        gojson::to_bytes(&k8s_passthrough(svc)?, &go_shapes::k8s::SERVICE),
     )])
 }
 
@@ -1285,7 +1459,7 @@ pub fn translate_endpoint_slice(slice: &Value) -> Result<Vec<Kv>, TranslateError
     }
     Ok(vec![(
         v3_key("kubernetesendpointslices", ns, n),
-        to_bytes(&v),
+        gojson::to_bytes(&v, &go_shapes::k8s::ENDPOINT_SLICE),
     )])
 }
 
@@ -1331,6 +1505,14 @@ pub(super) mod tests {
         );
         // sha1("default.nginx") = c440f455693b69cd... (Python's hashlib).
         assert_eq!(interface_name("default", "nginx"), "calic440f455693");
+        // FELIX_INTERFACEPREFIX: the first entry of the list names the interface.
+        assert_eq!(interface_prefix(None), "cali");
+        assert_eq!(interface_prefix(Some("")), "cali");
+        assert_eq!(interface_prefix(Some("tap,cali")), "tap");
+        assert_eq!(
+            interface_name_with_prefix(&interface_prefix(Some("tap,cali")), "default", "nginx"),
+            "tapc440f455693"
+        );
     }
 
     #[test]
@@ -1522,19 +1704,99 @@ pub(super) mod tests {
         );
     }
 
+    #[test]
+    fn raw_v3_metadata_carries_generation_and_owner_references_as_calico_does() {
+        let owner_uid = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d";
+        let stored = serde_json::json!({
+            "generation": 4,
+            "ownerReferences": [
+                {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "name": "default", "uid": owner_uid},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "op", "uid": owner_uid, "controller": true},
+            ],
+        });
+        let obj = serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "BGPPeer",
+            "metadata": {
+                "name": "peer", "uid": owner_uid, "generation": 9, "resourceVersion": "7",
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "cr-owner", "uid": owner_uid}],
+                "annotations": {"projectcalico.org/metadata": stored.to_string()},
+            },
+            "spec": {"peerIP": "10.0.0.1"},
+        });
+        let converted = convert_uid(owner_uid).unwrap();
+        let meta = CalicoMeta::of(&obj, "BGPPeer").unwrap();
+        // The stored metadata wins: its generation and its owners, Calico's moved to v3.
+        assert_eq!(meta.generation, Some(serde_json::json!(4)));
+        assert_eq!(
+            meta.owner_references,
+            Some(serde_json::json!([
+                {"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration", "name": "default", "uid": converted},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "op", "uid": owner_uid, "controller": true},
+            ]))
+        );
+        let (_, bytes) =
+            raw_v3_resource("BGPPeer", "bgppeers", &obj, &go_shapes::BGP_PEER).unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.starts_with(&format!(
+            r#"{{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{{"name":"peer","uid":"{converted}","generation":4,"creationTimestamp":null,"ownerReferences":[{{"apiVersion":"projectcalico.org/v3","kind":"BGPConfiguration","name":"default","uid":"{converted}"}},{{"apiVersion":"apps/v1","kind":"Deployment","name":"op","uid":"{owner_uid}","controller":true}}]}}"#
+        )), "{text}");
+        assert!(!text.contains("managedFields") && !text.contains("resourceVersion"));
+
+        // Without the annotation the CR's own generation and owners are kept as they are.
+        let mut bare = obj.clone();
+        bare["metadata"]["annotations"] = serde_json::json!({});
+        let meta = CalicoMeta::of(&bare, "BGPPeer").unwrap();
+        assert_eq!(meta.generation, Some(serde_json::json!(9)));
+        assert_eq!(
+            meta.owner_references,
+            Some(obj["metadata"]["ownerReferences"].clone())
+        );
+    }
+
     // ---- Nodes ----
 
     const NODE_V3: &str = concat!(
-        r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"annotations":{"#,
-        r#""projectcalico.org/kube-labels":"{\"beta.kubernetes.io/arch\":\"amd64\",\"kubernetes.io/hostname\":\"worker-1\",\"kubernetes.io/os\":\"linux\",\"topology.kubernetes.io/zone\":\"zone-a\"}"},"#,
-        r#""creationTimestamp":"2026-03-02T09:14:07Z","labels":{"beta.kubernetes.io/arch":"amd64","#,
-        r#""kubernetes.io/hostname":"worker-1","kubernetes.io/os":"linux","topology.kubernetes.io/zone":"zone-a"},"#,
-        r#""name":"worker-1","uid":"5a0b7c2e-3f41-4d8a-9e6b-1c2d3e4f5a6b"},"#,
-        r#""spec":{"addresses":[{"address":"172.18.0.3/16","type":"CalicoNodeIP"},"#,
-        r#"{"address":"172.18.0.3","type":"InternalIP"}],"bgp":{"ipv4Address":"172.18.0.3/16","#,
-        r#""ipv4IPIPTunnelAddr":"10.244.1.0"},"orchRefs":[{"nodeName":"worker-1","orchestrator":"k8s"}],"#,
-        r#""vxlanTunnelMACAddr":"66:2f:1e:a0:3c:7b"},"status":{"podCIDRs":["10.244.1.0/24"]}}"#
+        r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"worker-1","#,
+        r#""uid":"5a0b7c2e-3f41-4d8a-9e6b-1c2d3e4f5a6b","creationTimestamp":"2026-03-02T09:14:07Z","#,
+        r#""labels":{"beta.kubernetes.io/arch":"amd64","kubernetes.io/hostname":"worker-1","kubernetes.io/os":"linux","#,
+        r#""topology.kubernetes.io/zone":"zone-a"},"annotations":{"projectcalico.org/kube-labels":"{\"beta.kubernetes.io/arch\":\"amd64\","#,
+        r#"\"kubernetes.io/hostname\":\"worker-1\",\"kubernetes.io/os\":\"linux\",\"topology.kubernetes.io/zone\":\"zone-a\"}"}},"#,
+        r#""spec":{"bgp":{"ipv4Address":"172.18.0.3/16","ipv4IPIPTunnelAddr":"10.244.1.0"},"vxlanTunnelMACAddr":"66:2f:1e:a0:3c:7b","#,
+        r#""orchRefs":[{"nodeName":"worker-1","orchestrator":"k8s"}],"addresses":[{"address":"172.18.0.3/16","#,
+        r#""type":"CalicoNodeIP"},{"address":"172.18.0.3","type":"InternalIP"}]},"status":{"podCIDRs":["10.244.1.0/24"]}}"#
     );
+
+    #[test]
+    fn use_pod_cidr_gives_static_tunnel_addresses_and_blocks() {
+        let mut node = fixture("node/worker-1.yaml");
+        node["spec"]["podCIDR"] = Value::String("10.244.1.0/24".into());
+        node["spec"]["podCIDRs"] = serde_json::json!(["10.244.1.0/24", "fd00:244:1::/64"]);
+        let out = text(&translate_node_with(&node, true).unwrap());
+        let get = |k: &str| out.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("/calico/v1/host/worker-1/config/IpInIpTunnelAddr").as_deref(),
+            Some("10.244.1.1")
+        );
+        assert_eq!(
+            get("/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-24").as_deref(),
+            Some(concat!(
+                r#"{"cidr":"10.244.1.0/24","affinity":"host:worker-1","allocations":null,"unallocated":null,"#,
+                r#""attributes":null,"sequenceNumber":0,"sequenceNumberForAllocation":null,"deleted":false}"#
+            ))
+        );
+        assert!(get("/calico/ipam/v2/assignment/ipv6/block/fd00:244:1::-64").is_some());
+        // Without USE_POD_CIDR: no blocks, and the tunnel address is the annotation's.
+        let plain = text(&translate_node_with(&node, false).unwrap());
+        assert!(plain.iter().all(|(k, _)| !k.starts_with("/calico/ipam/")));
+        assert_eq!(
+            static_tunnel_address("10.0.0.255/24").unwrap().as_deref(),
+            Some("10.0.0.0")
+        );
+        assert_eq!(static_tunnel_address("fd00::/64").unwrap(), None);
+        assert!(static_tunnel_address("bad").is_err());
+    }
 
     #[test]
     fn node_with_bgp_annotations() {
@@ -1574,14 +1836,12 @@ pub(super) mod tests {
     #[test]
     fn node_without_bgp_annotations_uses_internal_ip() {
         let v3 = concat!(
-            r#"{"apiVersion":"projectcalico.org/v3","kind":"Node","metadata":{"annotations":{"#,
-            r#""projectcalico.org/kube-labels":"{\"kubernetes.io/hostname\":\"edge-1\"}"},"#,
+            r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"edge-1","uid":"0f1e2d3c-4b5a-4697-8877-665544332211","#,
             r#""creationTimestamp":"2026-03-05T11:00:00Z","labels":{"kubernetes.io/hostname":"edge-1"},"#,
-            r#""name":"edge-1","uid":"0f1e2d3c-4b5a-4697-8877-665544332211"},"#,
-            r#""spec":{"addresses":[{"address":"fd00:172:18::50","type":"InternalIP"},"#,
-            r#"{"address":"192.168.50.7","type":"InternalIP"},"#,
-            r#"{"address":"203.0.113.7","type":"ExternalIP"}],"#,
-            r#""orchRefs":[{"nodeName":"edge-1","orchestrator":"k8s"}]},"status":{}}"#
+            r#""annotations":{"projectcalico.org/kube-labels":"{\"kubernetes.io/hostname\":\"edge-1\"}"}},"#,
+            r#""spec":{"orchRefs":[{"nodeName":"edge-1","orchestrator":"k8s"}],"addresses":[{"address":"fd00:172:18::50","#,
+            r#""type":"InternalIP"},{"address":"192.168.50.7","type":"InternalIP"},{"address":"203.0.113.7","#,
+            r#""type":"ExternalIP"}]},"status":{}}"#
         );
         assert_eq!(
             translate(translate_node, "node/no-bgp.yaml"),
@@ -1655,10 +1915,10 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/kns.shop",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""creationTimestamp":"2026-03-01T08:00:00Z","name":"kns.shop","#,
-                        r#""uid":"bc34d850-f971-4d3e-8b56-fa72bc34d850"},"spec":{"egress":[{"action":"Allow"}],"#,
-                        r#""ingress":[{"action":"Allow"}],"labelsToApply":{"pcns.kubernetes.io/metadata.name":"shop","#,
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"kns.shop","#,
+                        r#""uid":"bc34d850-f971-4d3e-8b56-fa72bc34d850","creationTimestamp":"2026-03-01T08:00:00Z"},"#,
+                        r#""spec":{"ingress":[{"action":"Allow","source":{},"destination":{}}],"egress":[{"action":"Allow","#,
+                        r#""source":{},"destination":{}}],"labelsToApply":{"pcns.kubernetes.io/metadata.name":"shop","#,
                         r#""pcns.projectcalico.org/name":"shop","pcns.team":"payments"}}}"#
                     )
                 ),
@@ -1679,10 +1939,9 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/ksa.shop.frontend",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""creationTimestamp":"2026-03-01T08:00:01Z","name":"ksa.shop.frontend","#,
-                        r#""uid":"3cba7451-f8d4-4cbc-9ef1-5ed63ab27cf4"},"spec":{"labelsToApply":{"#,
-                        r#""pcsa.app":"frontend","pcsa.projectcalico.org/name":"frontend"}}}"#
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"ksa.shop.frontend","#,
+                        r#""uid":"3cba7451-f8d4-4cbc-9ef1-5ed63ab27cf4","creationTimestamp":"2026-03-01T08:00:01Z"},"#,
+                        r#""spec":{"labelsToApply":{"pcsa.app":"frontend","pcsa.projectcalico.org/name":"frontend"}}}"#
                     )
                 ),
             ])
@@ -1701,9 +1960,9 @@ pub(super) mod tests {
                 (
                     "/calico/resources/v3/projectcalico.org/profiles/projectcalico-default-allow",
                     concat!(
-                        r#"{"apiVersion":"projectcalico.org/v3","kind":"Profile","metadata":{"#,
-                        r#""name":"projectcalico-default-allow"},"spec":{"egress":[{"action":"Allow"}],"#,
-                        r#""ingress":[{"action":"Allow"}]}}"#
+                        r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"projectcalico-default-allow","#,
+                        r#""creationTimestamp":null},"spec":{"ingress":[{"action":"Allow","source":{},"destination":{}}],"#,
+                        r#""egress":[{"action":"Allow","source":{},"destination":{}}]}}"#
                     )
                 ),
             ])

@@ -17,12 +17,19 @@ use thiserror::Error;
 mod calico;
 mod cnp;
 mod core;
+mod go_shapes;
+mod gojson;
+mod livemigration;
 mod policy;
+mod qos;
+mod validate;
 
 pub use self::calico::*;
 pub use self::cnp::*;
 pub use self::core::*;
+pub use self::livemigration::*;
 pub use self::policy::*;
+pub use self::validate::{validate, Invalid};
 
 /// One key a translated object yields, with its serialized value.
 pub type Kv = (String, Bytes);
@@ -60,7 +67,7 @@ pub fn escape(segment: &str) -> String {
 
 /// Serializes a value Calico sends as JSON.
 pub fn json(v: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+    gojson::serialize(v)
 }
 
 /// A value Calico sends as raw text (config strings, the ready flag, host IPs).

@@ -325,6 +325,11 @@ impl SelParser {
     }
 }
 
+/// Whether Calico's selector parser accepts `s` (the v1 validator's `selector` rule).
+pub fn selector_parses(s: &str) -> bool {
+    parse_selector(s).is_some()
+}
+
 fn parse_selector(s: &str) -> Option<Sel> {
     let toks = tokenize(s)?;
     if toks.first() == Some(&Tok::Eof) {
@@ -1114,7 +1119,7 @@ fn namespaced_calico_policy(
     let mut v = network_policy_v1(&parse_v3_policy_spec(obj)?, &meta.namespace);
     v.staged_action = action;
     Ok(vec![(
-        policy_key(kind, &meta.namespace, &meta.name),
+        policy_key(kind, &meta.namespace, &meta.key_name),
         to_bytes(&v),
     )])
 }
@@ -1131,7 +1136,7 @@ fn global_calico_policy(obj: &Value, kind: &str, staged: bool) -> Result<Vec<Kv>
     };
     let mut v = global_network_policy_v1(&parse_v3_policy_spec(obj)?);
     v.staged_action = action;
-    Ok(vec![(policy_key(kind, "", &meta.name), to_bytes(&v))])
+    Ok(vec![(policy_key(kind, "", &meta.key_name), to_bytes(&v))])
 }
 
 /// Translates a Calico NetworkPolicy into
@@ -1140,8 +1145,9 @@ fn global_calico_policy(obj: &Value, kind: &str, staged: bool) -> Result<Vec<Kv>
 /// selectors scoped to the namespace unless a rule has a namespace selector), the selector
 /// `(<selector>) && projectcalico.org/namespace == '<ns>'` with any `serviceAccountSelector`
 /// ANDed in as `pcsa.` terms, `types` (lower case) and `performance_hints`. For
-/// `crd.projectcalico.org/v1` objects the v3 name comes from the `projectcalico.org/metadata`
-/// annotation, or is the CR name without a legacy `default.` prefix.
+/// The key carries the object's own name as it is (a legacy `default.` prefix included, whatever
+/// the `projectcalico.org/metadata` annotation says): Calico's watcher builds the key from the
+/// CR name before it converts the metadata.
 pub fn translate_calico_network_policy(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     namespaced_calico_policy(obj, "NetworkPolicy", false)
 }
@@ -1438,6 +1444,7 @@ pub fn translate_staged_k8s_network_policy(obj: &Value) -> Result<Vec<Kv>, Trans
 #[cfg(test)]
 mod tests {
     use super::super::core::tests::{pairs, translate};
+    use super::super::TranslateFn;
     use super::*;
 
     fn norm(s: &str) -> String {
@@ -1646,28 +1653,28 @@ mod tests {
             // From podSelector (role=frontend) and namespaceSelector {}, TCP 8081, 8080 and "metrics"
             // (named first, numbers merged into a range).
             r#"{"action":"allow","protocol":"tcp","#,
-            r#""src_selector":"(projectcalico.org/namespace == 'shop') && (projectcalico.org/orchestrator == 'k8s' && role == 'frontend')","#,
-            r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' && role == 'frontend'"},"#,
-            r#"{"action":"allow","protocol":"tcp","src_selector":"(has(projectcalico.org/namespace)) && (projectcalico.org/orchestrator == 'k8s')","#,
+            r#""src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend')","#,
+            r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend'"},"#,
+            r#"{"action":"allow","protocol":"tcp","src_selector":"(has(projectcalico.org/namespace)) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s')","#,
             r#""dst_ports":["metrics","8080:8081"],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s'","orig_src_namespace_selector":"all()"},"#,
             // UDP 53 from the same peers.
             r#"{"action":"allow","protocol":"udp","#,
-            r#""src_selector":"(projectcalico.org/namespace == 'shop') && (projectcalico.org/orchestrator == 'k8s' && role == 'frontend')","#,
-            r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' && role == 'frontend'"},"#,
-            r#"{"action":"allow","protocol":"udp","src_selector":"(has(projectcalico.org/namespace)) && (projectcalico.org/orchestrator == 'k8s')","#,
+            r#""src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend')","#,
+            r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 role == 'frontend'"},"#,
+            r#"{"action":"allow","protocol":"udp","src_selector":"(has(projectcalico.org/namespace)) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s')","#,
             r#""dst_ports":[53],"orig_src_selector":"projectcalico.org/orchestrator == 'k8s'","orig_src_namespace_selector":"all()"},"#,
             // Second ingress rule: ipBlock with except, all ports.
             r#"{"action":"allow","src_nets":["10.0.0.0/8"],"!src_nets":["10.1.0.0/16","10.2.0.0/16"]}],"#,
             r#""outbound_rules":["#,
             // Egress to namespaces labelled team=payments (and env in prod,staging), pods app=db, TCP 5432 and endPort range.
             r#"{"action":"allow","protocol":"tcp","#,
-            r#""dst_selector":"((pcns.team == \"payments\" && pcns.env in {\"prod\", \"staging\"})) && (projectcalico.org/orchestrator == 'k8s' && app == 'db')","#,
+            r#""dst_selector":"((pcns.team == \"payments\" \u0026\u0026 pcns.env in {\"prod\", \"staging\"})) \u0026\u0026 (projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'db')","#,
             r#""dst_ports":[5432,"30000:30100"],"#,
-            r#""orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' && app == 'db'","#,
-            r#""orig_dst_namespace_selector":"team == 'payments' && env in { 'staging', 'prod' }"},"#,
+            r#""orig_dst_selector":"projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'db'","#,
+            r#""orig_dst_namespace_selector":"team == 'payments' \u0026\u0026 env in { 'staging', 'prod' }"},"#,
             // Egress anywhere on UDP 53 (no peers).
             r#"{"action":"allow","protocol":"udp","dst_ports":[53]}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s' && app == 'api' && tier in { 'web', 'edge' } && ! has(canary)) && projectcalico.org/namespace == 'shop'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'api' \u0026\u0026 tier in { 'web', 'edge' } \u0026\u0026 ! has(canary)) \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1686,7 +1693,7 @@ mod tests {
         let expected = concat!(
             r#"{"namespace":"default","tier":"default","order":1000,"#,
             r#""inbound_rules":[{"action":"allow"}],"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && projectcalico.org/namespace == 'default'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 projectcalico.org/namespace == 'default'","#,
             r#""types":["ingress"]}"#
         );
         assert_eq!(
@@ -1701,7 +1708,7 @@ mod tests {
         );
         let deny = concat!(
             r#"{"namespace":"shop","tier":"default","order":1000,"#,
-            r#""selector":"(projectcalico.org/orchestrator == 'k8s') && projectcalico.org/namespace == 'shop'","#,
+            r#""selector":"(projectcalico.org/orchestrator == 'k8s') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
             r#""types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1720,17 +1727,17 @@ mod tests {
     fn calico_network_policy() {
         let expected = concat!(
             r#"{"namespace":"shop","tier":"security","order":100.5,"inbound_rules":["#,
-            r#"{"action":"allow","protocol":"tcp","src_selector":"(projectcalico.org/namespace == 'shop') && (app == 'frontend')","#,
+            r#"{"action":"allow","protocol":"tcp","src_selector":"(projectcalico.org/namespace == 'shop') \u0026\u0026 (app == 'frontend')","#,
             r#""dst_ports":[8080,"9000:9100","http"],"orig_src_selector":"app == 'frontend'"},"#,
             r#"{"action":"next-tier","ip_version":4,"protocol":"icmp","icmp_type":8,"icmp_code":0,"#,
-            r#""src_selector":"(pcns.team == \"ops\") && ((pcsa.role == \"monitor\") && (projectcalico.org/serviceaccount in {\"prometheus\"}))","#,
+            r#""src_selector":"(pcns.team == \"ops\") \u0026\u0026 ((pcsa.role == \"monitor\") \u0026\u0026 (projectcalico.org/serviceaccount in {\"prometheus\"}))","#,
             r#""orig_src_namespace_selector":"team == 'ops'","orig_src_service_acct_names":["prometheus"],"#,
             r#""orig_src_service_acct_selector":"role == 'monitor'","metadata":{"annotations":{"owner":"sec"}}}],"#,
             r#""outbound_rules":[{"action":"deny","protocol":6,"dst_nets":["169.254.0.0/16"],"!dst_nets":["169.254.1.0/24"]},"#,
             r#"{"action":"log","!protocol":"udp","dst_selector":"projectcalico.org/namespace == 'shop'","#,
             r#""dst_service":"kube-dns","dst_service_ns":"kube-system","!dst_selector":"app == 'db'","!dst_ports":[22],"#,
             r#""!orig_dst_selector":"app == 'db'","http":{"methods":["GET"],"paths":[{"prefix":"/api"}]}}],"#,
-            r#""selector":"((app == 'api') && projectcalico.org/namespace == 'shop') && pcsa.team == \"payments\"","#,
+            r#""selector":"((app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop') \u0026\u0026 pcsa.team == \"payments\"","#,
             r#""types":["ingress","egress"],"performance_hints":["AssumeNeededOnEveryNode"]}"#
         );
         assert_eq!(
@@ -1748,7 +1755,8 @@ mod tests {
     #[test]
     fn calico_network_policy_legacy_default_prefix() {
         // A crd.projectcalico.org/v1 policy in the default tier without the metadata
-        // annotation: the "default." prefix of the CR name is dropped.
+        // annotation: Calico v3.32 builds the key from the CR name before converting the
+        // metadata, so the "default." prefix stays in the key.
         let out = translate(
             translate_calico_network_policy,
             "calico-networkpolicy/legacy-name.yaml",
@@ -1756,7 +1764,7 @@ mod tests {
         assert_eq!(
             out,
             pairs(&[(
-                "/calico/v1/policy/NetworkPolicy/shop/allow-dns",
+                "/calico/v1/policy/NetworkPolicy/shop/default.allow-dns",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","outbound_rules":[{"action":"allow","protocol":"udp","dst_ports":[53]}],"#,
                     r#""selector":"projectcalico.org/namespace == 'shop'","types":["egress"]}"#
@@ -1766,13 +1774,67 @@ mod tests {
     }
 
     #[test]
+    fn policy_keys_use_the_object_name_whatever_the_metadata_annotation_says() {
+        // Calico v3.32 builds the ResourceKey from the CR name before the metadata annotation
+        // is decoded, so neither the annotation's name nor a "default." prefix changes the key.
+        let spec = serde_json::json!({"selector": "all()", "types": ["Ingress"]});
+        let with_annotation = |kind: &str, ns: Option<&str>| {
+            let mut meta = serde_json::json!({
+                "name": "default.x",
+                "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d",
+                "annotations": {"projectcalico.org/metadata": "{\"name\":\"other\"}"},
+            });
+            if let Some(ns) = ns {
+                meta["namespace"] = Value::String(ns.into());
+            }
+            serde_json::json!({
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": kind,
+                "metadata": meta,
+                "spec": spec.clone(),
+            })
+        };
+        let cases: [(TranslateFn, &str, Option<&str>, &str); 4] = [
+            (
+                translate_global_network_policy,
+                "GlobalNetworkPolicy",
+                None,
+                "/calico/v1/policy/GlobalNetworkPolicy//default.x",
+            ),
+            (
+                translate_staged_global_network_policy,
+                "StagedGlobalNetworkPolicy",
+                None,
+                "/calico/v1/policy/StagedGlobalNetworkPolicy//default.x",
+            ),
+            (
+                translate_calico_network_policy,
+                "NetworkPolicy",
+                Some("ns1"),
+                "/calico/v1/policy/NetworkPolicy/ns1/default.x",
+            ),
+            (
+                translate_staged_network_policy,
+                "StagedNetworkPolicy",
+                Some("ns1"),
+                "/calico/v1/policy/StagedNetworkPolicy/ns1/default.x",
+            ),
+        ];
+        for (f, kind, ns, key) in cases {
+            let out = f(&with_annotation(kind, ns)).unwrap();
+            let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, vec![key], "{kind}");
+        }
+    }
+
+    #[test]
     fn global_network_policy() {
         let expected = concat!(
             r#"{"tier":"default","order":10,"inbound_rules":[{"action":"allow","protocol":"tcp","#,
             r#""src_nets":["10.0.0.0/8","192.168.1.7/32"],"dst_ports":[22],"#,
             r#""!src_nets":["10.9.0.0/16"]}],"#,
             r#""outbound_rules":[{"action":"next-tier"}],"#,
-            r#""selector":"(role == 'gateway') && (pcns.kubernetes.io/metadata.name == \"kube-system\" || has(projectcalico.org/namespace))","#,
+            r#""selector":"(role == 'gateway') \u0026\u0026 (pcns.kubernetes.io/metadata.name == \"kube-system\" || has(projectcalico.org/namespace))","#,
             r#""untracked":true,"apply_on_forward":true,"types":["ingress","egress"]}"#
         );
         assert_eq!(
@@ -1780,7 +1842,10 @@ mod tests {
                 translate_global_network_policy,
                 "globalnetworkpolicy/gateway.yaml"
             ),
-            pairs(&[("/calico/v1/policy/GlobalNetworkPolicy//gateway", expected)])
+            pairs(&[(
+                "/calico/v1/policy/GlobalNetworkPolicy//default.gateway",
+                expected
+            )])
         );
     }
 
@@ -1792,10 +1857,10 @@ mod tests {
                 "stagednetworkpolicy/set.yaml"
             ),
             pairs(&[(
-                "/calico/v1/policy/StagedNetworkPolicy/shop/trial",
+                "/calico/v1/policy/StagedNetworkPolicy/shop/default.trial",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","order":50,"#,
-                    r#""inbound_rules":[{"action":"deny"}],"selector":"(app == 'api') && projectcalico.org/namespace == 'shop'","#,
+                    r#""inbound_rules":[{"action":"deny"}],"selector":"(app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
                     r#""types":["ingress"],"staged_action":"Set"}"#
                 )
             )])
@@ -1813,7 +1878,7 @@ mod tests {
                 "stagedglobalnetworkpolicy/learn.yaml"
             ),
             pairs(&[(
-                "/calico/v1/policy/StagedGlobalNetworkPolicy//audit",
+                "/calico/v1/policy/StagedGlobalNetworkPolicy//default.audit",
                 concat!(
                     r#"{"tier":"default","outbound_rules":[{"action":"next-tier"}],"#,
                     r#""selector":"all()","types":["egress"],"staged_action":"Learn"}"#
@@ -1836,7 +1901,7 @@ mod tests {
                 "/calico/v1/policy/StagedKubernetesNetworkPolicy/shop/lockdown",
                 concat!(
                     r#"{"namespace":"shop","tier":"default","order":1000,"#,
-                    r#""selector":"(projectcalico.org/orchestrator == 'k8s' && app == 'api') && projectcalico.org/namespace == 'shop'","#,
+                    r#""selector":"(projectcalico.org/orchestrator == 'k8s' \u0026\u0026 app == 'api') \u0026\u0026 projectcalico.org/namespace == 'shop'","#,
                     r#""types":["ingress"],"staged_action":"Set"}"#
                 )
             )])
