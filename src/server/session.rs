@@ -255,13 +255,15 @@ impl Session {
     /// goodbye; `None` closes after any frame already started.
     pub fn farewell(&self, reason: GoodbyeReason, text: &str) -> Option<Bytes> {
         match self {
-            Session::Native(_) => Some(match reason {
+            // Before the client spoke, the native Goodbye: a native client learns why (server
+            // full, handshake timeout), and to a Go client the bytes are an undecodable stream,
+            // which it treats as the close it is.
+            Session::Native(_) | Session::Detecting(_) => Some(match reason {
                 GoodbyeReason::Shutdown => shared_goodbye_shutdown(),
                 _ => goodbye_frame(reason, text),
             }),
-            // Typha has no goodbye: its clients are closed. Before detection nothing can be
-            // said either.
-            Session::Typha(_) | Session::Detecting(_) => None,
+            // Typha has no goodbye: its clients are closed.
+            Session::Typha(_) => None,
         }
     }
 
