@@ -504,3 +504,52 @@ fn felix_over_tls_with_the_same_identity_rules() {
     let _ = std::fs::remove_dir_all(&dir);
     m.h.stop();
 }
+
+#[test]
+fn rebalancing_closes_the_newest_felix_and_tells_native_clients() {
+    let target = typha::rebalance::ConnectionTarget::default();
+    let mut m = Model::start(ServerConfig {
+        drop_interval: Duration::from_millis(50),
+        connection_target: target.clone(),
+        ..test_config()
+    });
+    m.populate(30);
+    let mut native = m.h.client(SyncerType::Felix);
+    native.run_until_in_sync(Duration::from_secs(20)).unwrap();
+    let mut felixes: Vec<Felix> = (0..3)
+        .map(|i| {
+            let mut f = Felix::connect(m.h.addr, felix(&format!("r{i}")));
+            converge(&mut f, &m);
+            f
+        })
+        .collect();
+    // Two over the target: the two newest go (Felix connections, closed without a word).
+    target.set(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while felixes[1..].iter().any(|f| !f.closed) {
+        assert!(
+            Instant::now() < deadline,
+            "the newest Felix clients were not shed"
+        );
+        for f in &mut felixes[1..] {
+            if !f.closed {
+                f.pump();
+            }
+        }
+    }
+    m.h.wait_for("two connections left", |h| {
+        h.metrics.connections_active.get() == 2
+    });
+    assert_eq!(m.h.dropped("rebalancing"), 2);
+    // The oldest Felix and the native client keep streaming.
+    m.set(&wep(0), b"{\"after\":1}");
+    m.h.flush();
+    converge(&mut felixes[0], &m);
+    native
+        .run_until(Duration::from_secs(20), |s| {
+            s.get(&wep(0))
+                .is_some_and(|e| e.value[..] == b"{\"after\":1}"[..])
+        })
+        .unwrap();
+    m.h.stop();
+}
