@@ -597,3 +597,75 @@ fn decode_payload(payload: &[u8]) -> Result<ClientMessage, (GoodbyeReason, Strin
         _ => (GoodbyeReason::ProtocolError, e.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{ClientMessage, Hello};
+
+    fn native_hello() -> Vec<u8> {
+        encode_frame(&ClientMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            hostname: "n".into(),
+            client_info: "t".into(),
+            syncer_type: "felix".into(),
+            accepts_compression: vec![],
+        }))
+        .to_vec()
+    }
+
+    fn felix_hello() -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        typha::ClientEncoder::new().encode_hello(
+            &typha::FelixClientConfig::felix("n", "felix", 1).hello,
+            &mut out,
+        );
+        out.to_vec()
+    }
+
+    #[test]
+    fn detection_decides_on_the_first_bytes_as_soon_as_they_allow() {
+        let go = felix_hello();
+        assert_eq!(detect(&go[..1]), None);
+        assert_eq!(detect(&go[..2]), Some(Detected::Typha));
+        assert_eq!(detect(&go), Some(Detected::Typha));
+        let native = native_hello();
+        assert_eq!(detect(&native[..3]), None);
+        assert_eq!(detect(&native[..4]), Some(Detected::Native));
+        // Higher Go type ids: one and two id bytes, odd (negative) only.
+        assert_eq!(detect(&[0x20, 0xff, 0x83]), Some(Detected::Typha));
+        assert_eq!(detect(&[0x20, 0xfe, 0x01, 0x01]), Some(Detected::Typha));
+        assert_eq!(detect(&[0x20, 0xff, 0x82]), Some(Detected::Neither));
+        for garbage in [&b"GET / HTTP/1.1"[..], b"\x16\x03\x01\x02\x00", b"\0\0\0\0"] {
+            assert_eq!(detect(garbage), Some(Detected::Neither), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn a_detecting_session_hands_every_byte_to_the_protocol_it_found() {
+        let ctx = SessionContext {
+            server_id: "s",
+            conn_id: 3,
+            typha_conn_id: 9 << 32 | 3,
+            max_frame: 64 * 1024,
+            codec: None,
+        };
+        for (bytes, protocol) in [(felix_hello(), "typha"), (native_hello(), "native")] {
+            let mut s = Session::detecting();
+            let mut events = Vec::new();
+            // Byte by byte: detection must neither lose nor repeat a byte.
+            for b in &bytes {
+                assert!(s.feed(std::slice::from_ref(b), ctx, &mut events));
+            }
+            assert_eq!(s.protocol(), protocol);
+            assert!(
+                matches!(&events[..], [SessionEvent::Accepted(a)] if a.syncer == SyncerType::Felix),
+                "{events:?}"
+            );
+        }
+        let mut s = Session::detecting();
+        let mut events = Vec::new();
+        assert!(!s.feed(b"GET / HTTP/1.1\r\n", ctx, &mut events));
+        assert!(matches!(&events[..], [SessionEvent::Unrecognised { .. }]));
+    }
+}
