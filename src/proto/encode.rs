@@ -5,7 +5,8 @@
 
 use super::codec::*;
 use super::messages::*;
-use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, SyncerType, Update};
+use super::typha;
+use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, SyncerType, Update, UpdateType};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -177,12 +178,205 @@ pub fn encode_batch_part(
     let mut variants: [Option<Bytes>; WireVariant::COUNT] = Default::default();
     variants[WireVariant::NativePlain.index()] = Some(plain);
     variants[WireVariant::NativeCompressed.index()] = compressed;
+    let gob = typha_delta_gob(updates, status_change);
+    let mut framed = BytesMut::with_capacity(gob.len() / 2 + 64);
+    typha::snappy::frame_chunks(&gob, &mut framed);
+    variants[WireVariant::TyphaSnappy.index()] = Some(framed.freeze());
+    variants[WireVariant::TyphaPlain.index()] = Some(gob);
     EncodedPart {
         first_seq,
         last_seq,
         update_count: updates.len(),
         variants,
     }
+}
+
+/// Most updates in one Typha `MsgKVs`: Typha's `ServerMaxMessageSize` for streamed snapshots
+/// and deltas.
+pub const TYPHA_KVS_PER_MESSAGE: usize = 100;
+/// Most updates in one `MsgKVs` of a binary (snappy) snapshot, as Typha writes them.
+pub const TYPHA_BINARY_SNAPSHOT_KVS_PER_MESSAGE: usize = 1000;
+/// The restart that ends a binary snapshot; Felix logs the text.
+pub const TYPHA_SNAPSHOT_END_RESTART: &str = "End of compressed snapshot.";
+
+/// The gob messages of one Typha delta: `MsgKVs` of the updates (at most
+/// [`TYPHA_KVS_PER_MESSAGE`] each), then `MsgSyncStatus` when the status changed. No preamble:
+/// these use the fixed type ids every Typha stream of ours opens with.
+fn typha_delta_gob(updates: &[&Update], status_change: Option<SyncStatus>) -> Bytes {
+    let mut out = BytesMut::new();
+    for chunk in updates.chunks(TYPHA_KVS_PER_MESSAGE) {
+        typha::encode_kvs_into(&mut out, chunk.iter().map(|u| typha_update(u)));
+    }
+    if let Some(status) = status_change {
+        out.extend_from_slice(&typha::encode_sync_status(status as u8));
+    }
+    out.freeze()
+}
+
+/// Typha's `V3ResourceVersion`: the revision, for keys of v3 resources (whose JSON value carries
+/// no resourceVersion of its own); empty otherwise.
+fn v3_resource_version<'a>(key: &str, revision: &'a str) -> &'a str {
+    if key.starts_with("/calico/resources/v3/") {
+        revision
+    } else {
+        ""
+    }
+}
+
+/// One delta as Typha serialises it: the real update type, no value for a deletion.
+fn typha_update(u: &Update) -> typha::SerializedUpdateRef<'_> {
+    typha::SerializedUpdateRef {
+        key: &u.key,
+        value: u.value.as_deref(),
+        revision: &u.revision,
+        v3_resource_version: v3_resource_version(&u.key, &u.revision),
+        ttl_nanos: 0,
+        update_type: match u.update_type {
+            UpdateType::New => typha::UPDATE_TYPE_NEW,
+            UpdateType::Updated => typha::UPDATE_TYPE_UPDATED,
+            UpdateType::Deleted => typha::UPDATE_TYPE_DELETED,
+        },
+    }
+}
+
+/// One snapshot entry as Typha serialises it: always `KVNew`.
+fn typha_snapshot_entry<'a>(k: &'a Key, e: &'a Entry) -> typha::SerializedUpdateRef<'a> {
+    typha::SerializedUpdateRef {
+        key: k,
+        value: Some(&e.value),
+        revision: &e.revision,
+        v3_resource_version: v3_resource_version(k, &e.revision),
+        ttl_nanos: 0,
+        update_type: typha::UPDATE_TYPE_NEW,
+    }
+}
+
+/// A Typha `MsgSyncStatus` in `variant` (snappy chunk or plain gob).
+pub fn typha_sync_status(status: SyncStatus, variant: WireVariant) -> Bytes {
+    typha_message(typha::encode_sync_status(status as u8), variant)
+}
+
+/// A Typha `MsgPing` in `variant`.
+pub fn typha_ping(timestamp: typha::GoTime, variant: WireVariant) -> Bytes {
+    typha_message(typha::encode_ping(timestamp), variant)
+}
+
+fn typha_message(gob: Bytes, variant: WireVariant) -> Bytes {
+    match variant {
+        WireVariant::TyphaSnappy => {
+            let mut out = BytesMut::with_capacity(gob.len() + 16);
+            typha::snappy::frame_chunks(&gob, &mut out);
+            out.freeze()
+        }
+        _ => gob,
+    }
+}
+
+/// Encodes `syncer`'s view of `state` as of `seq` for Typha clients, in key order, every entry
+/// `KVNew`:
+/// - `TyphaSnappy`: a complete binary snapshot stream, which a client reads right after the
+///   decoder restart that announced it: the snappy stream identifier, then chunks holding a
+///   fresh gob stream (the preamble, `MsgKVs` of up to 1000 updates, and a closing
+///   `MsgDecoderRestart` back to a fresh snappy stream).
+/// - `TyphaPlain`: `MsgKVs` of up to 100 updates on the client's first gob stream (whose
+///   preamble went out before the `ServerHello`), then `MsgSyncStatus` unless the status is
+///   `WaitForDatastore`, as Typha sends it after a streamed snapshot.
+pub fn encode_typha_snapshot(
+    state: &StateMap,
+    seq: u64,
+    status: SyncStatus,
+    syncer: SyncerType,
+    variant: WireVariant,
+) -> EncodedSnapshot {
+    let mut out = EncodedSnapshot {
+        syncer,
+        seq,
+        variant,
+        codec: None,
+        frames: Vec::new(),
+        key_count: 0,
+        digest: Digest::default(),
+        raw_bytes: 0,
+        wire_bytes: 0,
+        status,
+        live_prefix: None,
+    };
+    let binary = variant == WireVariant::TyphaSnappy;
+    let per_message = if binary {
+        TYPHA_BINARY_SNAPSHOT_KVS_PER_MESSAGE
+    } else {
+        TYPHA_KVS_PER_MESSAGE
+    };
+    let mut gob = BytesMut::new();
+    if binary {
+        gob.extend_from_slice(&typha::server_preamble());
+    }
+    let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::with_capacity(per_message);
+    let mut frames = Vec::new();
+    // Each message is framed on its own (snappy chunks are independent), so a frame is a
+    // whole number of messages and the outbox can write the snapshot frame by frame.
+    let emit = |gob: &mut BytesMut, frames: &mut Vec<Bytes>, out: &mut EncodedSnapshot| {
+        if gob.is_empty() {
+            return;
+        }
+        let raw = gob.split().freeze();
+        out.raw_bytes += raw.len() as u64;
+        let wire = if binary {
+            let mut framed = BytesMut::with_capacity(raw.len() / 2 + 64);
+            if frames.is_empty() {
+                framed.extend_from_slice(typha::snappy::STREAM_IDENTIFIER);
+            }
+            typha::snappy::frame_chunks(&raw, &mut framed);
+            framed.freeze()
+        } else {
+            raw
+        };
+        out.wire_bytes += wire.len() as u64;
+        frames.push(wire);
+    };
+    for (k, e) in state.iter() {
+        if !syncer.wants(k) {
+            continue;
+        }
+        out.key_count += 1;
+        out.digest.add(k, &e.value);
+        chunk.push((k, e));
+        if chunk.len() == per_message {
+            typha::encode_kvs_into(
+                &mut gob,
+                chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
+            );
+            chunk.clear();
+            emit(&mut gob, &mut frames, &mut out);
+        }
+    }
+    if !chunk.is_empty() {
+        typha::encode_kvs_into(
+            &mut gob,
+            chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
+        );
+    }
+    if binary {
+        gob.extend_from_slice(&typha::encode_decoder_restart(&typha::DecoderRestart {
+            message: TYPHA_SNAPSHOT_END_RESTART.into(),
+            compression: typha::COMPRESSION_SNAPPY.into(),
+        }));
+    } else if status != SyncStatus::WaitingForDatastore {
+        gob.extend_from_slice(&typha::encode_sync_status(status as u8));
+    }
+    emit(&mut gob, &mut frames, &mut out);
+    out.frames = frames;
+    if binary {
+        let mut prefix = BytesMut::new();
+        // The snappy identifier and the gob preamble: after it every shared `TyphaSnappy`
+        // frame decodes on any connection.
+        prefix.extend_from_slice(&typha::server_preamble_snappy());
+        if status != SyncStatus::WaitingForDatastore {
+            prefix.extend_from_slice(&typha_sync_status(status, WireVariant::TyphaSnappy));
+        }
+        out.live_prefix = Some(prefix.freeze());
+    }
+    out
 }
 
 /// A snapshot of one syncer type's view, encoded as shared frames.
@@ -199,6 +393,12 @@ pub struct EncodedSnapshot {
     /// Bytes before compression, and on the wire.
     pub raw_bytes: u64,
     pub wire_bytes: u64,
+    /// The datastore status as of `seq`.
+    pub status: SyncStatus,
+    /// `TyphaSnappy` only: what opens the live stream once the client acknowledged the
+    /// snapshot's closing restart (the snappy identifier and gob preamble, then
+    /// `MsgSyncStatus` unless the status is `WaitForDatastore`).
+    pub live_prefix: Option<Bytes>,
 }
 
 /// Rough encoded size of an entry, to cut chunks near the target without encoding twice.
@@ -225,6 +425,8 @@ pub fn encode_snapshot(
         digest: Digest::default(),
         raw_bytes: 0,
         wire_bytes: 0,
+        status,
+        live_prefix: None,
     };
     let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::new();
     let mut chunk_size = 0;

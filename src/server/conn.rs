@@ -84,6 +84,12 @@ pub struct Outbox {
     pub snapshot: Option<(Arc<EncodedSnapshot>, usize)>,
     /// Ring cursor: the next sequence number to write. `None` until a snapshot is assigned.
     pub next_seq: Option<u64>,
+    /// The session has not yet let the snapshot be written (a handshake step awaits an ACK).
+    pub hold_snapshot: bool,
+    /// The session has not yet let the ring be written. The cursor stays put meanwhile.
+    pub hold_ring: bool,
+    /// Queued ahead of the ring when the session releases it (the snapshot's live prefix).
+    pub live_prefix: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -171,7 +177,22 @@ impl Outbox {
             control: VecDeque::new(),
             snapshot: None,
             next_seq: None,
+            hold_snapshot: false,
+            hold_ring: false,
+            live_prefix: None,
         }
+    }
+
+    /// Lets the snapshot be written.
+    pub fn release_snapshot(&mut self) {
+        self.hold_snapshot = false;
+    }
+
+    /// Lets the ring be written, after the snapshot's live prefix.
+    pub fn release_ring(&mut self) {
+        self.hold_snapshot = false;
+        self.hold_ring = false;
+        self.control.extend(self.live_prefix.take());
     }
 
     /// Drops everything not yet started, keeping a frame already started, then queues `last`.
@@ -185,6 +206,7 @@ impl Outbox {
     /// Starts writing `snap`, then the ring from the sequence after it.
     pub fn assign_snapshot(&mut self, snap: Arc<EncodedSnapshot>) {
         self.next_seq = Some(snap.seq + 1);
+        self.live_prefix = snap.live_prefix.clone();
         self.snapshot = Some((snap, 0));
     }
 
@@ -213,12 +235,18 @@ impl Outbox {
                 return (n, total);
             }
         }
+        if self.hold_snapshot {
+            return (n, total);
+        }
         if let Some((snap, idx)) = &self.snapshot {
             for f in &snap.frames[*idx..] {
                 if !push(f, &mut n) {
                     return (n, total);
                 }
             }
+        }
+        if self.hold_ring {
+            return (n, total);
         }
         if let Some(next) = self.next_seq {
             for (_, b) in ring.parts_from(next, self.syncer, self.variant) {
@@ -257,6 +285,9 @@ impl Outbox {
             }
             n -= front.len();
         }
+        if self.hold_snapshot {
+            return snapshot_done;
+        }
         if let Some((snap, idx)) = &mut self.snapshot {
             while n > 0 && *idx < snap.frames.len() {
                 let frame = &snap.frames[*idx];
@@ -282,7 +313,7 @@ impl Outbox {
                 self.snapshot = None;
             }
         }
-        if n == 0 {
+        if n == 0 || self.hold_ring {
             return snapshot_done;
         }
         if let Some(next) = self.next_seq {
@@ -315,6 +346,9 @@ impl Outbox {
     /// Called when `gather` found nothing to write: the cursor may skip batches that had
     /// nothing for this syncer type, so it never points at data that could be evicted.
     pub fn caught_up(&mut self, ring: &Ring) {
+        if self.hold_ring {
+            return;
+        }
         if let Some(n) = &mut self.next_seq {
             *n = (*n).max(ring.last_seq() + 1);
         }

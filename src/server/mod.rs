@@ -22,7 +22,9 @@ mod tls;
 
 pub use conn::{Completion, Connection, InFlight, Outbox, Phase, WriteTime, MAX_IOV};
 pub use ring::Ring;
-pub use session::{Accepted, Session, SessionContext, SessionEvent, SharedPings};
+pub use session::{
+    detect, Accepted, Detected, Release, Session, SessionContext, SessionEvent, SharedPings,
+};
 pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
 pub use tls::{ServerTls, TlsRead, TlsSession, TlsSettings, TLS_OUT_BUFFER};
 
@@ -173,13 +175,15 @@ enum DropReason {
     TlsHandshake,
     /// The client certificate's CN / URI SAN is not the allowed one.
     TlsIdentity,
+    /// The first bytes were neither protocol.
+    UnknownProtocol,
     /// A TLS record failed after the handshake.
     TlsError,
 }
 
 impl DropReason {
     /// Every reason, so each series exists (at zero) from the first scrape and `rate()` works.
-    const ALL: [DropReason; 11] = [
+    const ALL: [DropReason; 12] = [
         DropReason::Goodbye(GoodbyeReason::Shutdown),
         DropReason::Goodbye(GoodbyeReason::Rebalancing),
         DropReason::Goodbye(GoodbyeReason::TooSlow),
@@ -191,6 +195,7 @@ impl DropReason {
         DropReason::WriteTimeout,
         DropReason::TcpTimeout,
         DropReason::IoError,
+        DropReason::UnknownProtocol,
     ];
 
     fn for_io_error(e: &io::Error) -> DropReason {
@@ -214,6 +219,7 @@ impl DropReason {
             DropReason::TlsHandshake => "tls-handshake",
             DropReason::TlsIdentity => "tls-identity",
             DropReason::TlsError => "tls-error",
+            DropReason::UnknownProtocol => "unknown-protocol",
         }
     }
 }
@@ -257,6 +263,9 @@ pub struct Server {
     /// This tick's ping, built by the first client due one.
     pings: Option<SharedPings>,
     recent_pings: VecDeque<(u64, Instant)>,
+    /// Typha's `ServerConnID`s are this plus the connection id: random per process in the
+    /// top 32 bits, as Typha builds them.
+    typha_conn_id_base: u64,
     tls: Option<ServerTls>,
 }
 
@@ -377,6 +386,7 @@ impl Server {
             accept_retry: false,
             ping_id: 0,
             pings: None,
+            typha_conn_id_base: random_u32() << 32,
             recent_pings: VecDeque::new(),
             tls,
             cfg,
@@ -504,13 +514,7 @@ impl Server {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         entry
-            .insert(Connection::new(
-                id,
-                stream,
-                peer,
-                Session::native(self.cfg.max_input_frame),
-                now,
-            ))
+            .insert(Connection::new(id, stream, peer, Session::detecting(), now))
             .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");
@@ -546,6 +550,8 @@ impl Server {
             let ctx = SessionContext {
                 server_id: &self.cfg.server_id,
                 conn_id: c.id,
+                typha_conn_id: self.typha_conn_id_base.wrapping_add(c.id),
+                max_frame: self.cfg.max_input_frame,
                 codec: self.cfg.codec,
             };
             // Clients send a hello and pongs; more than a largest frame and change in one
@@ -680,9 +686,29 @@ impl Server {
                         .observe(now.duration_since(*sent).as_secs_f64());
                 }
             }
+            SessionEvent::Release(r) => {
+                let c = &mut self.conns[slot];
+                // Each acknowledged step restarts the wait for the next (Typha times ACK waits
+                // with the pong timeout).
+                c.last_pong = now;
+                match r {
+                    Release::Snapshot => c.out.release_snapshot(),
+                    Release::Live => {
+                        c.out.release_ring();
+                        c.next_ping = now + self.cfg.ping_interval;
+                    }
+                }
+                self.mark_dirty(slot);
+            }
             SessionEvent::Refuse { reason, text } => {
-                warn!(peer = %self.conns[slot].peer, error = %text, "bad frame; closing connection");
+                let c = &self.conns[slot];
+                warn!(peer = %c.peer, conn = c.id, protocol = c.session.protocol(), error = %text, "bad message; closing connection");
                 self.close_with_goodbye(slot, reason, &text, true);
+            }
+            SessionEvent::Unrecognised { text } => {
+                let c = &self.conns[slot];
+                warn!(peer = %c.peer, conn = c.id, error = %text, "unrecognised protocol; closing connection");
+                self.close_now(slot, Some(DropReason::UnknownProtocol));
             }
         }
     }
@@ -691,6 +717,8 @@ impl Server {
         let c = &mut self.conns[slot];
         c.out.syncer = a.syncer;
         c.out.variant = a.variant;
+        c.out.hold_snapshot = a.hold_snapshot;
+        c.out.hold_ring = a.hold_ring;
         c.hostname = a.hostname;
         c.last_pong = now;
         c.next_ping = now + self.cfg.ping_interval;
@@ -1108,13 +1136,13 @@ impl Server {
             return;
         }
         let now = Instant::now();
-        let syncer = c.out.syncer.as_str();
+        let labels = [c.out.syncer.as_str(), c.session.protocol()];
         match (old, phase) {
             (Phase::Handshake, Phase::Snapshot) => {
                 c.handshake_done_at = Some(now);
                 self.metrics
                     .connections_by_syncer
-                    .with_label_values(&[syncer])
+                    .with_label_values(&labels)
                     .inc();
             }
             (Phase::Snapshot, Phase::Streaming) => {
@@ -1126,7 +1154,7 @@ impl Server {
             (Phase::Snapshot | Phase::Streaming, Phase::Closing { .. }) => {
                 self.metrics
                     .connections_by_syncer
-                    .with_label_values(&[syncer])
+                    .with_label_values(&labels)
                     .dec();
             }
             _ => {}
@@ -1377,6 +1405,14 @@ impl Server {
         self.pings = Some(pings.clone());
         pings
     }
+}
+
+/// 32 random bits from the standard library's per-process hash seed (no extra dependency).
+fn random_u32() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_unix_nanos());
+    h.finish() & 0xffff_ffff
 }
 
 #[cfg(test)]

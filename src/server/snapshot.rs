@@ -19,7 +19,7 @@
 use super::ring::Ring;
 use crate::metrics::Metrics;
 use crate::model::{StateMap, SyncStatus, SyncerType};
-use crate::proto::encode::{encode_snapshot, EncodedSnapshot, WireVariant};
+use crate::proto::encode::{encode_snapshot, encode_typha_snapshot, EncodedSnapshot, WireVariant};
 use crate::proto::Codec;
 use crate::status::StatusBoard;
 use crate::supervise::{catch_recoverable, Backoff};
@@ -64,12 +64,8 @@ fn encode_job(job: &SnapshotJob) -> EncodedSnapshot {
             snap.variant = WireVariant::NativeCompressed;
             snap
         }
-        // No Typha session asks for these yet; answered as native plain so that a caller's
-        // mistake shows as a client error, never as a hung waiter.
         WireVariant::TyphaSnappy | WireVariant::TyphaPlain => {
-            let mut snap = native(None);
-            snap.variant = job.variant;
-            snap
+            encode_typha_snapshot(&job.state, job.seq, job.status, job.syncer, job.variant)
         }
     }
 }
