@@ -81,3 +81,10 @@ func (m *Map) Get(key string) ([]byte, bool) {
 	v, ok := m.entries[key]
 	return v, ok
 }
+
+// Each calls f with every key, in no particular order.
+func (m *Map) Each(f func(key string)) {
+	for k := range m.entries {
+		f(k)
+	}
+}

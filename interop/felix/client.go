@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +101,27 @@ func (c *Client) Snapshot() Stats {
 	s.Keys = c.kv.Len()
 	s.Digest = c.kv.Digest()
 	return s
+}
+
+// CountPrefixes counts the keys under each prefix.
+func (c *Client) CountPrefixes(prefixes []string) map[string]int {
+	counts := make(map[string]int, len(prefixes))
+	if len(prefixes) == 0 {
+		return counts
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range prefixes {
+		counts[p] = 0
+	}
+	c.kv.Each(func(key string) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(key, p) {
+				counts[p]++
+			}
+		}
+	})
+	return counts
 }
 
 // Close ends the connection (Run then returns the read error, which the caller asked for).

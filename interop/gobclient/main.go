@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,9 +39,11 @@ type line struct {
 	Messages    int      `json:"messages"`
 	Updates     int      `json:"updates"`
 	// Updates by UpdateType: [unknown, new, updated, deleted].
-	ByType   [4]int                `json:"by_type"`
+	ByType   [4]int                 `json:"by_type"`
 	Statuses []syncproto.SyncStatus `json:"statuses"`
-	Server   string                `json:"server_version"`
+	Server   string                 `json:"server_version"`
+	// Keys under each -count-prefixes prefix.
+	PrefixCounts map[string]int `json:"prefix_counts"`
 }
 
 type errLine struct {
@@ -70,6 +73,8 @@ func emit(v any) {
 	os.Stdout.Write(append(b, '\n'))
 }
 
+var countPrefixes []string
+
 func report(event string, i int, c *felix.Client) line {
 	s := c.Snapshot()
 	l := line{
@@ -86,6 +91,7 @@ func report(event string, i int, c *felix.Client) line {
 	if s.ServerHello != nil {
 		l.Server = s.ServerHello.Version
 	}
+	l.PrefixCounts = c.CountPrefixes(countPrefixes)
 	return l
 }
 
@@ -102,7 +108,11 @@ func main() {
 	duration := flag.Duration("duration", 0, "stop after this long (0: run until a signal)")
 	dialGap := flag.Duration("dial-interval", time.Millisecond, "pause between starting two clients")
 	readTimeout := flag.Duration("read-timeout", 30*time.Second, "read deadline per message (Felix: 30s)")
+	prefixes := flag.String("count-prefixes", "", "comma-separated key prefixes whose key counts each report carries")
 	flag.Parse()
+	if *prefixes != "" {
+		countPrefixes = strings.Split(*prefixes, ",")
+	}
 	if *exitInSync {
 		*printInSync = true
 	}
