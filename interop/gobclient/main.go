@@ -39,9 +39,10 @@ type line struct {
 	Messages    int      `json:"messages"`
 	Updates     int      `json:"updates"`
 	// Updates by UpdateType: [unknown, new, updated, deleted].
-	ByType   [4]int                 `json:"by_type"`
-	Statuses []syncproto.SyncStatus `json:"statuses"`
-	Server   string                 `json:"server_version"`
+	ByType [4]int `json:"by_type"`
+	// Every SyncStatus received, in order (ints: a []uint8 would marshal as base64).
+	Statuses []int  `json:"statuses"`
+	Server   string `json:"server_version"`
 	// Keys under each -count-prefixes prefix.
 	PrefixCounts map[string]int `json:"prefix_counts"`
 }
@@ -80,13 +81,13 @@ func report(event string, i int, c *felix.Client) line {
 	l := line{
 		Event: event, Client: i, Keys: s.Keys, Digest: s.Digest.String(), InSync: s.InSync,
 		Restarts: s.Restarts, Compression: s.Compression, Pings: s.Pings, Messages: s.Messages,
-		Updates: s.Updates, ByType: s.ByType, Statuses: s.Statuses,
+		Updates: s.Updates, ByType: s.ByType, Statuses: make([]int, 0, len(s.Statuses)),
+	}
+	for _, st := range s.Statuses {
+		l.Statuses = append(l.Statuses, int(st))
 	}
 	if l.Compression == nil {
 		l.Compression = []string{}
-	}
-	if l.Statuses == nil {
-		l.Statuses = []syncproto.SyncStatus{}
 	}
 	if s.ServerHello != nil {
 		l.Server = s.ServerHello.Version
@@ -122,6 +123,9 @@ func main() {
 	allSynced := make(chan struct{})
 	var allOnce sync.Once
 	done := make(chan struct{})
+	// Closed once no client is left running: nothing more can happen.
+	allEnded := make(chan struct{})
+	var ended atomic.Int64
 	checkAll := func() {
 		if inSync.Load()+failed.Load() >= int64(*n) {
 			allOnce.Do(func() { close(allSynced) })
@@ -182,6 +186,9 @@ func main() {
 					emit(errLine{Event: "error", Client: i, Refused: ref, Error: err.Error()})
 					checkAll()
 				}
+				if ended.Add(1) == int64(len(clients)) {
+					close(allEnded)
+				}
 			}(i, c)
 			if *dialGap > 0 {
 				time.Sleep(*dialGap)
@@ -230,6 +237,8 @@ loop:
 		case <-deadline:
 			break loop
 		case <-untilSynced:
+			break loop
+		case <-allEnded:
 			break loop
 		}
 	}
