@@ -5,6 +5,7 @@
 mod borrowed;
 mod codec;
 pub mod encode;
+pub mod typha;
 mod messages;
 
 pub use borrowed::*;
