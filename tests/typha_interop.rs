@@ -88,7 +88,10 @@ impl GobClients {
 
     fn signal(&self, sig: libc::c_int) {
         // SAFETY: signalling our own child, which is not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
     }
 
     /// Waits (at most `timeout`) for the process to exit by itself.
@@ -199,11 +202,7 @@ fn quiet_run(d: &DaemonProcess, bins: &Path, clients: usize, args: &[&str]) -> V
             l["client"]
         );
         assert!(
-            l["statuses"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s == 2),
+            l["statuses"].as_array().unwrap().iter().any(|s| s == 2),
             "InSync status: {l}"
         );
     }
@@ -218,7 +217,11 @@ fn quiet_run(d: &DaemonProcess, bins: &Path, clients: usize, args: &[&str]) -> V
 fn digest_vectors_match_go() {
     let entries = [
         ("", "", "2c0a8a99dc147d5445c3b49d035665b2"),
-        ("/calico/v1/Ready", "true", "a1946ef547d660cac70bb963aad423dc"),
+        (
+            "/calico/v1/Ready",
+            "true",
+            "a1946ef547d660cac70bb963aad423dc",
+        ),
         ("/k", "v", "8102f21853735caf7be520c8e5d5a131"),
         (
             "/calico/resources/v3/projectcalico.org/nodes/node-1",
@@ -228,7 +231,11 @@ fn digest_vectors_match_go() {
     ];
     let mut sum = Digest::default();
     for (k, v, want) in entries {
-        assert_eq!(format!("{:032x}", entry_hash(k, v.as_bytes())), want, "{k:?}");
+        assert_eq!(
+            format!("{:032x}", entry_hash(k, v.as_bytes())),
+            want,
+            "{k:?}"
+        );
         sum.add(k, v.as_bytes());
     }
     assert_eq!(sum.to_string(), "bd3034bee150dbc90acbd1d7e733bd7d");
@@ -243,8 +250,15 @@ fn felix_restart_path_on_go_gob_matches_the_daemon() {
     for l in quiet_run(&d, &bins, 3, &[]) {
         // Restart to snappy, then the shared snapshot's own closing restart (to snappy).
         assert_eq!(l["restarts"], 2, "{l}");
-        assert_eq!(l["compression"], serde_json::json!(["snappy", "snappy"]), "{l}");
-        assert!(l["by_type"][1].as_u64().unwrap() > 0, "snapshot entries are KVNew: {l}");
+        assert_eq!(
+            l["compression"],
+            serde_json::json!(["snappy", "snappy"]),
+            "{l}"
+        );
+        assert!(
+            l["by_type"][1].as_u64().unwrap() > 0,
+            "snapshot entries are KVNew: {l}"
+        );
     }
 }
 
@@ -301,7 +315,13 @@ fn legacy_felix_on_go_gob_is_served() {
     ]);
     let prefixes = format!("{POLICY},{TIER},{PROFILE}");
     let run = |legacy: bool| {
-        let mut args = vec!["-clients", "1", "-exit-after-insync", "-count-prefixes", &prefixes];
+        let mut args = vec![
+            "-clients",
+            "1",
+            "-exit-after-insync",
+            "-count-prefixes",
+            &prefixes,
+        ];
         if legacy {
             args.push("-legacy");
         }
@@ -317,7 +337,11 @@ fn legacy_felix_on_go_gob_is_served() {
     let policies = modern_policy_keys(&modern);
     assert!(policies > 0, "the sim made policies: {modern}");
     assert_eq!(legacy["keys"], keys, "one key per key: {legacy}");
-    assert_eq!(modern_policy_keys(&legacy), 0, "no modern policy key: {legacy}");
+    assert_eq!(
+        modern_policy_keys(&legacy),
+        0,
+        "no modern policy key: {legacy}"
+    );
     assert_eq!(
         legacy["prefix_counts"][TIER].as_u64().unwrap(),
         modern["prefix_counts"][TIER].as_u64().unwrap() + policies,
@@ -373,8 +397,16 @@ fn go_gob_clients_converge_under_sim_churn() {
     let mut legacy = vec!["-clients", "5", "-legacy"];
     legacy.extend_from_slice(&report);
     let procs = [
-        ("restart", 20, GobClients::start(&bins, d.protocol, &restart)),
-        ("streamed", 10, GobClients::start(&bins, d.protocol, &streamed)),
+        (
+            "restart",
+            20,
+            GobClients::start(&bins, d.protocol, &restart),
+        ),
+        (
+            "streamed",
+            10,
+            GobClients::start(&bins, d.protocol, &streamed),
+        ),
         ("legacy", 5, GobClients::start(&bins, d.protocol, &legacy)),
     ];
     for (name, n, p) in &procs {
@@ -382,7 +414,10 @@ fn go_gob_clients_converge_under_sim_churn() {
             l.iter().filter(|l| l["event"] == "in-sync").count() == *n
         });
     }
-    let started = procs.iter().map(|(_, _, p)| p.lines().len()).collect::<Vec<_>>();
+    let started = procs
+        .iter()
+        .map(|(_, _, p)| p.lines().len())
+        .collect::<Vec<_>>();
     let mut history = DaemonHistory::from_now(d.metrics);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -415,10 +450,19 @@ fn go_gob_clients_converge_under_sim_churn() {
         let (status, lines) = p.stop();
         assert!(status.success(), "{name}: {lines:?}");
         let s = summary(&lines);
-        assert_eq!((s["in_sync"].as_u64(), s["errors"].as_u64()), (Some(n as u64), Some(0)), "{name}");
+        assert_eq!(
+            (s["in_sync"].as_u64(), s["errors"].as_u64()),
+            (Some(n as u64), Some(0)),
+            "{name}"
+        );
         // Deltas arrived and were typed: updates beyond the snapshot's KVNew entries.
         let finals = latest_by_client(&lines, "final");
-        assert!(finals.values().all(|l| l["by_type"][2].as_u64().unwrap() > 0), "{name}");
+        assert!(
+            finals
+                .values()
+                .all(|l| l["by_type"][2].as_u64().unwrap() > 0),
+            "{name}"
+        );
     }
 }
 
@@ -579,7 +623,10 @@ fn hundreds_of_go_clients_beside_native_ones_converge_under_api_server_churn() {
     while Instant::now() < until {
         match i % 4 {
             0 => churn.create_pod(&format!("churn-{i}"), &format!("192.168.2.{}", i % 250)),
-            1 => churn.set_ip(&format!("web-{}", i % 20), &format!("192.168.3.{}", i % 250)),
+            1 => churn.set_ip(
+                &format!("web-{}", i % 20),
+                &format!("192.168.3.{}", i % 250),
+            ),
             2 => churn.delete_pod(&format!("churn-{}", i - 2)),
             _ => churn.create_namespace(&format!("ns-{i}")),
         }
@@ -607,8 +654,10 @@ fn hundreds_of_go_clients_beside_native_ones_converge_under_api_server_churn() {
     let rec = daemon.status.digests(None).expect("digest record");
     let final_digest = rec.views[typha::model::SyncerType::Felix.index()];
     for (i, c) in natives.iter_mut().enumerate() {
-        c.run_until(Duration::from_secs(30), |s| s.digest() == final_digest.digest)
-            .unwrap_or_else(|e| panic!("native client {i} never converged: {e}"));
+        c.run_until(Duration::from_secs(30), |s| {
+            s.digest() == final_digest.digest
+        })
+        .unwrap_or_else(|e| panic!("native client {i} never converged: {e}"));
     }
     let want = final_digest.digest.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
