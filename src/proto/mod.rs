@@ -5,8 +5,8 @@
 mod borrowed;
 mod codec;
 pub mod encode;
-pub mod typha;
 mod messages;
+pub mod typha;
 
 pub use borrowed::*;
 pub use codec::*;

@@ -58,42 +58,47 @@ fn put_common_type(out: &mut Vec<u8>, name: &str, id: i64) {
 pub(crate) fn write_definition(out: &mut Vec<u8>, id: i64, def: &TypeDef<'_>) {
     let mut body = Vec::with_capacity(128);
     put_int(&mut body, -id);
-    match def {
-        TypeDef::Struct { name, fields } => {
-            put_uint(&mut body, 3); // wireType.StructT (field 2)
-            put_uint(&mut body, 1); // structType.CommonType
-            put_common_type(&mut body, name, id);
-            if !fields.is_empty() {
-                put_uint(&mut body, 1); // structType.Field
-                put_uint(&mut body, fields.len() as u64);
-                for (fname, fid) in fields.iter() {
-                    put_uint(&mut body, 1);
-                    put_bytes(&mut body, fname.as_bytes());
-                    put_uint(&mut body, 1);
-                    put_int(&mut body, *fid);
-                    put_uint(&mut body, 0);
-                }
-            }
-            put_uint(&mut body, 0); // end structType
-        }
-        TypeDef::Slice { name, elem } => {
-            put_uint(&mut body, 2); // wireType.SliceT (field 1)
-            put_uint(&mut body, 1);
-            put_common_type(&mut body, name, id);
-            put_uint(&mut body, 1); // sliceType.Elem
-            put_int(&mut body, *elem);
-            put_uint(&mut body, 0);
-        }
-        TypeDef::GobEncoder { name } => {
-            put_uint(&mut body, 5); // wireType.GobEncoderT (field 4)
-            put_uint(&mut body, 1);
-            put_common_type(&mut body, name, id);
-            put_uint(&mut body, 0);
-        }
-    }
-    put_uint(&mut body, 0); // end wireType
+    write_wire_type(&mut body, id, def);
     put_uint(out, body.len() as u64);
     out.extend_from_slice(&body);
+}
+
+/// Appends the `wireType` value describing type `id`.
+pub(crate) fn write_wire_type(body: &mut Vec<u8>, id: i64, def: &TypeDef<'_>) {
+    match def {
+        TypeDef::Struct { name, fields } => {
+            put_uint(body, 3); // wireType.StructT (field 2)
+            put_uint(body, 1); // structType.CommonType
+            put_common_type(body, name, id);
+            if !fields.is_empty() {
+                put_uint(body, 1); // structType.Field
+                put_uint(body, fields.len() as u64);
+                for (fname, fid) in fields.iter() {
+                    put_uint(body, 1);
+                    put_bytes(body, fname.as_bytes());
+                    put_uint(body, 1);
+                    put_int(body, *fid);
+                    put_uint(body, 0);
+                }
+            }
+            put_uint(body, 0); // end structType
+        }
+        TypeDef::Slice { name, elem } => {
+            put_uint(body, 2); // wireType.SliceT (field 1)
+            put_uint(body, 1);
+            put_common_type(body, name, id);
+            put_uint(body, 1); // sliceType.Elem
+            put_int(body, *elem);
+            put_uint(body, 0);
+        }
+        TypeDef::GobEncoder { name } => {
+            put_uint(body, 5); // wireType.GobEncoderT (field 4)
+            put_uint(body, 1);
+            put_common_type(body, name, id);
+            put_uint(body, 0);
+        }
+    }
+    put_uint(body, 0); // end wireType
 }
 
 /// Reads the fields of a struct encoded by field number, calling `f` with each field number.
@@ -224,4 +229,69 @@ pub(crate) fn read_wire_type(r: &mut Reader<'_>) -> Result<WireType, TyphaCodecE
         Ok(())
     })?;
     result.ok_or(TyphaCodecError::Malformed("empty wireType"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::typha::wire::T_INT;
+
+    /// The `Point{X, Y int}` definition from Go's `encoding/gob` package documentation.
+    #[test]
+    fn struct_definition_matches_the_gob_documentation_example() {
+        let mut out = Vec::new();
+        write_definition(
+            &mut out,
+            65,
+            &TypeDef::Struct {
+                name: "Point",
+                fields: &[("X", T_INT), ("Y", T_INT)],
+            },
+        );
+        let want: &[u8] = &[
+            0x1f, 0xff, 0x81, 0x03, 0x01, 0x01, 0x05, 0x50, 0x6f, 0x69, 0x6e, 0x74, 0x01, 0xff,
+            0x82, 0x00, 0x01, 0x02, 0x01, 0x01, 0x58, 0x01, 0x04, 0x00, 0x01, 0x01, 0x59, 0x01,
+            0x04, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn definitions_parse_back() {
+        let mut out = Vec::new();
+        write_definition(
+            &mut out,
+            70,
+            &TypeDef::Slice {
+                name: "[]x",
+                elem: 71,
+            },
+        );
+        write_definition(&mut out, 71, &TypeDef::GobEncoder { name: "Time" });
+        write_definition(
+            &mut out,
+            72,
+            &TypeDef::Struct {
+                name: "Empty",
+                fields: &[],
+            },
+        );
+        let mut r = Reader::new(&out);
+        let mut got = Vec::new();
+        while r.remaining() > 0 {
+            let len = r.read_uint().unwrap() as usize;
+            let mut m = Reader::new(r.take(len).unwrap());
+            let id = -m.read_int().unwrap();
+            got.push((id, read_wire_type(&mut m).unwrap()));
+            assert_eq!(m.remaining(), 0);
+        }
+        assert_eq!(
+            got,
+            vec![
+                (70, WireType::Slice { elem: 71 }),
+                (71, WireType::External),
+                (72, WireType::Struct { fields: vec![] }),
+            ]
+        );
+    }
 }

@@ -283,7 +283,7 @@ mod tests {
             let mut r = Reader::new(&v);
             assert_eq!(r.read_uint().unwrap(), x);
             assert_eq!(r.remaining(), 0);
-            for i in [x as i64, -(x as i64), i64::MIN, i64::MAX] {
+            for i in [x as i64, (x as i64).wrapping_neg(), i64::MIN, i64::MAX] {
                 let mut v = Vec::new();
                 put_int(&mut v, i);
                 assert_eq!(v.len(), int_len(i));
