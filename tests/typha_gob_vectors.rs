@@ -274,7 +274,7 @@ fn sample_updates(n: usize, value_bytes: usize) -> Vec<SerializedUpdate> {
                 key: format!("/calico/v1/host/node-{i}/workload/k8s/ns%2fpod-é{i}/endpoint/eth0"),
                 value: (update_type != 3).then(|| {
                     let mut v = format!("{{\"i\":{i},\"pad\":\"");
-                    v.extend(std::iter::repeat_n('x', value_bytes));
+                    v.push_str(&"x".repeat(value_bytes));
                     v.push_str("\"}");
                     Bytes::from(v)
                 }),

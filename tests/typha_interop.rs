@@ -394,8 +394,6 @@ fn go_gob_clients_converge_under_sim_churn() {
     restart.extend_from_slice(&report);
     let mut streamed = vec!["-clients", "10", "-no-restart"];
     streamed.extend_from_slice(&report);
-    let mut legacy = vec!["-clients", "5", "-legacy"];
-    legacy.extend_from_slice(&report);
     let procs = [
         (
             "restart",
@@ -407,7 +405,6 @@ fn go_gob_clients_converge_under_sim_churn() {
             10,
             GobClients::start(&bins, d.protocol, &streamed),
         ),
-        ("legacy", 5, GobClients::start(&bins, d.protocol, &legacy)),
     ];
     for (name, n, p) in &procs {
         p.wait_for(&format!("{name}: in-sync"), Duration::from_secs(60), |l| {
