@@ -128,7 +128,7 @@ struct Ctx<'a> {
     boundaries: &'a [usize],
 }
 
-fn expect(fid: i64, want: i64, field: &'static str) -> Result<()> {
+fn check_type(fid: i64, want: i64, field: &'static str) -> Result<()> {
     if fid == want {
         Ok(())
     } else {
@@ -137,7 +137,7 @@ fn expect(fid: i64, want: i64, field: &'static str) -> Result<()> {
 }
 
 fn read_u8_field(r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<u8> {
-    expect(fid, T_UINT, field)?;
+    check_type(fid, T_UINT, field)?;
     u8::try_from(r.read_uint()?).map_err(|_| TyphaCodecError::Malformed("uint8 value out of range"))
 }
 
@@ -268,17 +268,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn read_string(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<String> {
-        expect(fid, T_STRING, field)?;
+        check_type(fid, T_STRING, field)?;
         r.read_string()
     }
 
     fn read_bool(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<bool> {
-        expect(fid, T_BOOL, field)?;
+        check_type(fid, T_BOOL, field)?;
         r.read_bool()
     }
 
     fn read_u64(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<u64> {
-        expect(fid, T_UINT, field)?;
+        check_type(fid, T_UINT, field)?;
         r.read_uint()
     }
 
@@ -323,7 +323,7 @@ impl<'a> Ctx<'a> {
             b"bool" => T_BOOL,
             _ => return Err(TyphaCodecError::TypeMismatch { field: "Revision" }),
         };
-        expect(id, want, "Revision")?;
+        check_type(id, want, "Revision")?;
         if r.read_uint()? != 0 {
             return Err(TyphaCodecError::Malformed("non-empty delta for singleton"));
         }
@@ -482,7 +482,7 @@ impl<'a> Ctx<'a> {
                     "UpdateType" => (Slot::UpdateType, T_UINT, "UpdateType"),
                     _ => return Ok(Slot::Skip(*fid)),
                 };
-                expect(*fid, want, field)?;
+                check_type(*fid, want, field)?;
                 Ok(slot)
             })
             .collect()
@@ -681,7 +681,7 @@ impl GobCore {
             if name != "Message" {
                 return Ok(false);
             }
-            expect(fid, T_INTERFACE, "Message")?;
+            check_type(fid, T_INTERFACE, "Message")?;
             let Some((iname, concrete)) = c.read_interface_header(r)? else {
                 return Ok(true);
             };
@@ -905,7 +905,17 @@ pub fn decode_all_client_messages(bytes: &[u8]) -> Result<Vec<ClientMessage>> {
 /// `MsgDecoderRestart` as Felix does (test helper, e.g. for Go-produced vectors). Trailing bytes
 /// that do not form a whole message are an error.
 pub fn decode_all_server_messages(bytes: &[u8]) -> Result<Vec<ServerMessage>> {
+    decode_all_server_messages_from(bytes, "")
+}
+
+/// As [`decode_all_server_messages`], for a stream that starts with `compression` (`"snappy"`
+/// for a binary snapshot on its own, `""` for plain gob).
+pub fn decode_all_server_messages_from(
+    bytes: &[u8],
+    compression: &str,
+) -> Result<Vec<ServerMessage>> {
     let mut d = ServerStreamDecoder::new(DEFAULT_MAX_SERVER_MESSAGE);
+    d.restart(compression)?;
     d.feed(bytes);
     let mut out = Vec::new();
     while let Some(m) = d.next_message()? {

@@ -68,8 +68,39 @@ const fn crc32c_tables() -> [[u32; 256]; 8] {
 
 static CRC32C: [[u32; 256]; 8] = crc32c_tables();
 
-/// CRC-32C (Castagnoli), slicing by 8.
+/// CRC-32C (Castagnoli): the SSE4.2 `crc32` instruction where the CPU has it (an order of
+/// magnitude faster, and the checksum covers every byte of every shared chunk and snapshot),
+/// otherwise slicing by 8.
 pub fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU supports SSE4.2, checked just above.
+            return unsafe { crc32c_sse42(data) };
+        }
+    }
+    crc32c_software(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = !0u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        crc = _mm_crc32_u64(crc, v);
+    }
+    let mut crc = crc as u32;
+    for &b in words.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
+}
+
+/// CRC-32C in software, slicing by 8.
+pub fn crc32c_software(data: &[u8]) -> u32 {
     let t = &CRC32C;
     let mut crc = !0u32;
     let mut chunks = data.chunks_exact(8);
