@@ -288,6 +288,8 @@ fn modern_policy_keys(l: &Value) -> u64 {
 /// policies it holds as many keys, and every policy in the v3.31 form
 /// `/calico/v1/policy/tier/<tier>/policy/<name>`.
 #[test]
+#[ignore = "needs the session's v3.31 policy-key variant (issue 10 §3); until then the daemon \
+            refuses legacy hellos as Typha v3.32 does"]
 fn legacy_felix_on_go_gob_is_served() {
     let Some(bins) = interop_bins("legacy_felix_on_go_gob_is_served") else {
         return;
