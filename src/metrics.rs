@@ -145,8 +145,8 @@ impl Metrics {
             connections_by_syncer: gauge_vec(
                 &r,
                 "typha_connections_streaming",
-                "Connections past the handshake, by syncer type.",
-                &["syncer"],
+                "Connections past the handshake, by syncer type and protocol (native, typha).",
+                &["syncer", "protocol"],
             ),
             connections_target: gauge(
                 &r,
@@ -351,7 +351,10 @@ impl Metrics {
         };
         for t in SyncerType::ALL {
             let l = [t.as_str()];
-            m.connections_by_syncer.with_label_values(&l);
+            for protocol in ["native", "typha"] {
+                m.connections_by_syncer
+                    .with_label_values(&[t.as_str(), protocol]);
+            }
             m.snapshots_generated.with_label_values(&l);
             m.snapshots_reused.with_label_values(&l);
             m.keys.with_label_values(&l);

@@ -15,7 +15,7 @@ use typha::proto::typha::{
 use typha::server::ServerConfig;
 
 mod support;
-use support::{wep, Harness};
+use support::{wep, Ca, Harness};
 
 fn test_config() -> ServerConfig {
     ServerConfig {
@@ -29,9 +29,12 @@ fn test_config() -> ServerConfig {
     }
 }
 
-/// A Felix-protocol client on a blocking socket.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// A Felix-protocol client on a blocking socket (plain or TLS).
 struct Felix {
-    s: TcpStream,
+    s: Box<dyn Conn>,
     sess: FelixClientSession,
     hello: Option<ServerHello>,
     restarts: Vec<DecoderRestart>,
@@ -54,6 +57,10 @@ impl Felix {
 
     fn over(s: TcpStream, cfg: FelixClientConfig) -> Felix {
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        Felix::over_conn(Box::new(s), cfg)
+    }
+
+    fn over_conn(s: Box<dyn Conn>, cfg: FelixClientConfig) -> Felix {
         let mut f = Felix {
             s,
             sess: FelixClientSession::new(cfg),
@@ -198,7 +205,11 @@ fn path_a_restart_binary_snapshot_then_live_deltas() {
     let hello = f.hello.clone().expect("ServerHello");
     assert_eq!(hello.syncer_type, "felix");
     assert!(hello.supports_node_resource_updates);
-    assert_eq!(hello.server_conn_id & 0xffff_ffff, 1, "random << 32 | counter");
+    assert_eq!(
+        hello.server_conn_id & 0xffff_ffff,
+        1,
+        "random << 32 | counter"
+    );
     assert_eq!(f.restarts.len(), 2, "{:?}", f.restarts);
     assert!(f.restarts.iter().all(|r| r.compression == "snappy"));
     assert_eq!(f.sess.compression(), "snappy");
@@ -416,8 +427,129 @@ fn shutdown_closes_typha_clients_and_the_reactor_exits() {
     let before = f.raw.len();
     m.h.handle.shutdown();
     f.until_closed();
-    assert_eq!(f.raw.len(), before, "Typha has no goodbye: nothing is written");
+    assert_eq!(
+        f.raw.len(),
+        before,
+        "Typha has no goodbye: nothing is written"
+    );
     if let Some(r) = m.h.reactor.take() {
         r.join().unwrap().unwrap();
     }
+}
+
+#[test]
+fn felix_over_tls_with_the_same_identity_rules() {
+    use typha::client::tls::{ClientTls, ClientTlsOptions};
+    use typha::server::TlsSettings;
+    let dir = std::env::temp_dir().join(format!("typha-rs-typha-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = Ca::new("typha test CA");
+    let ca_file = write("ca.pem", &ca.pem());
+    let (cert, key) = ca.leaf("typha-server", None, true);
+    let settings = TlsSettings {
+        cert_file: write("server.pem", &cert),
+        key_file: write("server-key.pem", &key),
+        ca_file: ca_file.clone(),
+        client_cn: Some("typha-client".into()),
+        client_uri_san: None,
+        reload_interval: Duration::from_secs(60),
+    };
+    let mut m = Model::start(ServerConfig {
+        tls: Some(settings),
+        ..test_config()
+    });
+    m.populate(200);
+    let client = |cn: &str| {
+        let (cert, key) = ca.leaf(cn, None, false);
+        ClientTls::from_files(&ClientTlsOptions {
+            ca_file: ca_file.clone(),
+            cert_file: Some(write(&format!("{cn}.pem"), &cert)),
+            key_file: Some(write(&format!("{cn}-key.pem"), &key)),
+            server_cn: Some("typha-server".into()),
+            server_uri_san: None,
+        })
+        .unwrap()
+    };
+    let addr = m.h.addr;
+    let dial = |tls: &ClientTls| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        Box::new(rustls::StreamOwned::new(tls.connection().unwrap(), s))
+    };
+    let mut f = Felix::over_conn(dial(&client("typha-client")), felix("tls-node"));
+    converge(&mut f, &m);
+    assert_eq!(f.restarts.len(), 2);
+    m.set(&wep(1), b"{\"tls\":1}");
+    m.h.flush();
+    converge(&mut f, &m);
+
+    // The wrong CN is refused during the TLS handshake, before any Typha byte.
+    let mut wrong = Felix::over_conn(dial(&client("someone-else")), felix("wrong"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !wrong.closed {
+        assert!(
+            Instant::now() < deadline,
+            "the wrong identity was not refused"
+        );
+        wrong.pump();
+    }
+    assert!(wrong.hello.is_none());
+    m.h.wait_for("the identity refusal", |h| h.dropped("tls-identity") == 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    m.h.stop();
+}
+
+#[test]
+fn rebalancing_closes_the_newest_felix_and_tells_native_clients() {
+    let target = typha::rebalance::ConnectionTarget::default();
+    let mut m = Model::start(ServerConfig {
+        drop_interval: Duration::from_millis(50),
+        connection_target: target.clone(),
+        ..test_config()
+    });
+    m.populate(30);
+    let mut native = m.h.client(SyncerType::Felix);
+    native.run_until_in_sync(Duration::from_secs(20)).unwrap();
+    let mut felixes: Vec<Felix> = (0..3)
+        .map(|i| {
+            let mut f = Felix::connect(m.h.addr, felix(&format!("r{i}")));
+            converge(&mut f, &m);
+            f
+        })
+        .collect();
+    // Two over the target: the two newest go (Felix connections, closed without a word).
+    target.set(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while felixes[1..].iter().any(|f| !f.closed) {
+        assert!(
+            Instant::now() < deadline,
+            "the newest Felix clients were not shed"
+        );
+        for f in &mut felixes[1..] {
+            if !f.closed {
+                f.pump();
+            }
+        }
+    }
+    m.h.wait_for("two connections left", |h| {
+        h.metrics.connections_active.get() == 2
+    });
+    assert_eq!(m.h.dropped("rebalancing"), 2);
+    // The oldest Felix and the native client keep streaming.
+    m.set(&wep(0), b"{\"after\":1}");
+    m.h.flush();
+    converge(&mut felixes[0], &m);
+    native
+        .run_until(Duration::from_secs(20), |s| {
+            s.get(&wep(0))
+                .is_some_and(|e| e.value[..] == b"{\"after\":1}"[..])
+        })
+        .unwrap();
+    m.h.stop();
 }

@@ -251,17 +251,6 @@ fn typha_snapshot_entry<'a>(k: &'a Key, e: &'a Entry) -> typha::SerializedUpdate
     }
 }
 
-/// The fixed start of every Typha live stream after a decoder restart to snappy: the snappy
-/// stream identifier and the gob preamble (type definitions with fixed ids), as one chunk
-/// sequence built once. After it, every shared `TyphaSnappy` frame decodes on any connection.
-pub fn typha_snappy_live_preamble() -> Bytes {
-    use std::sync::OnceLock;
-    static PREAMBLE: OnceLock<Bytes> = OnceLock::new();
-    PREAMBLE
-        .get_or_init(|| typha::snappy::frame_stream(&typha::server_preamble()).freeze())
-        .clone()
-}
-
 /// A Typha `MsgSyncStatus` in `variant` (snappy chunk or plain gob).
 pub fn typha_sync_status(status: SyncStatus, variant: WireVariant) -> Bytes {
     typha_message(typha::encode_sync_status(status as u8), variant)
@@ -379,7 +368,9 @@ pub fn encode_typha_snapshot(
     out.frames = frames;
     if binary {
         let mut prefix = BytesMut::new();
-        prefix.extend_from_slice(&typha_snappy_live_preamble());
+        // The snappy identifier and the gob preamble: after it every shared `TyphaSnappy`
+        // frame decodes on any connection.
+        prefix.extend_from_slice(&typha::server_preamble_snappy());
         if status != SyncStatus::WaitingForDatastore {
             prefix.extend_from_slice(&typha_sync_status(status, WireVariant::TyphaSnappy));
         }

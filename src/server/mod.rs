@@ -513,13 +513,7 @@ impl Server {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         entry
-            .insert(Connection::new(
-                id,
-                stream,
-                peer,
-                Session::detecting(),
-                now,
-            ))
+            .insert(Connection::new(id, stream, peer, Session::detecting(), now))
             .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");
@@ -1141,13 +1135,13 @@ impl Server {
             return;
         }
         let now = Instant::now();
-        let syncer = c.out.syncer.as_str();
+        let labels = [c.out.syncer.as_str(), c.session.protocol()];
         match (old, phase) {
             (Phase::Handshake, Phase::Snapshot) => {
                 c.handshake_done_at = Some(now);
                 self.metrics
                     .connections_by_syncer
-                    .with_label_values(&[syncer])
+                    .with_label_values(&labels)
                     .inc();
             }
             (Phase::Snapshot, Phase::Streaming) => {
@@ -1159,7 +1153,7 @@ impl Server {
             (Phase::Snapshot | Phase::Streaming, Phase::Closing { .. }) => {
                 self.metrics
                     .connections_by_syncer
-                    .with_label_values(&[syncer])
+                    .with_label_values(&labels)
                     .dec();
             }
             _ => {}
