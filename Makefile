@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Extra arguments for the daemon under `make run`, e.g. ARGS="--sim-endpoints 50000".
 ARGS ?=
 
-.PHONY: run build test lint fmt bench bench-codecs bench-report doc clean deps apiserver benchdeps image
+.PHONY: run build test lint fmt bench bench-codecs bench-report doc clean deps apiserver benchdeps image interop
 
 ## Build in release and run the daemon on the embedded sim datastore.
 run: deps
@@ -17,7 +17,7 @@ build: deps
 ## Everything CI checks: formatting, lints, every test. The Kubernetes datastore tests need a
 ## real kube-apiserver + etcd: `scripts/test-apiserver.sh install` installs Debian's packages and
 ## builds kube-apiserver v1.20.2 once (about 4 minutes; cached under ~/.cache/typha-rs).
-test: deps apiserver benchdeps
+test: deps apiserver benchdeps interop
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features typha/fault-injection -- -D warnings
@@ -61,6 +61,11 @@ clean:
 
 apiserver:
 	bash scripts/test-apiserver.sh install
+
+## The Go interop suite (Felix's side on Go's own gob and snappy; docs/interop.md), cached under
+## ~/.cache/typha-rs/interop; needs Go >= 1.26 and the Go module proxy on a fresh machine.
+interop:
+	bash scripts/build-interop.sh
 
 ## What the comparison tests and the report need: Debian's redis-server and nats-server, and the
 ## font the plots are drawn with. No-ops when installed.
