@@ -6,7 +6,8 @@
 //! a verification mismatch — a client's frames or digest disagreeing with another client's, the
 //! daemon's `/digest` or, with `--verify-datastore`, the API server's objects — or no client
 //! could connect); 2 when it could not run (bad arguments, too few file descriptors, the
-//! daemon's process or metrics unreadable). Clients that did not reach in-sync within the duration are reported, not failed.
+//! daemon's process or metrics unreadable). A client that never reached in-sync within the
+//! duration (stalled clients aside) fails the run: the figures would describe a smaller run.
 //!
 //! `churn` drives writes through a Kubernetes API server on loopback (see `churn.rs`). Exit
 //! status: 0 when every write succeeded; 1 when some failed (counted in the summary); 2 when it

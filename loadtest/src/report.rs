@@ -284,9 +284,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether the run passed: no protocol error or undecodable frame, no digest mismatch, and
-    /// at least one client connected. (Clients that did not reach in-sync in time are reported,
-    /// not failed: how many do is what a run measures.)
+    /// Whether the run passed: no protocol error or undecodable frame, no digest mismatch, at
+    /// least one client connected, and every client that reads (all but the stalled ones)
+    /// reached in-sync within the duration. A run that leaves clients unsynced measured a
+    /// daemon that could not serve them all: its cost figures would describe a smaller run.
     pub fn passed(&self) -> bool {
         self.failure_reasons().is_empty()
     }
@@ -314,8 +315,26 @@ impl Report {
         }
         if self.connected == 0 && self.requested > 0 {
             r.push("no client could connect".into());
+        } else if let Some(n) = self.not_in_sync() {
+            r.push(format!(
+                "{n} of {} clients did not reach in-sync within the {:.0} s run",
+                self.must_sync(),
+                self.duration_secs
+            ));
         }
         r
+    }
+
+    /// Clients expected to reach in-sync: all but the stalled ones, which never read.
+    pub fn must_sync(&self) -> u64 {
+        let stalled = self.scenario.roles.get("stalled").copied().unwrap_or(0);
+        self.requested.saturating_sub(stalled)
+    }
+
+    /// How many of [`Report::must_sync`] never reached in-sync, if any.
+    pub fn not_in_sync(&self) -> Option<u64> {
+        let n = self.must_sync().saturating_sub(self.in_sync);
+        (n > 0).then_some(n)
     }
 
     /// (RSS end - RSS start) / clients connected at the end.
@@ -346,6 +365,7 @@ impl Report {
                 "never_started": self.never_started,
                 "connected": self.connected,
                 "in_sync": self.in_sync,
+                "not_in_sync": self.not_in_sync().unwrap_or(0),
                 "held_at_end": self.open_at_end,
                 "in_sync_at_end": self.in_sync_at_end,
                 "all_in_sync_after_secs": self.all_in_sync_after.map(|d| d.as_secs_f64()),
@@ -448,13 +468,26 @@ impl Report {
                     d.as_secs_f64()
                 );
             }
-            None => {
-                let _ = writeln!(
-                    o,
-                    "           NOT all clients reached in-sync ({} of {})",
-                    self.in_sync, self.requested
-                );
-            }
+            None => match self.not_in_sync() {
+                Some(n) => {
+                    let _ = writeln!(
+                        o,
+                        "           NOT IN SYNC: {n} of {} clients did not reach in-sync within \
+                         {:.1} s ({} never started, {} never connected)",
+                        self.must_sync(),
+                        self.duration_secs,
+                        self.never_started,
+                        self.requested.saturating_sub(self.connected + self.never_started)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "           all {} clients that read reached in-sync (the stalled ones never do)",
+                        self.must_sync()
+                    );
+                }
+            },
         }
         let _ = writeln!(o, "lag:       {}", self.lag);
         let _ = writeln!(o, "  steady:  {}", self.steady_lag);
@@ -690,7 +723,9 @@ mod tests {
             rss_end: Some((100 << 20) + 10_000 * 8192),
             requested: 10_000,
             connected: 10_000,
+            in_sync: 10_000,
             open_at_end: 10_000,
+            duration_secs: 30.0,
             ..Default::default()
         };
         assert_eq!(r.rss_per_client(), Some(8192.0));
@@ -709,5 +744,46 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(nobody.failure_reasons(), ["no client could connect"]);
+    }
+
+    #[test]
+    fn clients_left_unsynced_fail_the_run() {
+        // The storm that used to pass: 923 of 10,000 clients still unsynced after 30 s.
+        let mut r = Report {
+            requested: 10_000,
+            connected: 10_000,
+            in_sync: 9_077,
+            open_at_end: 10_000,
+            duration_secs: 30.0,
+            ..Default::default()
+        };
+        assert_eq!(r.not_in_sync(), Some(923));
+        assert!(!r.passed());
+        assert_eq!(
+            r.failure_reasons(),
+            ["923 of 10000 clients did not reach in-sync within the 30 s run"]
+        );
+        let text = r.render_text();
+        assert!(
+            text.contains("NOT IN SYNC: 923 of 10000 clients did not reach in-sync within 30.0 s"),
+            "{text}"
+        );
+        assert!(text.ends_with(
+            "result: FAIL (923 of 10000 clients did not reach in-sync within the 30 s run)\n"
+        ));
+        assert_eq!(r.to_json()["clients"]["not_in_sync"], 923);
+        assert_eq!(r.to_json()["passed"], false);
+        // Stalled clients never read, so they are not expected to sync.
+        r.scenario.roles.insert("stalled".into(), 923);
+        assert_eq!(r.not_in_sync(), None);
+        assert!(r.passed(), "{:?}", r.failure_reasons());
+        // Clients whose connect time never came count as unsynced too.
+        r.scenario.roles.clear();
+        r.in_sync = 10_000;
+        assert!(r.passed());
+        r.in_sync = 9_999;
+        r.never_started = 1;
+        assert!(r.render_text().contains("(1 never started, 0 never connected)"));
+        assert!(!r.passed());
     }
 }

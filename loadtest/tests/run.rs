@@ -201,3 +201,39 @@ fn a_daemon_digest_that_disagrees_fails_the_run() {
     );
     drop(d);
 }
+
+/// A daemon that accepts connections and never answers (a listener nobody accepts on: the
+/// kernel completes the handshakes): no client can reach in-sync, and the run must say so and
+/// fail instead of printing its figures as a pass.
+#[test]
+fn clients_that_never_reach_in_sync_fail_the_run() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--addr",
+            &addr,
+            "--clients",
+            "5",
+            "--full-maps",
+            "1",
+            "--ramp-per-sec",
+            "0",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("NOT IN SYNC: 5 of 5 clients did not reach in-sync within 1.0 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("result: FAIL (5 of 5 clients did not reach in-sync within the 1 s run)"),
+        "{stdout}"
+    );
+    drop(silent);
+}
