@@ -19,9 +19,9 @@ use typha::client::{
 };
 use typha::model::{Digest, SyncStatus, SyncerType};
 use typha::proto::Codec;
+use typha_loadtest_common::hist::new_histogram;
+use typha_loadtest_common::STAMP_LABEL;
 
-/// Largest value the histograms track: one hour in microseconds (larger values saturate).
-pub const HIST_MAX_US: u64 = 3_600_000_000;
 /// Connects made per loop iteration, so a storm does not starve the reading.
 const CONNECTS_PER_ITERATION: usize = 256;
 /// How often a thread publishes its counters and its interval lag histogram.
@@ -49,9 +49,6 @@ pub const MAX_FRAMES_REMEMBERED: usize = 1 << 20;
 const MAX_STAMPS_REMEMBERED: usize = 1 << 20;
 /// How often throttled (slow) clients are looked at again.
 const THROTTLE_TICK: Duration = Duration::from_millis(10);
-/// The label the churn generator stamps its pod label writes with (Unix nanoseconds, decimal).
-/// `apiwatch` parses the same label: keep the name.
-pub const STAMP_LABEL: &str = "typha-loadtest/stamp";
 /// Only workload endpoints carry pod labels.
 const STAMP_KEY_PART: &str = "/workload/";
 /// Drop reason of a client killed on purpose (`--kill-rate`); such kills are counted apart.
@@ -62,10 +59,6 @@ pub const KILLED: &str = "killed by the harness";
 /// certificate after the client finished its side, so an error before the first decrypted
 /// byte counts too.
 pub const TLS_HANDSHAKE_FAILED: &str = "TLS handshake failed";
-
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
-}
 
 /// What every thread shares with the main thread.
 #[derive(Debug, Default)]

@@ -1,95 +1,13 @@
 //! The end-of-run report: figures merged from every thread and the daemon's samples, rendered
 //! as a human summary or as one JSON object.
 
-use crate::daemon_http::FanoutCounters;
-use hdrhistogram::Histogram;
+use crate::datastore_check::DatastoreCheck;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::time::Duration;
-
-/// Percentiles of a histogram of microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HistSummary {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-}
-
-impl HistSummary {
-    pub fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return HistSummary::default();
-        }
-        HistSummary {
-            count: h.len(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        }
-    }
-
-    pub fn to_json(self) -> Value {
-        if self.count == 0 {
-            return json!({ "count": 0 });
-        }
-        json!({
-            "count": self.count,
-            "p50_us": self.p50,
-            "p90_us": self.p90,
-            "p99_us": self.p99,
-            "max_us": self.max,
-        })
-    }
-}
-
-impl fmt::Display for HistSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.count == 0 {
-            return f.write_str("no samples");
-        }
-        write!(
-            f,
-            "p50 {}  p90 {}  p99 {}  max {}  ({} samples)",
-            fmt_us(self.p50),
-            fmt_us(self.p90),
-            fmt_us(self.p99),
-            fmt_us(self.max),
-            self.count
-        )
-    }
-}
-
-/// Microseconds as a short human figure: `850 µs`, `12.3 ms`, `1.52 s`.
-pub fn fmt_us(us: u64) -> String {
-    if us < 1_000 {
-        format!("{us} µs")
-    } else if us < 10_000 {
-        format!("{:.2} ms", us as f64 / 1e3)
-    } else if us < 1_000_000 {
-        format!("{:.1} ms", us as f64 / 1e3)
-    } else {
-        format!("{:.2} s", us as f64 / 1e6)
-    }
-}
-
-/// Bytes in binary units: `512 B`, `3.0 KiB`, `12.4 MiB`, `1.50 GiB`.
-pub fn fmt_bytes(b: u64) -> String {
-    const K: f64 = 1024.0;
-    let f = b as f64;
-    if b < 1024 {
-        format!("{b} B")
-    } else if f < K * K {
-        format!("{:.1} KiB", f / K)
-    } else if f < K * K * K {
-        format!("{:.1} MiB", f / (K * K))
-    } else {
-        format!("{:.2} GiB", f / (K * K * K))
-    }
-}
+use typha_loadtest_common::daemon_http::FanoutCounters;
+pub use typha_loadtest_common::hist::{fmt_bytes, fmt_us, HistSummary};
 
 /// Server figures over one window (the whole run, or the steady state).
 #[derive(Debug, Clone, PartialEq)]
@@ -280,7 +198,7 @@ pub struct Report {
     pub daemon_drops: Option<BTreeMap<String, u64>>,
     pub daemon_drops_error: Option<String>,
     /// `--verify-datastore`: the API server's translated objects against the daemon.
-    pub datastore_check: Option<Result<crate::datastore_check::DatastoreCheck, String>>,
+    pub datastore_check: Option<Result<DatastoreCheck, String>>,
 }
 
 impl Report {
@@ -477,7 +395,8 @@ impl Report {
                         self.must_sync(),
                         self.duration_secs,
                         self.never_started,
-                        self.requested.saturating_sub(self.connected + self.never_started)
+                        self.requested
+                            .saturating_sub(self.connected + self.never_started)
                     );
                 }
                 None => {
@@ -639,8 +558,8 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon_http::Buckets;
-    use crate::driver::new_histogram;
+    use typha_loadtest_common::daemon_http::Buckets;
+    use typha_loadtest_common::hist::new_histogram;
 
     #[test]
     fn human_durations() {
@@ -783,7 +702,9 @@ mod tests {
         assert!(r.passed());
         r.in_sync = 9_999;
         r.never_started = 1;
-        assert!(r.render_text().contains("(1 never started, 0 never connected)"));
+        assert!(r
+            .render_text()
+            .contains("(1 never started, 0 never connected)"));
         assert!(!r.passed());
     }
 }

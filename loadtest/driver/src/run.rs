@@ -1,16 +1,11 @@
 //! One `run`: sample the daemon, start the client threads, print progress, stop at the
 //! deadline, sample again, verify the full-map clients against `/digest`, build the report.
 
-use crate::cli::RunConfig;
-use crate::daemon_http::{
-    fetch_digest, fetch_drops_by_reason, fetch_fanout_counters, DaemonDigest, FanoutCounters,
-};
+use crate::args::RunConfig;
 use crate::driver::{
-    new_histogram, run_thread, ClientPlan, DriverConfig, FullMapState, Segment, Shared,
-    MAX_FRAMES_REMEMBERED,
+    run_thread, ClientPlan, DriverConfig, FullMapState, Segment, Shared, MAX_FRAMES_REMEMBERED,
 };
-use crate::report::{fmt_us, HistSummary, Report, Scenario, Verification, Window};
-use crate::sys::{raise_nofile_limit, sample_process, ProcSample};
+use crate::report::{Report, Scenario, Verification, Window};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,6 +16,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use typha::model::{Digest, SyncerType};
+use typha_loadtest_common::daemon_http::{
+    fetch_digest, fetch_drops_by_reason, fetch_fanout_counters, DaemonDigest, FanoutCounters,
+};
+use typha_loadtest_common::hist::{fmt_us, new_histogram, HistSummary};
+use typha_loadtest_common::sys::{raise_nofile_limit, sample_process, ProcSample};
 
 /// File descriptors kept beyond one per client (epoll, HTTP, stdio, the daemon's own probes).
 pub const FD_HEADROOM: u64 = 100;
@@ -678,7 +678,7 @@ fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Compression;
+    use crate::args::Compression;
     use std::io::{Read, Write};
 
     use typha::daemon::Daemon;
