@@ -235,6 +235,51 @@ impl Env {
     fn apiserver_script(&self) -> PathBuf {
         self.repo_root.join("scripts/test-apiserver.sh")
     }
+
+    /// One command line as the report records it: paths inside the repository relative to its
+    /// root, and the binaries under `target/release` (or `${CARGO_TARGET_DIR:-target}/release`
+    /// when they were built elsewhere, as `make bench-report` does with `CARGO_TARGET_DIR` set),
+    /// so that the report does not carry the directory layout of the machine that ran it and its
+    /// commands can be pasted at the root of any checkout. Temporary files (certificates, the
+    /// API server's directory) keep their absolute paths: they exist only during the run.
+    pub fn recorded(&self, argv: &[String]) -> String {
+        const BIN: &str = "@BIN@";
+        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let root = abs(&self.repo_root);
+        let bin_dir = self.typha.parent().map(abs);
+        let bin_label = match &bin_dir {
+            Some(d) if *d == root.join("target/release") => Some("target/release"),
+            Some(d) if d.file_name().is_some_and(|n| n == "release") => {
+                Some("${CARGO_TARGET_DIR:-target}/release")
+            }
+            _ => None,
+        };
+        let root_prefix = format!("{}/", root.display());
+        let rewritten: Vec<String> = argv
+            .iter()
+            .map(|a| {
+                if let (Some(d), Some(_)) = (&bin_dir, bin_label) {
+                    if let Some(rest) = Path::new(a)
+                        .strip_prefix(d)
+                        .ok()
+                        .filter(|_| a.starts_with('/'))
+                    {
+                        return format!("{BIN}/{}", rest.display());
+                    }
+                }
+                if root_prefix.len() > 1 {
+                    a.replace(&root_prefix, "")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let line = shell_line(&rewritten);
+        match bin_label {
+            Some(label) => line.replace(BIN, label),
+            None => line,
+        }
+    }
 }
 
 fn s(x: impl ToString) -> String {
@@ -733,12 +778,12 @@ impl ApiServerProc {
             if o.code != Some(0) {
                 return Err(format!(
                     "{} failed: {}",
-                    shell_line(&argv),
+                    env.recorded(&argv),
                     tail(o.stderr.trim(), 1500)
                 ));
             }
             if sub != "install" {
-                start_commands.push(shell_line(&argv));
+                start_commands.push(env.recorded(&argv));
             }
         }
         let text = std::fs::read_to_string(dir.join("env"))
@@ -846,7 +891,7 @@ impl Cell {
                     dargv.extend(tls.daemon_args());
                     rargv.extend(tls.run_args());
                 }
-                format!("{} & {}", shell_line(&dargv), shell_line(&rargv))
+                format!("{} & {}", env.recorded(&dargv), env.recorded(&rargv))
             }
             CellKind::Pubsub {
                 target,
@@ -854,7 +899,7 @@ impl Cell {
                 msg_bytes,
                 rate,
                 duration,
-            } => shell_line(&pubsub_argv(
+            } => env.recorded(&pubsub_argv(
                 env,
                 target,
                 *subscribers,
@@ -934,9 +979,9 @@ pub fn run_all(
 
 type CellOutcome = Result<(&'static str, Vec<String>), String>;
 
-fn push_command(rec: &mut Value, argv: &[String]) {
+fn push_command(env: &Env, rec: &mut Value, argv: &[String]) {
     if let Some(a) = rec["commands"].as_array_mut() {
-        a.push(json!(shell_line(argv)));
+        a.push(json!(env.recorded(argv)));
     }
 }
 
@@ -961,7 +1006,7 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             } else {
                 None
             };
-            push_command(rec, &dargv);
+            push_command(env, rec, &dargv);
             let daemon =
                 DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
             rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
@@ -971,7 +1016,7 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             if let Some(files) = &tls {
                 rargv.extend(files.run_args());
             }
-            push_command(rec, &rargv);
+            push_command(env, rec, &rargv);
             let o = run_child(&rargv, secs(*duration) + CHILD_GRACE);
             let r = record("run", &o);
             rec["results"]["run"] = r.json.unwrap_or(Value::Null);
@@ -986,7 +1031,7 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             duration,
         } => {
             let argv = pubsub_argv(env, target, *subscribers, *msg_bytes, *rate, *duration);
-            push_command(rec, &argv);
+            push_command(env, rec, &argv);
             let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
             let r = record("pubsub", &o);
             rec["results"]["pubsub"] = r.json.unwrap_or(Value::Null);
@@ -1015,7 +1060,7 @@ fn run_api_cell(
             duration,
         } => {
             let argv = apiwatch_argv(env, api, *watchers, *write_rate, *duration);
-            push_command(rec, &argv);
+            push_command(env, rec, &argv);
             let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
             let r = record("apiwatch", &o);
             rec["results"]["apiwatch"] = r.json.unwrap_or(Value::Null);
@@ -1028,7 +1073,7 @@ fn run_api_cell(
         } => {
             let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
             let dargv = daemon_argv(env, &ports, &k8s_datastore(&api.kubeconfig));
-            push_command(rec, &dargv);
+            push_command(env, rec, &dargv);
             let daemon =
                 DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
             rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
@@ -1043,11 +1088,11 @@ fn run_api_cell(
                 1000.0,
                 duration + lead + 2.0,
             );
-            push_command(rec, &rargv);
+            push_command(env, rec, &rargv);
             let running = spawn(&rargv).map_err(|e| format!("cannot start {}: {e}", rargv[0]))?;
             std::thread::sleep(secs(lead));
             let wargv = apiwatch_argv(env, api, 0, *write_rate, *duration);
-            push_command(rec, &wargv);
+            push_command(env, rec, &wargv);
             let wo = run_child(&wargv, secs(*duration) + CHILD_GRACE);
             let ro = finish(running, secs(*duration + lead + 2.0) + CHILD_GRACE);
             drop(daemon);
@@ -1148,6 +1193,48 @@ mod tests {
         );
         assert_eq!(tail("abcdef", 3), "…def");
         assert_eq!(tail("ab", 3), "ab");
+    }
+
+    #[test]
+    fn recorded_commands_carry_no_machine_path() {
+        let root = std::env::temp_dir().join(format!("bench-root-{}", std::process::id()));
+        let release = root.join("target/release");
+        std::fs::create_dir_all(&release).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        let script = root.join("scripts/test-apiserver.sh");
+        let argv = |bin: &Path| {
+            vec![
+                bin.join("typha").display().to_string(),
+                s("--addr"),
+                s("127.0.0.1:5473"),
+                script.display().to_string(),
+                s("/tmp/typha-bench-tls-1/ca.pem"),
+            ]
+        };
+        let env = |bin: &Path| Env {
+            typha: bin.join("typha"),
+            loadtest: bin.join("typha-loadtest"),
+            repo_root: root.clone(),
+        };
+        // Built by `make bench-report` into the repository's own target directory.
+        assert_eq!(
+            env(&release).recorded(&argv(&release)),
+            "target/release/typha --addr 127.0.0.1:5473 scripts/test-apiserver.sh \
+             /tmp/typha-bench-tls-1/ca.pem"
+        );
+        // Built with CARGO_TARGET_DIR elsewhere: the variable, not this machine's directory.
+        let elsewhere =
+            std::env::temp_dir().join(format!("bench-tgt-{}/release", std::process::id()));
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let line = env(&elsewhere).recorded(&argv(&elsewhere));
+        assert!(
+            line.starts_with("${CARGO_TARGET_DIR:-target}/release/typha --addr"),
+            "{line}"
+        );
+        assert!(line.contains(" scripts/test-apiserver.sh "), "{line}");
+        assert!(!line.contains(&root.display().to_string()), "{line}");
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(elsewhere.parent().unwrap());
         assert_eq!(worst("ok", "failed"), "failed");
         assert_eq!(worst("error", "failed"), "error");
     }
