@@ -6,6 +6,7 @@ mod borrowed;
 mod codec;
 pub mod encode;
 mod messages;
+pub mod typha;
 
 pub use borrowed::*;
 pub use codec::*;

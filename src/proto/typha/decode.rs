@@ -1,0 +1,849 @@
+//! Incremental gob decoders for both directions of a Typha connection.
+//!
+//! Bytes go in as they arrive; whole messages come out. Nothing assumes the peer's encoder
+//! made the same choices as ours: type ids are learnt from the definitions on the stream
+//! (inline before first use, all up front, or inside an interface value), struct fields are
+//! matched by name in any order, unknown fields are skipped by their wire type, missing fields
+//! stay zero. Every length read from the peer is checked against the bytes of the current
+//! message, whose size is capped before it is buffered, so memory stays bounded by the cap.
+
+use super::error::TyphaCodecError;
+use super::messages::*;
+use super::snappy::FrameReader;
+use super::typedef::{read_wire_type, WireType};
+use super::wire::{
+    Reader, FIRST_USER_ID, T_BOOL, T_BYTES, T_COMPLEX, T_FLOAT, T_INT, T_INTERFACE, T_STRING,
+    T_UINT,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Typha's cap on one inbound client message (`maxInboundMessageBytes`).
+pub const DEFAULT_MAX_CLIENT_MESSAGE: usize = 1 << 20;
+
+/// Default cap on one server message for our own clients. Typha sets none; its largest messages
+/// are binary-snapshot `MsgKVs` of 1000 updates.
+pub const DEFAULT_MAX_SERVER_MESSAGE: usize = 64 << 20;
+
+/// Most type definitions one stream may carry. Typha's streams need fewer than a dozen.
+const MAX_TYPES: usize = 1024;
+
+/// Deepest nesting of types followed when skipping an unknown field.
+const MAX_DEPTH: usize = 32;
+
+/// Longest interface name Go accepts.
+const MAX_INTERFACE_NAME: usize = 1024;
+
+type Result<T> = std::result::Result<T, TyphaCodecError>;
+
+/// The type definitions received on one gob stream.
+#[derive(Default)]
+struct Types {
+    map: HashMap<i64, Arc<WireType>>,
+}
+
+impl Types {
+    fn define(&mut self, id: i64, wt: WireType) -> Result<()> {
+        if id < FIRST_USER_ID || self.map.contains_key(&id) {
+            return Err(TyphaCodecError::BadTypeDefinition(id));
+        }
+        if self.map.len() >= MAX_TYPES {
+            return Err(TyphaCodecError::TooManyTypes(MAX_TYPES));
+        }
+        self.map.insert(id, Arc::new(wt));
+        Ok(())
+    }
+
+    fn get(&self, id: i64) -> Result<Arc<WireType>> {
+        self.map
+            .get(&id)
+            .cloned()
+            .ok_or(TyphaCodecError::UndefinedType(id))
+    }
+}
+
+/// The message types registered under Typha's names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    ClientHello,
+    ServerHello,
+    DecoderRestart,
+    Ack,
+    SyncStatus,
+    Ping,
+    Pong,
+    Kvs,
+}
+
+impl Kind {
+    fn from_name(name: &[u8]) -> Option<Kind> {
+        let suffix = name.strip_prefix(REGISTERED_NAME_PREFIX.as_bytes())?;
+        Some(match suffix {
+            b"MsgClientHello" => Kind::ClientHello,
+            b"MsgServerHello" => Kind::ServerHello,
+            b"MsgDecoderRestart" => Kind::DecoderRestart,
+            b"MsgACK" => Kind::Ack,
+            b"MsgSyncStatus" => Kind::SyncStatus,
+            b"MsgPing" => Kind::Ping,
+            b"MsgPong" => Kind::Pong,
+            b"MsgKVs" => Kind::Kvs,
+            _ => return None,
+        })
+    }
+
+    fn go_name(self) -> &'static str {
+        match self {
+            Kind::ClientHello => "MsgClientHello",
+            Kind::ServerHello => "MsgServerHello",
+            Kind::DecoderRestart => "MsgDecoderRestart",
+            Kind::Ack => "MsgACK",
+            Kind::SyncStatus => "MsgSyncStatus",
+            Kind::Ping => "MsgPing",
+            Kind::Pong => "MsgPong",
+            Kind::Kvs => "MsgKVs",
+        }
+    }
+}
+
+/// One value message being decoded: the message bytes (so byte slices can be shared, not
+/// copied) and the stream's types.
+struct Ctx<'a> {
+    types: &'a mut Types,
+    msg: &'a Bytes,
+}
+
+fn expect(fid: i64, want: i64, field: &'static str) -> Result<()> {
+    if fid == want {
+        Ok(())
+    } else {
+        Err(TyphaCodecError::TypeMismatch { field })
+    }
+}
+
+fn read_u8_field(r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<u8> {
+    expect(fid, T_UINT, field)?;
+    u8::try_from(r.read_uint()?).map_err(|_| TyphaCodecError::Malformed("uint8 value out of range"))
+}
+
+impl<'a> Ctx<'a> {
+    /// Walks a struct value of wire type `id`, handing each field to `f` by name; fields `f`
+    /// does not take are skipped by their wire type.
+    fn read_struct<'m>(
+        &mut self,
+        r: &mut Reader<'m>,
+        id: i64,
+        what: &'static str,
+        depth: usize,
+        mut f: impl FnMut(&mut Self, &mut Reader<'m>, &str, i64) -> Result<bool>,
+    ) -> Result<()> {
+        let wt = self.types.get(id)?;
+        let WireType::Struct { fields } = &*wt else {
+            return Err(TyphaCodecError::TypeMismatch { field: what });
+        };
+        let mut field: i64 = -1;
+        loop {
+            let delta = r.read_uint()?;
+            if delta == 0 {
+                return Ok(());
+            }
+            if delta > fields.len() as u64 {
+                return Err(TyphaCodecError::Malformed("field number out of range"));
+            }
+            field += delta as i64;
+            let (name, fid) = fields
+                .get(field as usize)
+                .ok_or(TyphaCodecError::Malformed("field number out of range"))?;
+            if !f(self, r, name, *fid)? {
+                self.skip(r, *fid, depth + 1)?;
+            }
+        }
+    }
+
+    /// Reads an interface value's name and concrete type id; definitions may precede the id
+    /// inside an interface, each followed by a byte count that is skipped. The value's own byte
+    /// count comes next and is left to the caller. `None` for a nil interface.
+    fn read_interface_header<'m>(&mut self, r: &mut Reader<'m>) -> Result<Option<(&'m [u8], i64)>> {
+        let name = r.read_bytes()?;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if name.len() > MAX_INTERFACE_NAME {
+            return Err(TyphaCodecError::Malformed("interface name too long"));
+        }
+        loop {
+            let id = r.read_int()?;
+            if id >= 0 {
+                return Ok(Some((name, id)));
+            }
+            let wt = read_wire_type(r)?;
+            self.types
+                .define(id.checked_neg().unwrap_or(i64::MAX), wt)?;
+            r.read_uint()?;
+        }
+    }
+
+    /// Skips one value of wire type `id`.
+    fn skip(&mut self, r: &mut Reader<'_>, id: i64, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(TyphaCodecError::Malformed("types nested too deeply"));
+        }
+        match id {
+            T_BOOL | T_INT | T_UINT | T_FLOAT => {
+                r.read_uint()?;
+            }
+            T_BYTES | T_STRING => {
+                r.read_bytes()?;
+            }
+            T_COMPLEX => {
+                r.read_uint()?;
+                r.read_uint()?;
+            }
+            T_INTERFACE => {
+                if self.read_interface_header(r)?.is_some() {
+                    // An ignored interface value is skipped by its byte count, as Go does.
+                    let n = r.read_uint()?;
+                    if n > r.remaining() as u64 {
+                        return Err(TyphaCodecError::Malformed("length exceeds message"));
+                    }
+                    r.take(n as usize)?;
+                }
+            }
+            _ if id < FIRST_USER_ID => {
+                return Err(TyphaCodecError::Malformed(
+                    "field of an unsupported built-in type",
+                ))
+            }
+            _ => {
+                let wt = self.types.get(id)?;
+                match &*wt {
+                    WireType::Struct { .. } => {
+                        self.read_struct(r, id, "skipped struct", depth, |_, _, _, _| Ok(false))?;
+                    }
+                    WireType::Slice { elem } | WireType::Array { elem } => {
+                        let n = r.read_count()?;
+                        for _ in 0..n {
+                            self.skip(r, *elem, depth + 1)?;
+                        }
+                    }
+                    WireType::Map { key, elem } => {
+                        let n = r.read_count()?;
+                        for _ in 0..n {
+                            self.skip(r, *key, depth + 1)?;
+                            self.skip(r, *elem, depth + 1)?;
+                        }
+                    }
+                    WireType::External => {
+                        r.read_bytes()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_string(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<String> {
+        expect(fid, T_STRING, field)?;
+        r.read_string()
+    }
+
+    fn read_bool(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<bool> {
+        expect(fid, T_BOOL, field)?;
+        r.read_bool()
+    }
+
+    fn read_u64(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<u64> {
+        expect(fid, T_UINT, field)?;
+        r.read_uint()
+    }
+
+    /// A `time.Time` field: the wire type must be an externally-encoded type.
+    fn read_time(&mut self, r: &mut Reader<'_>, fid: i64, field: &'static str) -> Result<GoTime> {
+        if fid < FIRST_USER_ID || !matches!(&*self.types.get(fid)?, WireType::External) {
+            return Err(TyphaCodecError::TypeMismatch { field });
+        }
+        GoTime::from_binary(r.read_bytes()?).ok_or(TyphaCodecError::BadTime)
+    }
+
+    fn read_string_slice(
+        &mut self,
+        r: &mut Reader<'_>,
+        fid: i64,
+        field: &'static str,
+    ) -> Result<Vec<String>> {
+        let elem_is_string = fid >= FIRST_USER_ID
+            && matches!(&*self.types.get(fid)?, WireType::Slice { elem } if *elem == T_STRING);
+        if !elem_is_string {
+            return Err(TyphaCodecError::TypeMismatch { field });
+        }
+        let n = r.read_count()?;
+        let mut v = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            v.push(r.read_string()?);
+        }
+        Ok(v)
+    }
+
+    /// The `Revision` interface: Typha always sends a Go `string`; other basic types are
+    /// formatted in decimal as Felix's `%v` would.
+    fn read_revision(&mut self, r: &mut Reader<'_>) -> Result<String> {
+        let Some((name, id)) = self.read_interface_header(r)? else {
+            return Ok(String::new());
+        };
+        r.read_uint()?; // byte count
+        let want = match name {
+            b"string" => T_STRING,
+            b"int" | b"int8" | b"int16" | b"int32" | b"int64" => T_INT,
+            b"uint" | b"uint8" | b"uint16" | b"uint32" | b"uint64" | b"uintptr" => T_UINT,
+            b"bool" => T_BOOL,
+            _ => return Err(TyphaCodecError::TypeMismatch { field: "Revision" }),
+        };
+        expect(id, want, "Revision")?;
+        if r.read_uint()? != 0 {
+            return Err(TyphaCodecError::Malformed("non-empty delta for singleton"));
+        }
+        Ok(match want {
+            T_STRING => r.read_string()?,
+            T_INT => r.read_int()?.to_string(),
+            T_UINT => r.read_uint()?.to_string(),
+            _ => r.read_bool()?.to_string(),
+        })
+    }
+
+    fn client_hello(&mut self, r: &mut Reader<'_>, id: i64) -> Result<ClientHello> {
+        let mut h = ClientHello::default();
+        self.read_struct(r, id, "MsgClientHello", 0, |c, r, name, fid| {
+            match name {
+                "Hostname" => h.hostname = c.read_string(r, fid, "Hostname")?,
+                "Info" => h.info = c.read_string(r, fid, "Info")?,
+                "Version" => h.version = c.read_string(r, fid, "Version")?,
+                "SyncerType" => h.syncer_type = c.read_string(r, fid, "SyncerType")?,
+                "SupportsDecoderRestart" => {
+                    h.supports_decoder_restart = c.read_bool(r, fid, "SupportsDecoderRestart")?
+                }
+                "SupportedCompressionAlgorithms" => {
+                    h.supported_compression =
+                        c.read_string_slice(r, fid, "SupportedCompressionAlgorithms")?
+                }
+                "SupportsModernPolicyKeys" => {
+                    h.supports_modern_policy_keys =
+                        c.read_bool(r, fid, "SupportsModernPolicyKeys")?
+                }
+                "ClientConnID" => h.client_conn_id = c.read_u64(r, fid, "ClientConnID")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(h)
+    }
+
+    fn server_hello(&mut self, r: &mut Reader<'_>, id: i64) -> Result<ServerHello> {
+        let mut h = ServerHello::default();
+        self.read_struct(r, id, "MsgServerHello", 0, |c, r, name, fid| {
+            match name {
+                "Version" => h.version = c.read_string(r, fid, "Version")?,
+                "SyncerType" => h.syncer_type = c.read_string(r, fid, "SyncerType")?,
+                "SupportsNodeResourceUpdates" => {
+                    h.supports_node_resource_updates =
+                        c.read_bool(r, fid, "SupportsNodeResourceUpdates")?
+                }
+                "ServerConnID" => h.server_conn_id = c.read_u64(r, fid, "ServerConnID")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(h)
+    }
+
+    fn decoder_restart(&mut self, r: &mut Reader<'_>, id: i64) -> Result<DecoderRestart> {
+        let mut m = DecoderRestart::default();
+        self.read_struct(r, id, "MsgDecoderRestart", 0, |c, r, name, fid| {
+            match name {
+                "Message" => m.message = c.read_string(r, fid, "Message")?,
+                "CompressionAlgorithm" => {
+                    m.compression = c.read_string(r, fid, "CompressionAlgorithm")?
+                }
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(m)
+    }
+
+    fn sync_status(&mut self, r: &mut Reader<'_>, id: i64) -> Result<u8> {
+        let mut status = 0;
+        self.read_struct(r, id, "MsgSyncStatus", 0, |_, r, name, fid| {
+            if name != "SyncStatus" {
+                return Ok(false);
+            }
+            status = read_u8_field(r, fid, "SyncStatus")?;
+            Ok(true)
+        })?;
+        Ok(status)
+    }
+
+    fn ping(&mut self, r: &mut Reader<'_>, id: i64) -> Result<Ping> {
+        let mut p = Ping::default();
+        self.read_struct(r, id, "MsgPing", 0, |c, r, name, fid| {
+            if name != "Timestamp" {
+                return Ok(false);
+            }
+            p.timestamp = c.read_time(r, fid, "Timestamp")?;
+            Ok(true)
+        })?;
+        Ok(p)
+    }
+
+    fn pong(&mut self, r: &mut Reader<'_>, id: i64) -> Result<Pong> {
+        let mut p = Pong::default();
+        self.read_struct(r, id, "MsgPong", 0, |c, r, name, fid| {
+            match name {
+                "PingTimestamp" => p.ping_timestamp = c.read_time(r, fid, "PingTimestamp")?,
+                "PongTimestamp" => p.pong_timestamp = c.read_time(r, fid, "PongTimestamp")?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(p)
+    }
+
+    fn ack(&mut self, r: &mut Reader<'_>, id: i64) -> Result<()> {
+        self.read_struct(r, id, "MsgACK", 0, |_, _, _, _| Ok(false))
+    }
+
+    fn kvs(&mut self, r: &mut Reader<'_>, id: i64) -> Result<Vec<SerializedUpdate>> {
+        let mut kvs = Vec::new();
+        self.read_struct(r, id, "MsgKVs", 0, |c, r, name, fid| {
+            if name != "KVs" {
+                return Ok(false);
+            }
+            let elem = match (fid >= FIRST_USER_ID)
+                .then(|| c.types.get(fid))
+                .transpose()?
+            {
+                Some(wt) => match &*wt {
+                    WireType::Slice { elem } => *elem,
+                    _ => return Err(TyphaCodecError::TypeMismatch { field: "KVs" }),
+                },
+                None => return Err(TyphaCodecError::TypeMismatch { field: "KVs" }),
+            };
+            let slots = c.update_slots(elem)?;
+            let n = r.read_count()?;
+            kvs.reserve(n.min(1024));
+            for _ in 0..n {
+                kvs.push(c.update(r, &slots)?);
+            }
+            Ok(true)
+        })?;
+        Ok(kvs)
+    }
+
+    /// Maps the peer's `SerializedUpdate` fields (by position) to ours, checking each type once
+    /// per message rather than once per update.
+    fn update_slots(&mut self, id: i64) -> Result<Vec<Slot>> {
+        let wt = self.types.get(id)?;
+        let WireType::Struct { fields } = &*wt else {
+            return Err(TyphaCodecError::TypeMismatch { field: "KVs" });
+        };
+        fields
+            .iter()
+            .map(|(name, fid)| {
+                let (slot, want, field) = match name.as_str() {
+                    "Key" => (Slot::Key, T_STRING, "Key"),
+                    "Value" => (Slot::Value, T_BYTES, "Value"),
+                    "Revision" => (Slot::Revision, T_INTERFACE, "Revision"),
+                    "V3ResourceVersion" => (Slot::V3, T_STRING, "V3ResourceVersion"),
+                    "TTL" => (Slot::Ttl, T_INT, "TTL"),
+                    "UpdateType" => (Slot::UpdateType, T_UINT, "UpdateType"),
+                    _ => return Ok(Slot::Skip(*fid)),
+                };
+                expect(*fid, want, field)?;
+                Ok(slot)
+            })
+            .collect()
+    }
+
+    fn update(&mut self, r: &mut Reader<'_>, slots: &[Slot]) -> Result<SerializedUpdate> {
+        let mut u = SerializedUpdate::default();
+        let mut field: i64 = -1;
+        loop {
+            let delta = r.read_uint()?;
+            if delta == 0 {
+                return Ok(u);
+            }
+            if delta > slots.len() as u64 {
+                return Err(TyphaCodecError::Malformed("field number out of range"));
+            }
+            field += delta as i64;
+            let slot = slots
+                .get(field as usize)
+                .ok_or(TyphaCodecError::Malformed("field number out of range"))?;
+            match slot {
+                Slot::Key => u.key = r.read_string()?,
+                Slot::Value => {
+                    let b = r.read_bytes()?;
+                    let end = r.position();
+                    // gob leaves an empty byte slice nil.
+                    u.value = (!b.is_empty()).then(|| self.msg.slice(end - b.len()..end));
+                }
+                Slot::Revision => u.revision = self.read_revision(r)?,
+                Slot::V3 => u.v3_resource_version = r.read_string()?,
+                Slot::Ttl => u.ttl_nanos = r.read_int()?,
+                Slot::UpdateType => {
+                    u.update_type = u8::try_from(r.read_uint()?)
+                        .map_err(|_| TyphaCodecError::Malformed("uint8 value out of range"))?
+                }
+                Slot::Skip(fid) => self.skip(r, *fid, 1)?,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Key,
+    Value,
+    Revision,
+    V3,
+    Ttl,
+    UpdateType,
+    Skip(i64),
+}
+
+/// Message splitting and type definitions: the part of a gob decoder both directions share.
+struct GobCore {
+    buf: BytesMut,
+    types: Types,
+    max: usize,
+}
+
+/// A value message, its type id already read.
+struct ValueMessage {
+    msg: Bytes,
+    /// Offset of the value after the type id.
+    start: usize,
+    id: i64,
+}
+
+impl GobCore {
+    fn new(max: usize) -> Self {
+        GobCore {
+            buf: BytesMut::new(),
+            types: Types::default(),
+            max,
+        }
+    }
+
+    /// Takes the next value message, absorbing any definition messages before it. `None` if
+    /// the buffer does not yet hold a whole message.
+    fn next_value(&mut self) -> Result<Option<ValueMessage>> {
+        loop {
+            let Some(&first) = self.buf.first() else {
+                return Ok(None);
+            };
+            let count_len = if first < 0x80 {
+                1
+            } else {
+                1 + (256 - first as usize)
+            };
+            if count_len > 9 {
+                return Err(TyphaCodecError::Malformed("integer longer than 8 bytes"));
+            }
+            if self.buf.len() < count_len {
+                return Ok(None);
+            }
+            let mut r = Reader::new(&self.buf);
+            let len = r.read_uint()?;
+            if len > self.max as u64 {
+                return Err(TyphaCodecError::MessageTooLarge { len, max: self.max });
+            }
+            if len == 0 {
+                return Err(TyphaCodecError::Malformed("empty message"));
+            }
+            let header = r.position();
+            if self.buf.len() < header + len as usize {
+                return Ok(None);
+            }
+            self.buf.advance(header);
+            let msg = self.buf.split_to(len as usize).freeze();
+            let mut r = Reader::new(&msg);
+            let id = r.read_int()?;
+            if id >= 0 {
+                let start = r.position();
+                return Ok(Some(ValueMessage { msg, start, id }));
+            }
+            let wt = read_wire_type(&mut r)?;
+            if r.remaining() != 0 {
+                return Err(TyphaCodecError::Malformed(
+                    "extra data after a type definition",
+                ));
+            }
+            self.types
+                .define(id.checked_neg().unwrap_or(i64::MAX), wt)?;
+        }
+    }
+
+    /// Decodes an `Envelope` value message down to its message kind and hands the interface's
+    /// concrete value to `f`.
+    fn envelope<T>(
+        &mut self,
+        v: ValueMessage,
+        mut f: impl FnMut(&mut Ctx<'_>, &mut Reader<'_>, Kind, i64) -> Result<T>,
+    ) -> Result<T> {
+        let mut ctx = Ctx {
+            types: &mut self.types,
+            msg: &v.msg,
+        };
+        let mut r = Reader::new(&v.msg);
+        r.take(v.start)?;
+        let mut out = None;
+        ctx.read_struct(&mut r, v.id, "Envelope", 0, |c, r, name, fid| {
+            if name != "Message" {
+                return Ok(false);
+            }
+            expect(fid, T_INTERFACE, "Message")?;
+            let Some((iname, concrete)) = c.read_interface_header(r)? else {
+                return Ok(true);
+            };
+            let kind = Kind::from_name(iname).ok_or_else(|| {
+                TyphaCodecError::UnknownInterfaceName(String::from_utf8_lossy(iname).into_owned())
+            })?;
+            r.read_uint()?; // the value's byte count, ignored as Go does
+            out = Some(f(c, r, kind, concrete)?);
+            Ok(true)
+        })?;
+        out.ok_or(TyphaCodecError::EmptyEnvelope)
+    }
+}
+
+/// The server's decoder of the client→server stream: plain gob for the whole connection,
+/// carrying `ClientHello`, `ACK` and `Pong`.
+pub struct ClientStreamDecoder {
+    core: GobCore,
+    failed: Option<TyphaCodecError>,
+}
+
+impl Default for ClientStreamDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_CLIENT_MESSAGE)
+    }
+}
+
+impl ClientStreamDecoder {
+    /// A decoder refusing any gob message over `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        ClientStreamDecoder {
+            core: GobCore::new(max_message_bytes),
+            failed: None,
+        }
+    }
+
+    /// Appends received bytes. Call [`Self::next_message`] until it returns `None` after each
+    /// feed, so at most one capped message plus one read stays buffered.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.core.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.core.buf.len()
+    }
+
+    /// The next complete message, `None` if more bytes are needed. After an error the stream is
+    /// dead and every later call returns the same error.
+    pub fn next_message(&mut self) -> Result<Option<ClientMessage>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let res = self.decode_next();
+        if let Err(e) = &res {
+            self.failed = Some(e.clone());
+        }
+        res
+    }
+
+    fn decode_next(&mut self) -> Result<Option<ClientMessage>> {
+        let Some(v) = self.core.next_value()? else {
+            return Ok(None);
+        };
+        self.core
+            .envelope(v, |c, r, kind, id| match kind {
+                Kind::ClientHello => c.client_hello(r, id).map(ClientMessage::Hello),
+                Kind::Ack => c.ack(r, id).map(|_| ClientMessage::Ack),
+                Kind::Pong => c.pong(r, id).map(ClientMessage::Pong),
+                other => Err(TyphaCodecError::UnexpectedMessage(other.go_name())),
+            })
+            .map(Some)
+    }
+}
+
+enum Framing {
+    Plain,
+    Snappy(FrameReader),
+}
+
+/// A client's decoder of the server→client stream: plain gob at first; after each
+/// `MsgDecoderRestart` the caller calls [`Self::restart`] and the following bytes are a fresh
+/// gob stream, plain or snappy-framed.
+pub struct ServerStreamDecoder {
+    core: GobCore,
+    framing: Framing,
+    /// Framed bytes not yet unframed (snappy only; plain bytes go straight to the gob buffer).
+    raw: BytesMut,
+    failed: Option<TyphaCodecError>,
+}
+
+impl Default for ServerStreamDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_SERVER_MESSAGE)
+    }
+}
+
+impl ServerStreamDecoder {
+    /// A decoder of a plain gob stream refusing any gob message over `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        ServerStreamDecoder {
+            core: GobCore::new(max_message_bytes),
+            framing: Framing::Plain,
+            raw: BytesMut::new(),
+            failed: None,
+        }
+    }
+
+    /// Appends received bytes; call [`Self::next_message`] until `None` afterwards.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        match self.framing {
+            Framing::Plain => self.core.buf.extend_from_slice(bytes),
+            Framing::Snappy(_) => self.raw.extend_from_slice(bytes),
+        }
+    }
+
+    /// Bytes received but not yet decoded (framed and unframed).
+    pub fn buffered(&self) -> usize {
+        self.core.buf.len() + self.raw.len()
+    }
+
+    /// The compression of the current stream: `"snappy"` or `""`.
+    pub fn compression(&self) -> &'static str {
+        match self.framing {
+            Framing::Plain => "",
+            Framing::Snappy(_) => COMPRESSION_SNAPPY,
+        }
+    }
+
+    /// Starts a fresh gob stream with `compression` (`"snappy"` or `""`), as Felix does on
+    /// `MsgDecoderRestart`: types are forgotten, bytes already received but not yet decoded
+    /// are kept as the start of the new stream. An unknown algorithm is refused and leaves the
+    /// decoder unchanged (Felix keeps its decoder in that case).
+    pub fn restart(&mut self, compression: &str) -> Result<()> {
+        let framing = match compression {
+            COMPRESSION_SNAPPY => Framing::Snappy(FrameReader::new()),
+            "" => Framing::Plain,
+            other => return Err(TyphaCodecError::UnsupportedCompression(other.to_owned())),
+        };
+        // Raw bytes of the new stream: in plain mode they sit in the gob buffer; in snappy mode
+        // the gob buffer holds only data of the old stream, which a restarted Go decoder drops.
+        let pending = match self.framing {
+            Framing::Plain => std::mem::take(&mut self.core.buf),
+            Framing::Snappy(_) => {
+                self.core.buf.clear();
+                std::mem::take(&mut self.raw)
+            }
+        };
+        self.core.types = Types::default();
+        self.framing = framing;
+        match self.framing {
+            Framing::Plain => self.core.buf = pending,
+            Framing::Snappy(_) => self.raw = pending,
+        }
+        Ok(())
+    }
+
+    /// The next complete message, `None` if more bytes are needed. After an error the stream is
+    /// dead and every later call returns the same error.
+    pub fn next_message(&mut self) -> Result<Option<ServerMessage>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let res = self.decode_next();
+        if let Err(e) = &res {
+            self.failed = Some(e.clone());
+        }
+        res
+    }
+
+    fn decode_next(&mut self) -> Result<Option<ServerMessage>> {
+        loop {
+            if let Some(v) = self.core.next_value()? {
+                return self
+                    .core
+                    .envelope(v, |c, r, kind, id| {
+                        Ok(match kind {
+                            Kind::ServerHello => ServerMessage::Hello(c.server_hello(r, id)?),
+                            Kind::DecoderRestart => {
+                                ServerMessage::DecoderRestart(c.decoder_restart(r, id)?)
+                            }
+                            Kind::SyncStatus => ServerMessage::SyncStatus(c.sync_status(r, id)?),
+                            Kind::Ping => ServerMessage::Ping(c.ping(r, id)?),
+                            Kind::Kvs => ServerMessage::Kvs(c.kvs(r, id)?),
+                            Kind::Ack => {
+                                c.ack(r, id)?;
+                                ServerMessage::Ack
+                            }
+                            Kind::Pong => ServerMessage::Pong(c.pong(r, id)?),
+                            Kind::ClientHello => ServerMessage::ClientHello(c.client_hello(r, id)?),
+                        })
+                    })
+                    .map(Some);
+            }
+            // Unframe one more chunk, if a whole one has arrived.
+            let Framing::Snappy(reader) = &mut self.framing else {
+                return Ok(None);
+            };
+            let n = reader.read_chunk(&self.raw, &mut self.core.buf)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.raw.advance(n);
+        }
+    }
+}
+
+/// Decodes a complete client→server byte stream (test helper, e.g. for Go-produced vectors).
+/// Trailing bytes that do not form a whole message are an error.
+pub fn decode_all_client_messages(bytes: &[u8]) -> Result<Vec<ClientMessage>> {
+    let mut d = ClientStreamDecoder::new(DEFAULT_MAX_CLIENT_MESSAGE);
+    d.feed(bytes);
+    let mut out = Vec::new();
+    while let Some(m) = d.next_message()? {
+        out.push(m);
+    }
+    if d.buffered() != 0 {
+        return Err(TyphaCodecError::Malformed(
+            "truncated message at end of stream",
+        ));
+    }
+    Ok(out)
+}
+
+/// Decodes a complete server→client byte stream that starts plain, following every
+/// `MsgDecoderRestart` as Felix does (test helper, e.g. for Go-produced vectors). Trailing bytes
+/// that do not form a whole message are an error.
+pub fn decode_all_server_messages(bytes: &[u8]) -> Result<Vec<ServerMessage>> {
+    let mut d = ServerStreamDecoder::new(DEFAULT_MAX_SERVER_MESSAGE);
+    d.feed(bytes);
+    let mut out = Vec::new();
+    while let Some(m) = d.next_message()? {
+        if let ServerMessage::DecoderRestart(r) = &m {
+            // Felix keeps its decoder for an algorithm it does not know.
+            let _ = d.restart(&r.compression);
+        }
+        out.push(m);
+    }
+    if d.buffered() != 0 {
+        return Err(TyphaCodecError::Malformed(
+            "truncated message at end of stream",
+        ));
+    }
+    Ok(out)
+}
