@@ -1,6 +1,7 @@
 //! `typha-loadtest run`: its flags, and their validation into a [`RunConfig`].
 
 use crate::driver::Role;
+use crate::session::Protocol;
 use clap::ValueEnum;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,9 +43,16 @@ pub struct RunArgs {
     /// Syncer type the clients ask for (felix, bgp, tunnel-ip-allocation, node-status).
     #[arg(long, default_value = "felix")]
     pub syncer: String,
-    /// Compression the clients offer.
+    /// Compression the clients offer (native protocol; Felix-protocol clients offer snappy, as
+    /// Felix does).
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: Compression,
+    /// The protocol the clients speak: typha-rs' own (native), or Typha's as Calico's Felix
+    /// speaks it (typha). Felix-protocol clients carry no sequence numbers: the full-map ones
+    /// are verified against the daemon's /digest history, the others by reaching in-sync and
+    /// decoding every message.
+    #[arg(long, value_enum, default_value = "native")]
+    pub protocol: Protocol,
     /// Client threads, each with its own poll loop.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -121,6 +129,7 @@ pub struct RunConfig {
     pub clients: usize,
     pub syncer: SyncerType,
     pub compression: Compression,
+    pub protocol: Protocol,
     pub threads: usize,
     pub duration: Duration,
     pub ramp_per_sec: f64,
@@ -252,6 +261,7 @@ impl RunArgs {
             clients: self.clients,
             syncer,
             compression: self.compression,
+            protocol: self.protocol,
             // More threads than clients would leave threads with nothing to do.
             threads: self.threads.min(self.clients),
             duration: Duration::from_secs_f64(self.duration),
@@ -399,6 +409,12 @@ mod tests {
         assert_eq!(c.clients, 1000);
         assert_eq!(c.syncer, SyncerType::Felix);
         assert_eq!(c.compression, Compression::Zstd);
+        assert_eq!(c.protocol, Protocol::Native);
+        assert_eq!(
+            args(&["--protocol", "typha"]).unwrap().protocol,
+            Protocol::Typha
+        );
+        assert!(args(&["--protocol", "gob"]).is_err());
         assert_eq!(c.threads, 2);
         assert_eq!(c.duration, Duration::from_secs(30));
         assert_eq!(c.full_maps, 10);

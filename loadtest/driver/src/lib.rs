@@ -6,6 +6,7 @@
 //! - [`run`]: one run — sample the daemon, start the client threads, stop at the deadline,
 //!   verify, build the report.
 //! - [`driver`]: one client thread's poll loop over its sockets.
+//! - [`session`]: the protocol seam, one session per client (native or Felix's Typha protocol).
 //! - [`report`]: the end-of-run figures, as text or one JSON object.
 //! - [`datastore_check`]: `--verify-datastore`, the API server's objects against the daemon.
 
@@ -14,6 +15,7 @@ pub mod datastore_check;
 pub mod driver;
 pub mod report;
 pub mod run;
+pub mod session;
 
 use typha_loadtest_common::Outcome;
 

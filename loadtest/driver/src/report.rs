@@ -153,6 +153,8 @@ pub struct Report {
     /// TLS clients refused in the handshake (the run fails: a configuration error).
     pub tls_handshake_failures: u64,
     pub syncer: String,
+    /// `native` or `typha` (Felix's protocol).
+    pub protocol: String,
     pub compression: String,
     pub threads: usize,
     pub ramp_per_sec: f64,
@@ -270,6 +272,7 @@ impl Report {
             "run": {
                 "addr": self.addr,
                 "syncer": self.syncer,
+                "protocol": self.protocol,
                 "compression": self.compression,
                 "threads": self.threads,
                 "ramp_per_sec": self.ramp_per_sec,
@@ -349,9 +352,10 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "typha-loadtest: {} {} clients → {}{} ({} threads, compression {}, ramp {ramp}), {:.1} s",
+            "typha-loadtest: {} {} clients ({} protocol) → {}{} ({} threads, compression {}, ramp {ramp}), {:.1} s",
             self.requested,
             self.syncer,
+            if self.protocol.is_empty() { "native" } else { self.protocol.as_str() },
             self.addr,
             if self.tls { " over TLS" } else { "" },
             self.threads,
