@@ -28,7 +28,8 @@ command -v go >/dev/null || { echo "build-calico-typha: go not found (needs Go >
 [[ -f "$mod/go.mod" ]] || { echo "build-calico-typha: $mod/go.mod not found" >&2; exit 1; }
 if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?$calico[[:space:]]+v" "$mod/go.mod"; then
     echo "build-calico-typha: interop/go.mod does not require $calico: the Calico version" \
-         "(v3.32.1) and its pinned requirements are declared there" >&2
+         "(v3.32.1) and its pinned requirements are declared there once the module proxy serves" \
+         "them (docs/interop.md says why it does not today)" >&2
     exit 1
 fi
 
