@@ -541,7 +541,7 @@ fn handle_message(
 mod tests {
     use super::*;
     use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, Update, UpdateType};
-    use crate::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions};
+    use crate::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions, WireVariant};
     use crate::proto::{ProtoError, ServerHello, ServerMessage, PROTOCOL_VERSION};
     use std::sync::Arc;
 
@@ -695,10 +695,11 @@ mod tests {
         let refs: Vec<&Update> = b2.iter().collect();
         let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts);
         if codec.is_some() {
-            assert!(p1.compressed.is_some() && p2.compressed.is_some());
+            assert!(p1.compressed().is_some() && p2.compressed().is_some());
         }
-        bytes.extend_from_slice(p1.frames(codec.is_some()));
-        bytes.extend_from_slice(p2.frames(codec.is_some()));
+        let variant = WireVariant::native(codec);
+        bytes.extend_from_slice(p1.frames(variant).unwrap());
+        bytes.extend_from_slice(p2.frames(variant).unwrap());
         bytes.extend_from_slice(&proto::goodbye_frame(GoodbyeReason::Shutdown, "bye"));
         Stream {
             bytes,
@@ -1116,8 +1117,9 @@ mod tests {
             upd("/calico/v1/other", Some(&v), "6"),
         ];
         let refs: Vec<&Update> = ups.iter().collect();
-        let frame =
-            encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default()).plain;
+        let frame = encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default())
+            .plain()
+            .clone();
         for tracking in [Tracking::Full, Tracking::DigestOnly] {
             for scan in [false, true] {
                 let (mut b, _) = prefix();
@@ -1161,7 +1163,9 @@ mod tests {
             codec: None,
             ..Default::default()
         };
-        encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts).plain
+        encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts)
+            .plain()
+            .clone()
     }
 
     fn feed_err(bytes: &[u8]) -> ClientError {

@@ -513,14 +513,7 @@ mod tests {
             .map(|p| (p.first_seq, p.last_seq))
             .collect();
         assert_eq!(felix, vec![(1, 1), (2, 2), (3, 3)]);
-        match &decode_updates(
-            sink.got()[1]
-                .batch
-                .part(SyncerType::Felix)
-                .unwrap()
-                .frames(false),
-        )[..]
-        {
+        match &decode_updates(sink.got()[1].batch.part(SyncerType::Felix).unwrap().plain())[..] {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates.len(), 1);
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
@@ -549,7 +542,7 @@ mod tests {
         drop(b);
         let got = sink.got();
         let p = got[0].batch.part(SyncerType::Felix).unwrap();
-        match &decode_updates(p.frames(false))[..] {
+        match &decode_updates(p.plain())[..] {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates.len(), 2);
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
@@ -573,7 +566,7 @@ mod tests {
             let got = sink.got();
             let p = got[0].batch.part(t).unwrap();
             assert_eq!(
-                decode_updates(p.frames(true)),
+                decode_updates(p.compressed().unwrap_or(p.plain())),
                 vec![ServerMessage::SyncStatus(SyncStatus::InSync)]
             );
         }

@@ -1,11 +1,12 @@
 //! The seam between the model and the bytes on the wire: a batch or a snapshot becomes shared,
-//! immutable frames here, once per syncer type (and compression variant), and nowhere else.
-//! A second wire format (Typha's gob protocol) adds its own functions beside these and its own
-//! slot in [`EncodedPart`], so it too encodes each batch once.
+//! immutable frames here, once per syncer type and [`WireVariant`], and nowhere else. Every
+//! wire format a client can be served in is one variant, with its own slot in [`EncodedPart`]
+//! and its own snapshot cache entry, so each is encoded once however many clients take it.
 
 use super::codec::*;
 use super::messages::*;
-use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, SyncerType, Update};
+use super::typha;
+use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, SyncerType, Update, UpdateType};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -30,7 +31,71 @@ impl Default for EncodeOptions {
     }
 }
 
-/// One syncer type's share of a batch: the frames every client of that type receives for it.
+/// The forms in which a client can be sent the same shared bytes. A connection takes exactly
+/// one for its whole life once its handshake chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WireVariant {
+    /// typha-rs' own protocol, uncompressed frames.
+    NativePlain,
+    /// typha-rs' own protocol, large frames compressed with the server's codec (zstd unless
+    /// configured otherwise); a frame that would not shrink is sent as in `NativePlain`.
+    NativeCompressed,
+    /// Typha's gob protocol after a decoder restart to snappy: every message its own snappy
+    /// framing chunk.
+    TyphaSnappy,
+    /// Typha's gob protocol on the client's first, uncompressed gob stream.
+    TyphaPlain,
+}
+
+impl WireVariant {
+    pub const COUNT: usize = 4;
+    pub const ALL: [WireVariant; WireVariant::COUNT] = [
+        WireVariant::NativePlain,
+        WireVariant::NativeCompressed,
+        WireVariant::TyphaSnappy,
+        WireVariant::TyphaPlain,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireVariant::NativePlain => "native-plain",
+            WireVariant::NativeCompressed => "native-compressed",
+            WireVariant::TyphaSnappy => "typha-snappy",
+            WireVariant::TyphaPlain => "typha-plain",
+        }
+    }
+
+    /// The `protocol` label of per-connection metrics.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            WireVariant::NativePlain | WireVariant::NativeCompressed => "native",
+            WireVariant::TyphaSnappy | WireVariant::TyphaPlain => "typha",
+        }
+    }
+
+    /// The native variant for a client served with `codec` (none: plain).
+    pub fn native(codec: Option<Codec>) -> WireVariant {
+        match codec {
+            Some(_) => WireVariant::NativeCompressed,
+            None => WireVariant::NativePlain,
+        }
+    }
+
+    /// The variant whose bytes stand in when this one was not worth encoding separately.
+    fn fallback(self) -> Option<WireVariant> {
+        match self {
+            WireVariant::NativeCompressed => Some(WireVariant::NativePlain),
+            _ => None,
+        }
+    }
+}
+
+/// One syncer type's share of a batch: the frames every client of that type receives for it,
+/// in each wire variant.
 #[derive(Debug, Clone)]
 pub struct EncodedPart {
     /// First sequence number this part covers: one past the previous part of the same type, so
@@ -38,19 +103,36 @@ pub struct EncodedPart {
     pub first_seq: u64,
     pub last_seq: u64,
     pub update_count: usize,
-    /// `Updates` (when there are updates) then `SyncStatus` (when the status changed).
-    pub plain: Bytes,
-    /// The same with the `Updates` frame compressed, when that saves bytes.
-    pub compressed: Option<Bytes>,
+    /// Indexed by [`WireVariant::index`]. Native: `Updates` (when there are updates) then
+    /// `SyncStatus` (when the status changed); `NativeCompressed` is set only when compressing
+    /// the `Updates` frame saved bytes.
+    pub variants: [Option<Bytes>; WireVariant::COUNT],
 }
 
 impl EncodedPart {
-    /// The frames for a client that does (or does not) accept compression.
-    pub fn frames(&self, compressed: bool) -> &Bytes {
-        match (&self.compressed, compressed) {
-            (Some(c), true) => c,
-            _ => &self.plain,
-        }
+    /// The bytes for a client served in `variant`; `None` if this part was not encoded in it.
+    pub fn frames(&self, variant: WireVariant) -> Option<&Bytes> {
+        self.variants[variant.index()]
+            .as_ref()
+            .or_else(|| self.variants[variant.fallback()?.index()].as_ref())
+    }
+
+    /// The native uncompressed frames (always encoded).
+    pub fn plain(&self) -> &Bytes {
+        static EMPTY: Bytes = Bytes::new();
+        self.variants[WireVariant::NativePlain.index()]
+            .as_ref()
+            .unwrap_or(&EMPTY)
+    }
+
+    /// The native compressed frames, when compressing saved bytes.
+    pub fn compressed(&self) -> Option<&Bytes> {
+        self.variants[WireVariant::NativeCompressed.index()].as_ref()
+    }
+
+    /// Bytes this part keeps alive, all variants together.
+    pub fn encoded_bytes(&self) -> usize {
+        self.variants.iter().flatten().map(Bytes::len).sum()
     }
 }
 
@@ -93,13 +175,217 @@ pub fn encode_batch_part(
         };
         (concat(&frame, status.as_ref()), compressed)
     };
+    let mut variants: [Option<Bytes>; WireVariant::COUNT] = Default::default();
+    variants[WireVariant::NativePlain.index()] = Some(plain);
+    variants[WireVariant::NativeCompressed.index()] = compressed;
+    let gob = typha_delta_gob(updates, status_change);
+    let mut framed = BytesMut::with_capacity(gob.len() / 2 + 64);
+    typha::snappy::frame_chunks(&gob, &mut framed);
+    variants[WireVariant::TyphaSnappy.index()] = Some(framed.freeze());
+    variants[WireVariant::TyphaPlain.index()] = Some(gob);
     EncodedPart {
         first_seq,
         last_seq,
         update_count: updates.len(),
-        plain,
-        compressed,
+        variants,
     }
+}
+
+/// Most updates in one Typha `MsgKVs`: Typha's `ServerMaxMessageSize` for streamed snapshots
+/// and deltas.
+pub const TYPHA_KVS_PER_MESSAGE: usize = 100;
+/// Most updates in one `MsgKVs` of a binary (snappy) snapshot, as Typha writes them.
+pub const TYPHA_BINARY_SNAPSHOT_KVS_PER_MESSAGE: usize = 1000;
+/// The restart that ends a binary snapshot; Felix logs the text.
+pub const TYPHA_SNAPSHOT_END_RESTART: &str = "End of compressed snapshot.";
+
+/// The gob messages of one Typha delta: `MsgKVs` of the updates (at most
+/// [`TYPHA_KVS_PER_MESSAGE`] each), then `MsgSyncStatus` when the status changed. No preamble:
+/// these use the fixed type ids every Typha stream of ours opens with.
+fn typha_delta_gob(updates: &[&Update], status_change: Option<SyncStatus>) -> Bytes {
+    let mut out = BytesMut::new();
+    for chunk in updates.chunks(TYPHA_KVS_PER_MESSAGE) {
+        typha::encode_kvs_into(&mut out, chunk.iter().map(|u| typha_update(u)));
+    }
+    if let Some(status) = status_change {
+        out.extend_from_slice(&typha::encode_sync_status(status as u8));
+    }
+    out.freeze()
+}
+
+/// Typha's `V3ResourceVersion`: the revision, for keys of v3 resources (whose JSON value carries
+/// no resourceVersion of its own); empty otherwise.
+fn v3_resource_version<'a>(key: &str, revision: &'a str) -> &'a str {
+    if key.starts_with("/calico/resources/v3/") {
+        revision
+    } else {
+        ""
+    }
+}
+
+/// One delta as Typha serialises it: the real update type, no value for a deletion.
+fn typha_update(u: &Update) -> typha::SerializedUpdateRef<'_> {
+    typha::SerializedUpdateRef {
+        key: &u.key,
+        value: u.value.as_deref(),
+        revision: &u.revision,
+        v3_resource_version: v3_resource_version(&u.key, &u.revision),
+        ttl_nanos: 0,
+        update_type: match u.update_type {
+            UpdateType::New => typha::UPDATE_TYPE_NEW,
+            UpdateType::Updated => typha::UPDATE_TYPE_UPDATED,
+            UpdateType::Deleted => typha::UPDATE_TYPE_DELETED,
+        },
+    }
+}
+
+/// One snapshot entry as Typha serialises it: always `KVNew`.
+fn typha_snapshot_entry<'a>(k: &'a Key, e: &'a Entry) -> typha::SerializedUpdateRef<'a> {
+    typha::SerializedUpdateRef {
+        key: k,
+        value: Some(&e.value),
+        revision: &e.revision,
+        v3_resource_version: v3_resource_version(k, &e.revision),
+        ttl_nanos: 0,
+        update_type: typha::UPDATE_TYPE_NEW,
+    }
+}
+
+/// The fixed start of every Typha live stream after a decoder restart to snappy: the snappy
+/// stream identifier and the gob preamble (type definitions with fixed ids), as one chunk
+/// sequence built once. After it, every shared `TyphaSnappy` frame decodes on any connection.
+pub fn typha_snappy_live_preamble() -> Bytes {
+    use std::sync::OnceLock;
+    static PREAMBLE: OnceLock<Bytes> = OnceLock::new();
+    PREAMBLE
+        .get_or_init(|| typha::snappy::frame_stream(&typha::server_preamble()).freeze())
+        .clone()
+}
+
+/// A Typha `MsgSyncStatus` in `variant` (snappy chunk or plain gob).
+pub fn typha_sync_status(status: SyncStatus, variant: WireVariant) -> Bytes {
+    typha_message(typha::encode_sync_status(status as u8), variant)
+}
+
+/// A Typha `MsgPing` in `variant`.
+pub fn typha_ping(timestamp: typha::GoTime, variant: WireVariant) -> Bytes {
+    typha_message(typha::encode_ping(timestamp), variant)
+}
+
+fn typha_message(gob: Bytes, variant: WireVariant) -> Bytes {
+    match variant {
+        WireVariant::TyphaSnappy => {
+            let mut out = BytesMut::with_capacity(gob.len() + 16);
+            typha::snappy::frame_chunks(&gob, &mut out);
+            out.freeze()
+        }
+        _ => gob,
+    }
+}
+
+/// Encodes `syncer`'s view of `state` as of `seq` for Typha clients, in key order, every entry
+/// `KVNew`:
+/// - `TyphaSnappy`: a complete binary snapshot stream, which a client reads right after the
+///   decoder restart that announced it: the snappy stream identifier, then chunks holding a
+///   fresh gob stream (the preamble, `MsgKVs` of up to 1000 updates, and a closing
+///   `MsgDecoderRestart` back to a fresh snappy stream).
+/// - `TyphaPlain`: `MsgKVs` of up to 100 updates on the client's first gob stream (whose
+///   preamble went out before the `ServerHello`), then `MsgSyncStatus` unless the status is
+///   `WaitForDatastore`, as Typha sends it after a streamed snapshot.
+pub fn encode_typha_snapshot(
+    state: &StateMap,
+    seq: u64,
+    status: SyncStatus,
+    syncer: SyncerType,
+    variant: WireVariant,
+) -> EncodedSnapshot {
+    let mut out = EncodedSnapshot {
+        syncer,
+        seq,
+        variant,
+        codec: None,
+        frames: Vec::new(),
+        key_count: 0,
+        digest: Digest::default(),
+        raw_bytes: 0,
+        wire_bytes: 0,
+        status,
+        live_prefix: None,
+    };
+    let binary = variant == WireVariant::TyphaSnappy;
+    let per_message = if binary {
+        TYPHA_BINARY_SNAPSHOT_KVS_PER_MESSAGE
+    } else {
+        TYPHA_KVS_PER_MESSAGE
+    };
+    let mut gob = BytesMut::new();
+    if binary {
+        gob.extend_from_slice(&typha::server_preamble());
+    }
+    let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::with_capacity(per_message);
+    let mut frames = Vec::new();
+    // Each message is framed on its own (snappy chunks are independent), so a frame is a
+    // whole number of messages and the outbox can write the snapshot frame by frame.
+    let emit = |gob: &mut BytesMut, frames: &mut Vec<Bytes>, out: &mut EncodedSnapshot| {
+        if gob.is_empty() {
+            return;
+        }
+        let raw = gob.split().freeze();
+        out.raw_bytes += raw.len() as u64;
+        let wire = if binary {
+            let mut framed = BytesMut::with_capacity(raw.len() / 2 + 64);
+            if frames.is_empty() {
+                framed.extend_from_slice(typha::snappy::STREAM_IDENTIFIER);
+            }
+            typha::snappy::frame_chunks(&raw, &mut framed);
+            framed.freeze()
+        } else {
+            raw
+        };
+        out.wire_bytes += wire.len() as u64;
+        frames.push(wire);
+    };
+    for (k, e) in state.iter() {
+        if !syncer.wants(k) {
+            continue;
+        }
+        out.key_count += 1;
+        out.digest.add(k, &e.value);
+        chunk.push((k, e));
+        if chunk.len() == per_message {
+            typha::encode_kvs_into(
+                &mut gob,
+                chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
+            );
+            chunk.clear();
+            emit(&mut gob, &mut frames, &mut out);
+        }
+    }
+    if !chunk.is_empty() {
+        typha::encode_kvs_into(
+            &mut gob,
+            chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
+        );
+    }
+    if binary {
+        gob.extend_from_slice(&typha::encode_decoder_restart(&typha::DecoderRestart {
+            message: TYPHA_SNAPSHOT_END_RESTART.into(),
+            compression: typha::COMPRESSION_SNAPPY.into(),
+        }));
+    } else if status != SyncStatus::WaitingForDatastore {
+        gob.extend_from_slice(&typha::encode_sync_status(status as u8));
+    }
+    emit(&mut gob, &mut frames, &mut out);
+    out.frames = frames;
+    if binary {
+        let mut prefix = BytesMut::new();
+        prefix.extend_from_slice(&typha_snappy_live_preamble());
+        if status != SyncStatus::WaitingForDatastore {
+            prefix.extend_from_slice(&typha_sync_status(status, WireVariant::TyphaSnappy));
+        }
+        out.live_prefix = Some(prefix.freeze());
+    }
+    out
 }
 
 /// A snapshot of one syncer type's view, encoded as shared frames.
@@ -107,6 +393,7 @@ pub fn encode_batch_part(
 pub struct EncodedSnapshot {
     pub syncer: SyncerType,
     pub seq: u64,
+    pub variant: WireVariant,
     pub codec: Option<Codec>,
     /// `SnapshotChunk` frames then one `SnapshotEnd`.
     pub frames: Vec<Bytes>,
@@ -115,6 +402,12 @@ pub struct EncodedSnapshot {
     /// Bytes before compression, and on the wire.
     pub raw_bytes: u64,
     pub wire_bytes: u64,
+    /// The datastore status as of `seq`.
+    pub status: SyncStatus,
+    /// `TyphaSnappy` only: what opens the live stream once the client acknowledged the
+    /// snapshot's closing restart (the snappy identifier and gob preamble, then
+    /// `MsgSyncStatus` unless the status is `WaitForDatastore`).
+    pub live_prefix: Option<Bytes>,
 }
 
 /// Rough encoded size of an entry, to cut chunks near the target without encoding twice.
@@ -134,12 +427,15 @@ pub fn encode_snapshot(
     let mut out = EncodedSnapshot {
         syncer,
         seq,
+        variant: WireVariant::native(codec),
         codec,
         frames: Vec::new(),
         key_count: 0,
         digest: Digest::default(),
         raw_bytes: 0,
         wire_bytes: 0,
+        status,
+        live_prefix: None,
     };
     let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::new();
     let mut chunk_size = 0;
