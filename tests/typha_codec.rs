@@ -254,6 +254,26 @@ fn server_values_have_the_exact_gob_bytes() {
     );
 }
 
+/// docs/typha-gob-codec.md §7 shows the bytes of `MsgSyncStatus{InSync}`; they must stay the
+/// encoder's output.
+#[test]
+fn the_sync_status_example_in_the_doc_is_the_encoders_output() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/typha-gob-codec.md"
+    ))
+    .unwrap();
+    let hex: String = encode_sync_status(SYNC_STATUS_IN_SYNC)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        doc.lines().any(|l| l.trim() == hex),
+        "doc example out of date; encoder says:\n{hex}"
+    );
+}
+
 #[test]
 fn every_server_message_round_trips_after_the_preamble() {
     let hello = ServerHello {
@@ -380,6 +400,142 @@ fn client_messages_round_trip_with_definitions_on_first_use() {
             ClientMessage::Pong(pong),
         ]
     );
+}
+
+/// Go's layout for a concrete type first sent inside an interface: its definition ends the
+/// envelope's message, the field types' definitions follow, then a message with the id, value
+/// and the envelope's end. The client encoder writes exactly that, and the decoder reassembles
+/// it even when it arrives a byte at a time.
+#[test]
+fn first_use_inside_an_interface_splits_the_value_across_messages() {
+    let hello_fields: &[(&str, i64)] = &[
+        ("Hostname", T_STRING),
+        ("Info", T_STRING),
+        ("Version", T_STRING),
+        ("SyncerType", T_STRING),
+        ("SupportsDecoderRestart", T_BOOL),
+        ("SupportedCompressionAlgorithms", 66),
+        ("SupportsModernPolicyKeys", T_BOOL),
+        ("ClientConnID", T_UINT),
+    ];
+    let h = felix_hello();
+    let value = fields(&[
+        (1, s(&h.hostname)),
+        (1, s(&h.info)),
+        (1, s(&h.version)),
+        (1, s(&h.syncer_type)),
+        (1, u(1)),
+        (1, cat(&[u(1), s("snappy")])),
+        (1, u(1)),
+        (1, u(h.client_conn_id)),
+    ]);
+    let want = cat(&[
+        def(64, wt_struct(64, "Envelope", &[("Message", T_INTERFACE)])),
+        msg(&[
+            i(64),
+            u(1),
+            s(names::CLIENT_HELLO),
+            i(-65),
+            wt_struct(65, "MsgClientHello", hello_fields),
+        ]),
+        def(
+            66,
+            wt_slice(66, "[]syncproto.CompressionAlgorithm", T_STRING),
+        ),
+        msg(&[i(65), u(value.len() as u64), value, u(0)]),
+    ]);
+    let mut enc = ClientEncoder::new();
+    let mut out = BytesMut::new();
+    enc.encode_hello(&h, &mut out);
+    assert_eq!(&out[..], &want[..]);
+
+    let mut d = ClientStreamDecoder::default();
+    let mut got = Vec::new();
+    for byte in &want {
+        d.feed(std::slice::from_ref(byte));
+        while let Some(m) = d.next_message().unwrap() {
+            got.push(m);
+        }
+    }
+    assert_eq!(got, vec![ClientMessage::Hello(h)]);
+    assert_eq!(d.buffered(), 0);
+}
+
+/// The same layout on the server side: Typha's Go encoder sends the first `MsgKVs` this way.
+#[test]
+fn split_first_kvs_from_a_go_server_decodes() {
+    let value = fields(&[(
+        1,
+        cat(&[
+            u(1),
+            fields(&[
+                (1, s("/calico/v1/x")),
+                (1, b(b"{}")),
+                (1, iface("string", T_STRING, cat(&[vec![0], s("5")]))),
+                (3, u(1)),
+            ]),
+        ]),
+    )]);
+    let stream = cat(&[
+        def(64, wt_struct(64, "Envelope", &[("Message", T_INTERFACE)])),
+        msg(&[
+            i(64),
+            u(1),
+            s(names::KVS),
+            i(-70),
+            wt_struct(70, "MsgKVs", &[("KVs", 71)]),
+        ]),
+        def(71, wt_slice(71, "[]syncproto.SerializedUpdate", 72)),
+        def(
+            72,
+            wt_struct(
+                72,
+                "SerializedUpdate",
+                &[
+                    ("Key", T_STRING),
+                    ("Value", T_BYTES),
+                    ("Revision", T_INTERFACE),
+                    ("V3ResourceVersion", T_STRING),
+                    ("TTL", T_INT),
+                    ("UpdateType", T_UINT),
+                ],
+            ),
+        ),
+        msg(&[i(70), u(value.len() as u64), value.clone(), u(0)]),
+        // The second MsgKVs is one message.
+        msg(&[
+            i(64),
+            u(1),
+            s(names::KVS),
+            i(70),
+            u(value.len() as u64),
+            value,
+            u(0),
+        ]),
+    ]);
+    let one = SerializedUpdate {
+        key: "/calico/v1/x".into(),
+        value: Some(Bytes::from_static(b"{}")),
+        revision: "5".into(),
+        update_type: 1,
+        ..SerializedUpdate::default()
+    };
+    assert_eq!(
+        decode_all_server_messages(&stream).unwrap(),
+        vec![
+            ServerMessage::Kvs(vec![one.clone()]),
+            ServerMessage::Kvs(vec![one])
+        ]
+    );
+    // Cut anywhere, the decoder waits rather than failing.
+    for cut in 1..stream.len() {
+        let mut d = ServerStreamDecoder::default();
+        d.feed(&stream[..cut]);
+        let first = drain_server(&mut d);
+        d.feed(&stream[cut..]);
+        let rest = drain_server(&mut d);
+        assert_eq!(first.len() + rest.len(), 2, "cut at {cut}");
+    }
 }
 
 /// A ClientHello as another encoder might write it: other ids, fields in another order, a
@@ -930,6 +1086,29 @@ fn felix_session_follows_path_a() {
 }
 
 #[test]
+fn a_binary_snapshot_alone_decodes_from_snappy() {
+    let mut gob = server_preamble().to_vec();
+    gob.extend_from_slice(&encode_kvs(&sample_updates()));
+    let restart = DecoderRestart {
+        message: "End of compressed snapshot.".into(),
+        compression: COMPRESSION_SNAPPY.into(),
+    };
+    gob.extend_from_slice(&encode_decoder_restart(&restart));
+    let mut stream = server_preamble_snappy().to_vec();
+    assert!(stream.starts_with(STREAM_IDENTIFIER));
+    let mut chunks = BytesMut::new();
+    snappy::frame_chunks(&gob[server_preamble().len()..], &mut chunks);
+    stream.extend_from_slice(&chunks);
+    assert_eq!(
+        decode_all_server_messages_from(&stream, COMPRESSION_SNAPPY).unwrap(),
+        vec![
+            ServerMessage::Kvs(sample_updates()),
+            ServerMessage::DecoderRestart(restart)
+        ]
+    );
+}
+
+#[test]
 fn restart_keeps_bytes_already_received() {
     // Everything in one read: the restart must switch framing for the bytes after it.
     let hello = ServerHello {
@@ -1004,6 +1183,7 @@ mod alloc_watch {
 
     thread_local! {
         static LARGEST: Cell<usize> = const { Cell::new(0) };
+        static COUNT: Cell<usize> = const { Cell::new(0) };
     }
 
     fn note(size: usize) {
@@ -1012,10 +1192,17 @@ mod alloc_watch {
                 l.set(size)
             }
         });
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
     }
 
     pub fn reset() {
         LARGEST.with(|l| l.set(0));
+        COUNT.with(|c| c.set(0));
+    }
+
+    /// Allocations (and reallocations) on this thread since the last reset.
+    pub fn count() -> usize {
+        COUNT.with(|c| c.get())
     }
 
     pub fn largest() -> usize {
@@ -1066,7 +1253,8 @@ fn fuzz_client(bytes: &[u8], split: usize) -> bool {
             match d.next_message() {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => {
+                Err(e) => {
+                    assert_ne!(e, TyphaCodecError::IncompleteValue);
                     failed = true;
                     break 'outer;
                 }
@@ -1098,7 +1286,8 @@ fn fuzz_server(bytes: &[u8], split: usize, snappy_first: bool) -> bool {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => {
+                Err(e) => {
+                    assert_ne!(e, TyphaCodecError::IncompleteValue);
                     failed = true;
                     break 'outer;
                 }
@@ -1195,6 +1384,43 @@ fn mutate(mut v: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
         }
     }
     v
+}
+
+/// The per-batch encoders allocate nothing beyond their output: `encode_kvs_into` into a
+/// reserved buffer makes no allocation at all, `encode_kvs` exactly one, and framing a message
+/// into a reserved buffer none (after the thread's compressor exists).
+#[test]
+fn batch_encoding_is_allocation_free_into_a_reserved_buffer() {
+    let updates: Vec<SerializedUpdate> = (0..1000)
+        .map(|n| SerializedUpdate {
+            key: format!("/calico/v1/policy/NetworkPolicy/ns/np-{n}"),
+            value: Some(Bytes::from(format!("{{\"spec\":{{\"order\":{n}}}}}"))),
+            revision: n.to_string(),
+            v3_resource_version: String::new(),
+            ttl_nanos: 0,
+            update_type: UPDATE_TYPE_NEW,
+        })
+        .collect();
+    let refs: Vec<SerializedUpdateRef<'_>> = updates.iter().map(Into::into).collect();
+    let mut out = BytesMut::with_capacity(1 << 20);
+    alloc_watch::reset();
+    encode_kvs_into(&mut out, refs.iter().copied());
+    assert_eq!(alloc_watch::count(), 0);
+    alloc_watch::reset();
+    let one = encode_kvs(&updates);
+    assert_eq!(alloc_watch::count(), 1);
+    assert_eq!(one, out.split().freeze());
+
+    let mut framed = BytesMut::with_capacity(1 << 20);
+    snappy::frame_chunks(&one, &mut framed);
+    framed.clear();
+    alloc_watch::reset();
+    snappy::frame_chunks(&one, &mut framed);
+    assert_eq!(alloc_watch::count(), 0);
+    assert_eq!(
+        snappy::unframe_all(&[STREAM_IDENTIFIER, &framed[..]].concat()).unwrap(),
+        &one[..]
+    );
 }
 
 mod fuzz {

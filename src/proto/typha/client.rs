@@ -1,12 +1,17 @@
-//! A stateful gob encoder for the client's messages, defining each type the way Go's
-//! `gob.Encoder` does: just before the first value that uses it, outer type first, each
-//! definition its own message written ahead of the value message.
+//! A stateful gob encoder for the client's messages, laying out bytes exactly as Go's
+//! `gob.Encoder` does for Felix's `Envelope` values, so tests see what a real Felix sends.
+//!
+//! Go defines each type just before its first use. The `Envelope` definition is a message of
+//! its own. The definition of a concrete type first sent inside the interface, however, is
+//! written into the envelope's own message right after the interface name, and that message
+//! ends there; the definitions of the concrete type's field types follow as messages of their
+//! own, then a last message carries the concrete id, the value and the envelope's end.
 
 use super::messages::{names, ClientHello, Pong};
-use super::typedef::{write_definition, TypeDef};
+use super::typedef::{write_definition, write_wire_type, TypeDef};
 use super::wire::{
-    bytes_len, int_len, put_bytes, put_int, put_uint, uint_len, StructWriter, FIRST_USER_ID,
-    T_BOOL, T_INTERFACE, T_STRING, T_UINT,
+    put_bytes, put_int, put_uint, StructWriter, FIRST_USER_ID, T_BOOL, T_INTERFACE, T_STRING,
+    T_UINT,
 };
 use bytes::{BufMut, BytesMut};
 
@@ -20,11 +25,26 @@ enum ClientType {
     Time,
 }
 
+const ENVELOPE_DEF: TypeDef<'static> = TypeDef::Struct {
+    name: "Envelope",
+    fields: &[("Message", T_INTERFACE)],
+};
+const COMPRESSION_SLICE_DEF: TypeDef<'static> = TypeDef::Slice {
+    name: "[]syncproto.CompressionAlgorithm",
+    elem: T_STRING,
+};
+const TIME_DEF: TypeDef<'static> = TypeDef::GobEncoder { name: "Time" };
+
 /// Encodes `Envelope{MsgClientHello | MsgACK | MsgPong}` values for one client→server stream.
 #[derive(Default)]
 pub struct ClientEncoder {
-    /// Types defined so far on this stream, with their ids (in definition order).
+    /// Types defined so far on this stream, with their ids, in definition order.
     sent: Vec<(ClientType, i64)>,
+}
+
+fn put_message(out: &mut BytesMut, body: &[u8]) {
+    put_uint(out, body.len() as u64);
+    out.put_slice(body);
 }
 
 impl ClientEncoder {
@@ -36,118 +56,104 @@ impl ClientEncoder {
         self.sent.iter().find(|(s, _)| *s == t).map(|(_, id)| *id)
     }
 
-    /// The id for `t`, allocating the next free one (definitions follow first use).
-    fn ensure(&mut self, t: ClientType, out: &mut BytesMut) -> i64 {
-        if let Some(id) = self.id_of(t) {
-            return id;
-        }
+    fn alloc(&mut self, t: ClientType) -> i64 {
         let id = FIRST_USER_ID + self.sent.len() as i64;
         self.sent.push((t, id));
-        // Inner types are defined after the outer one, as Go's sendActualType does; their ids
-        // are needed in the outer definition, so allocate them first.
-        let mut defs = Vec::new();
-        match t {
-            ClientType::Envelope => write_definition(
-                &mut defs,
-                id,
-                &TypeDef::Struct {
-                    name: "Envelope",
-                    fields: &[("Message", T_INTERFACE)],
-                },
-            ),
-            ClientType::Hello => {
-                let slice_id = FIRST_USER_ID + self.sent.len() as i64;
-                let new_slice = self.id_of(ClientType::CompressionSlice).is_none();
-                let slice_id = self.id_of(ClientType::CompressionSlice).unwrap_or(slice_id);
-                write_definition(
-                    &mut defs,
-                    id,
-                    &TypeDef::Struct {
-                        name: "MsgClientHello",
-                        fields: &[
-                            ("Hostname", T_STRING),
-                            ("Info", T_STRING),
-                            ("Version", T_STRING),
-                            ("SyncerType", T_STRING),
-                            ("SupportsDecoderRestart", T_BOOL),
-                            ("SupportedCompressionAlgorithms", slice_id),
-                            ("SupportsModernPolicyKeys", T_BOOL),
-                            ("ClientConnID", T_UINT),
-                        ],
-                    },
-                );
-                if new_slice {
-                    self.sent.push((ClientType::CompressionSlice, slice_id));
-                    write_definition(
-                        &mut defs,
-                        slice_id,
-                        &TypeDef::Slice {
-                            name: "[]syncproto.CompressionAlgorithm",
-                            elem: T_STRING,
-                        },
-                    );
-                }
-            }
-            ClientType::CompressionSlice => write_definition(
-                &mut defs,
-                id,
-                &TypeDef::Slice {
-                    name: "[]syncproto.CompressionAlgorithm",
-                    elem: T_STRING,
-                },
-            ),
-            ClientType::Ack => write_definition(
-                &mut defs,
-                id,
-                &TypeDef::Struct {
-                    name: "MsgACK",
-                    fields: &[],
-                },
-            ),
-            ClientType::Pong => {
-                let new_time = self.id_of(ClientType::Time).is_none();
-                let time_id = self
-                    .id_of(ClientType::Time)
-                    .unwrap_or(FIRST_USER_ID + self.sent.len() as i64);
-                write_definition(
-                    &mut defs,
-                    id,
-                    &TypeDef::Struct {
-                        name: "MsgPong",
-                        fields: &[("PingTimestamp", time_id), ("PongTimestamp", time_id)],
-                    },
-                );
-                if new_time {
-                    self.sent.push((ClientType::Time, time_id));
-                    write_definition(&mut defs, time_id, &TypeDef::GobEncoder { name: "Time" });
-                }
-            }
-            ClientType::Time => {
-                write_definition(&mut defs, id, &TypeDef::GobEncoder { name: "Time" })
-            }
-        }
-        out.put_slice(&defs);
         id
     }
 
+    /// The id of an inner type and whether this use defines it.
+    fn inner(&mut self, t: ClientType) -> (i64, bool) {
+        match self.id_of(t) {
+            Some(id) => (id, false),
+            None => (self.alloc(t), true),
+        }
+    }
+
     fn envelope(&mut self, out: &mut BytesMut, t: ClientType, name: &str, value: &[u8]) {
-        let env_id = self.ensure(ClientType::Envelope, out);
-        let concrete = self.ensure(t, out);
-        let body = int_len(env_id)
-            + 1
-            + bytes_len(name.len())
-            + int_len(concrete)
-            + uint_len(value.len() as u64)
-            + value.len()
-            + 1;
-        put_uint(out, body as u64);
-        put_int(out, env_id);
-        put_uint(out, 1);
-        put_bytes(out, name.as_bytes());
-        put_int(out, concrete);
-        put_uint(out, value.len() as u64);
-        out.put_slice(value);
-        put_uint(out, 0);
+        let env_id = match self.id_of(ClientType::Envelope) {
+            Some(id) => id,
+            None => {
+                let id = self.alloc(ClientType::Envelope);
+                let mut def = Vec::new();
+                write_definition(&mut def, id, &ENVELOPE_DEF);
+                out.put_slice(&def);
+                id
+            }
+        };
+        let mut head = Vec::with_capacity(64 + name.len());
+        put_int(&mut head, env_id);
+        put_uint(&mut head, 1); // Envelope.Message, field 0
+        put_bytes(&mut head, name.as_bytes());
+        let concrete = match self.id_of(t) {
+            Some(id) => id,
+            None => {
+                // First use: the definition goes into this message, which ends after it.
+                let id = self.alloc(t);
+                let mut inner_defs = Vec::new();
+                match t {
+                    ClientType::Hello => {
+                        let (slice_id, new) = self.inner(ClientType::CompressionSlice);
+                        put_int(&mut head, -id);
+                        write_wire_type(
+                            &mut head,
+                            id,
+                            &TypeDef::Struct {
+                                name: "MsgClientHello",
+                                fields: &[
+                                    ("Hostname", T_STRING),
+                                    ("Info", T_STRING),
+                                    ("Version", T_STRING),
+                                    ("SyncerType", T_STRING),
+                                    ("SupportsDecoderRestart", T_BOOL),
+                                    ("SupportedCompressionAlgorithms", slice_id),
+                                    ("SupportsModernPolicyKeys", T_BOOL),
+                                    ("ClientConnID", T_UINT),
+                                ],
+                            },
+                        );
+                        if new {
+                            write_definition(&mut inner_defs, slice_id, &COMPRESSION_SLICE_DEF);
+                        }
+                    }
+                    ClientType::Pong => {
+                        let (time_id, new) = self.inner(ClientType::Time);
+                        put_int(&mut head, -id);
+                        write_wire_type(
+                            &mut head,
+                            id,
+                            &TypeDef::Struct {
+                                name: "MsgPong",
+                                fields: &[("PingTimestamp", time_id), ("PongTimestamp", time_id)],
+                            },
+                        );
+                        if new {
+                            write_definition(&mut inner_defs, time_id, &TIME_DEF);
+                        }
+                    }
+                    _ => {
+                        put_int(&mut head, -id);
+                        write_wire_type(
+                            &mut head,
+                            id,
+                            &TypeDef::Struct {
+                                name: "MsgACK",
+                                fields: &[],
+                            },
+                        );
+                    }
+                }
+                put_message(out, &head);
+                out.put_slice(&inner_defs);
+                head.clear();
+                id
+            }
+        };
+        put_int(&mut head, concrete);
+        put_uint(&mut head, value.len() as u64);
+        head.extend_from_slice(value);
+        put_uint(&mut head, 0); // end of Envelope
+        put_message(out, &head);
     }
 
     /// Appends `Envelope{MsgClientHello}` (with any definitions it needs first).

@@ -41,6 +41,8 @@ type Result<T> = std::result::Result<T, TyphaCodecError>;
 #[derive(Default)]
 struct Types {
     map: HashMap<i64, Arc<WireType>>,
+    /// Ids in definition order, so a value attempt that needs more input can be undone.
+    journal: Vec<i64>,
 }
 
 impl Types {
@@ -52,7 +54,18 @@ impl Types {
             return Err(TyphaCodecError::TooManyTypes(MAX_TYPES));
         }
         self.map.insert(id, Arc::new(wt));
+        self.journal.push(id);
         Ok(())
+    }
+
+    fn checkpoint(&self) -> usize {
+        self.journal.len()
+    }
+
+    fn rollback(&mut self, checkpoint: usize) {
+        for id in self.journal.drain(checkpoint..) {
+            self.map.remove(&id);
+        }
     }
 
     fn get(&self, id: i64) -> Result<Arc<WireType>> {
@@ -111,6 +124,8 @@ impl Kind {
 struct Ctx<'a> {
     types: &'a mut Types,
     msg: &'a Bytes,
+    /// End offsets of the gob messages `msg` is the concatenation of (see [`GobCore`]).
+    boundaries: &'a [usize],
 }
 
 fn expect(fid: i64, want: i64, field: &'static str) -> Result<()> {
@@ -160,9 +175,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Reads an interface value's name and concrete type id; definitions may precede the id
-    /// inside an interface, each followed by a byte count that is skipped. The value's own byte
-    /// count comes next and is left to the caller. `None` for a nil interface.
+    /// Reads an interface value's name and concrete type id, absorbing type definitions that
+    /// precede the id (Go's `decodeTypeSequence(true)`). Go's encoder writes the definition of
+    /// a concrete type first used inside an interface into the *current* message, right after
+    /// the name, and ends that message there; the id and value follow in a later message. So:
+    /// at a message end the sequence continues in the next message (or needs more input), and
+    /// a definition followed by more bytes of the same message is followed by a byte count to
+    /// skip. The value's own byte count comes next and is left to the caller. `None` for a nil
+    /// interface.
     fn read_interface_header<'m>(&mut self, r: &mut Reader<'m>) -> Result<Option<(&'m [u8], i64)>> {
         let name = r.read_bytes()?;
         if name.is_empty() {
@@ -172,6 +192,9 @@ impl<'a> Ctx<'a> {
             return Err(TyphaCodecError::Malformed("interface name too long"));
         }
         loop {
+            if r.remaining() == 0 {
+                return Err(TyphaCodecError::IncompleteValue);
+            }
             let id = r.read_int()?;
             if id >= 0 {
                 return Ok(Some((name, id)));
@@ -179,7 +202,9 @@ impl<'a> Ctx<'a> {
             let wt = read_wire_type(r)?;
             self.types
                 .define(id.checked_neg().unwrap_or(i64::MAX), wt)?;
-            r.read_uint()?;
+            if !self.boundaries.contains(&r.position()) {
+                r.read_uint()?;
+            }
         }
     }
 
@@ -510,19 +535,56 @@ enum Slot {
     Skip(i64),
 }
 
+/// Most gob messages one value may span (one per type first defined inside its interface,
+/// plus one). Typha's largest first use needs four.
+const MAX_VALUE_SEGMENTS: usize = 64;
+
 /// Message splitting and type definitions: the part of a gob decoder both directions share.
+///
+/// A value usually is one message. The exception is Go's first use of a type inside an
+/// interface (see [`Ctx::read_interface_header`]): the value then continues over the following
+/// messages. Those are kept in `pending` and the value is decoded again over their
+/// concatenation once another message arrives; definitions made by an attempt that ran out of
+/// input are undone first, so a retry sees the same state.
 struct GobCore {
     buf: BytesMut,
     types: Types,
     max: usize,
+    /// Messages of a value that needed more input.
+    pending: Vec<Bytes>,
+    /// Bytes taken for the current value, definitions included: Typha's inbound cap covers a
+    /// whole `Decode` call.
+    unit_bytes: usize,
 }
 
-/// A value message, its type id already read.
-struct ValueMessage {
-    msg: Bytes,
-    /// Offset of the value after the type id.
-    start: usize,
-    id: i64,
+/// One gob message's body (count removed), if the buffer holds all of it.
+fn take_message(buf: &mut BytesMut, max: usize, taken: usize) -> Result<Option<Bytes>> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let count_len = if first < 0x80 {
+        1
+    } else {
+        1 + (256 - first as usize)
+    };
+    if count_len > 9 {
+        return Err(TyphaCodecError::Malformed("integer longer than 8 bytes"));
+    }
+    if buf.len() < count_len {
+        return Ok(None);
+    }
+    let len = Reader::new(buf).read_uint()?;
+    if len.saturating_add(taken as u64) > max as u64 {
+        return Err(TyphaCodecError::MessageTooLarge { len, max });
+    }
+    if len == 0 {
+        return Err(TyphaCodecError::Malformed("empty message"));
+    }
+    if buf.len() < count_len + len as usize {
+        return Ok(None);
+    }
+    buf.advance(count_len);
+    Ok(Some(buf.split_to(len as usize).freeze()))
 }
 
 impl GobCore {
@@ -531,73 +593,91 @@ impl GobCore {
             buf: BytesMut::new(),
             types: Types::default(),
             max,
+            pending: Vec::new(),
+            unit_bytes: 0,
         }
     }
 
-    /// Takes the next value message, absorbing any definition messages before it. `None` if
-    /// the buffer does not yet hold a whole message.
-    fn next_value(&mut self) -> Result<Option<ValueMessage>> {
+    /// Forgets the stream: types, partial values, buffered bytes are the caller's business.
+    fn reset_stream(&mut self) {
+        self.types = Types::default();
+        self.pending.clear();
+        self.unit_bytes = 0;
+    }
+
+    /// Decodes the next `Envelope` value, absorbing the definition messages before it, and
+    /// hands the interface's concrete value to `f`. `None` if more input is needed.
+    fn next_envelope<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Ctx<'_>, &mut Reader<'_>, Kind, i64) -> Result<T>,
+    ) -> Result<Option<T>> {
         loop {
-            let Some(&first) = self.buf.first() else {
+            let Some(msg) = take_message(&mut self.buf, self.max, self.unit_bytes)? else {
                 return Ok(None);
             };
-            let count_len = if first < 0x80 {
-                1
-            } else {
-                1 + (256 - first as usize)
-            };
-            if count_len > 9 {
-                return Err(TyphaCodecError::Malformed("integer longer than 8 bytes"));
+            self.unit_bytes += msg.len();
+            if self.pending.is_empty() {
+                let mut r = Reader::new(&msg);
+                let id = r.read_int()?;
+                if id < 0 {
+                    let wt = read_wire_type(&mut r)?;
+                    if r.remaining() != 0 {
+                        return Err(TyphaCodecError::Malformed(
+                            "extra data after a type definition",
+                        ));
+                    }
+                    self.types
+                        .define(id.checked_neg().unwrap_or(i64::MAX), wt)?;
+                    continue;
+                }
             }
-            if self.buf.len() < count_len {
-                return Ok(None);
-            }
-            let mut r = Reader::new(&self.buf);
-            let len = r.read_uint()?;
-            if len > self.max as u64 {
-                return Err(TyphaCodecError::MessageTooLarge { len, max: self.max });
-            }
-            if len == 0 {
-                return Err(TyphaCodecError::Malformed("empty message"));
-            }
-            let header = r.position();
-            if self.buf.len() < header + len as usize {
-                return Ok(None);
-            }
-            self.buf.advance(header);
-            let msg = self.buf.split_to(len as usize).freeze();
-            let mut r = Reader::new(&msg);
-            let id = r.read_int()?;
-            if id >= 0 {
-                let start = r.position();
-                return Ok(Some(ValueMessage { msg, start, id }));
-            }
-            let wt = read_wire_type(&mut r)?;
-            if r.remaining() != 0 {
+            if self.pending.len() >= MAX_VALUE_SEGMENTS {
                 return Err(TyphaCodecError::Malformed(
-                    "extra data after a type definition",
+                    "value split over too many messages",
                 ));
             }
-            self.types
-                .define(id.checked_neg().unwrap_or(i64::MAX), wt)?;
+            self.pending.push(msg);
+            let (whole, boundaries) = if self.pending.len() == 1 {
+                (self.pending[0].clone(), vec![self.pending[0].len()])
+            } else {
+                let mut whole = BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
+                let mut boundaries = Vec::with_capacity(self.pending.len());
+                for m in &self.pending {
+                    whole.extend_from_slice(m);
+                    boundaries.push(whole.len());
+                }
+                (whole.freeze(), boundaries)
+            };
+            let checkpoint = self.types.checkpoint();
+            match Self::envelope(&mut self.types, &whole, &boundaries, &mut f) {
+                Err(TyphaCodecError::IncompleteValue) => {
+                    self.types.rollback(checkpoint);
+                    continue;
+                }
+                res => {
+                    self.pending.clear();
+                    self.unit_bytes = 0;
+                    return res.map(Some);
+                }
+            }
         }
     }
 
-    /// Decodes an `Envelope` value message down to its message kind and hands the interface's
-    /// concrete value to `f`.
     fn envelope<T>(
-        &mut self,
-        v: ValueMessage,
-        mut f: impl FnMut(&mut Ctx<'_>, &mut Reader<'_>, Kind, i64) -> Result<T>,
+        types: &mut Types,
+        msg: &Bytes,
+        boundaries: &[usize],
+        f: &mut impl FnMut(&mut Ctx<'_>, &mut Reader<'_>, Kind, i64) -> Result<T>,
     ) -> Result<T> {
         let mut ctx = Ctx {
-            types: &mut self.types,
-            msg: &v.msg,
+            types,
+            msg,
+            boundaries,
         };
-        let mut r = Reader::new(&v.msg);
-        r.take(v.start)?;
+        let mut r = Reader::new(msg);
+        let id = r.read_int()?;
         let mut out = None;
-        ctx.read_struct(&mut r, v.id, "Envelope", 0, |c, r, name, fid| {
+        ctx.read_struct(&mut r, id, "Envelope", 0, |c, r, name, fid| {
             if name != "Message" {
                 return Ok(false);
             }
@@ -646,7 +726,7 @@ impl ClientStreamDecoder {
 
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.core.buf.len()
+        self.core.buf.len() + self.core.pending.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// The next complete message, `None` if more bytes are needed. After an error the stream is
@@ -663,17 +743,12 @@ impl ClientStreamDecoder {
     }
 
     fn decode_next(&mut self) -> Result<Option<ClientMessage>> {
-        let Some(v) = self.core.next_value()? else {
-            return Ok(None);
-        };
-        self.core
-            .envelope(v, |c, r, kind, id| match kind {
-                Kind::ClientHello => c.client_hello(r, id).map(ClientMessage::Hello),
-                Kind::Ack => c.ack(r, id).map(|_| ClientMessage::Ack),
-                Kind::Pong => c.pong(r, id).map(ClientMessage::Pong),
-                other => Err(TyphaCodecError::UnexpectedMessage(other.go_name())),
-            })
-            .map(Some)
+        self.core.next_envelope(|c, r, kind, id| match kind {
+            Kind::ClientHello => c.client_hello(r, id).map(ClientMessage::Hello),
+            Kind::Ack => c.ack(r, id).map(|_| ClientMessage::Ack),
+            Kind::Pong => c.pong(r, id).map(ClientMessage::Pong),
+            other => Err(TyphaCodecError::UnexpectedMessage(other.go_name())),
+        })
     }
 }
 
@@ -720,7 +795,9 @@ impl ServerStreamDecoder {
 
     /// Bytes received but not yet decoded (framed and unframed).
     pub fn buffered(&self) -> usize {
-        self.core.buf.len() + self.raw.len()
+        self.core.buf.len()
+            + self.core.pending.iter().map(Bytes::len).sum::<usize>()
+            + self.raw.len()
     }
 
     /// The compression of the current stream: `"snappy"` or `""`.
@@ -750,7 +827,7 @@ impl ServerStreamDecoder {
                 std::mem::take(&mut self.raw)
             }
         };
-        self.core.types = Types::default();
+        self.core.reset_stream();
         self.framing = framing;
         match self.framing {
             Framing::Plain => self.core.buf = pending,
@@ -774,27 +851,25 @@ impl ServerStreamDecoder {
 
     fn decode_next(&mut self) -> Result<Option<ServerMessage>> {
         loop {
-            if let Some(v) = self.core.next_value()? {
-                return self
-                    .core
-                    .envelope(v, |c, r, kind, id| {
-                        Ok(match kind {
-                            Kind::ServerHello => ServerMessage::Hello(c.server_hello(r, id)?),
-                            Kind::DecoderRestart => {
-                                ServerMessage::DecoderRestart(c.decoder_restart(r, id)?)
-                            }
-                            Kind::SyncStatus => ServerMessage::SyncStatus(c.sync_status(r, id)?),
-                            Kind::Ping => ServerMessage::Ping(c.ping(r, id)?),
-                            Kind::Kvs => ServerMessage::Kvs(c.kvs(r, id)?),
-                            Kind::Ack => {
-                                c.ack(r, id)?;
-                                ServerMessage::Ack
-                            }
-                            Kind::Pong => ServerMessage::Pong(c.pong(r, id)?),
-                            Kind::ClientHello => ServerMessage::ClientHello(c.client_hello(r, id)?),
-                        })
-                    })
-                    .map(Some);
+            let decoded = self.core.next_envelope(|c, r, kind, id| {
+                Ok(match kind {
+                    Kind::ServerHello => ServerMessage::Hello(c.server_hello(r, id)?),
+                    Kind::DecoderRestart => {
+                        ServerMessage::DecoderRestart(c.decoder_restart(r, id)?)
+                    }
+                    Kind::SyncStatus => ServerMessage::SyncStatus(c.sync_status(r, id)?),
+                    Kind::Ping => ServerMessage::Ping(c.ping(r, id)?),
+                    Kind::Kvs => ServerMessage::Kvs(c.kvs(r, id)?),
+                    Kind::Ack => {
+                        c.ack(r, id)?;
+                        ServerMessage::Ack
+                    }
+                    Kind::Pong => ServerMessage::Pong(c.pong(r, id)?),
+                    Kind::ClientHello => ServerMessage::ClientHello(c.client_hello(r, id)?),
+                })
+            })?;
+            if decoded.is_some() {
+                return Ok(decoded);
             }
             // Unframe one more chunk, if a whole one has arrived.
             let Framing::Snappy(reader) = &mut self.framing else {
@@ -830,7 +905,17 @@ pub fn decode_all_client_messages(bytes: &[u8]) -> Result<Vec<ClientMessage>> {
 /// `MsgDecoderRestart` as Felix does (test helper, e.g. for Go-produced vectors). Trailing bytes
 /// that do not form a whole message are an error.
 pub fn decode_all_server_messages(bytes: &[u8]) -> Result<Vec<ServerMessage>> {
+    decode_all_server_messages_from(bytes, "")
+}
+
+/// As [`decode_all_server_messages`], for a stream that starts with `compression` (`"snappy"`
+/// for a binary snapshot on its own, `""` for plain gob).
+pub fn decode_all_server_messages_from(
+    bytes: &[u8],
+    compression: &str,
+) -> Result<Vec<ServerMessage>> {
     let mut d = ServerStreamDecoder::new(DEFAULT_MAX_SERVER_MESSAGE);
+    d.restart(compression)?;
     d.feed(bytes);
     let mut out = Vec::new();
     while let Some(m) = d.next_message()? {

@@ -52,6 +52,11 @@ pub enum TyphaCodecError {
     /// Snappy framing: the masked CRC-32C of the chunk's data does not match.
     #[error("snappy chunk checksum mismatch: expected {expected:#010x}, computed {actual:#010x}")]
     CrcMismatch { expected: u32, actual: u32 },
+    /// Internal: a value continues in a gob message that has not arrived yet. The decoders
+    /// turn it into "need more input"; no public function returns it.
+    #[doc(hidden)]
+    #[error("value continues in a message not yet received")]
+    IncompleteValue,
     /// A decoder restart named a compression algorithm this codec does not implement.
     #[error("unsupported compression algorithm {0:?}")]
     UnsupportedCompression(String),

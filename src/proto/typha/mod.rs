@@ -24,13 +24,14 @@ mod wire;
 
 pub use client::ClientEncoder;
 pub use decode::{
-    decode_all_client_messages, decode_all_server_messages, ClientStreamDecoder,
-    ServerStreamDecoder, DEFAULT_MAX_CLIENT_MESSAGE, DEFAULT_MAX_SERVER_MESSAGE,
+    decode_all_client_messages, decode_all_server_messages, decode_all_server_messages_from,
+    ClientStreamDecoder, ServerStreamDecoder, DEFAULT_MAX_CLIENT_MESSAGE,
+    DEFAULT_MAX_SERVER_MESSAGE,
 };
 pub use error::TyphaCodecError;
 pub use messages::*;
 pub use server::{
     encode_decoder_restart, encode_kvs, encode_kvs_into, encode_kvs_refs, encode_ping,
-    encode_server_hello, encode_sync_status, server_preamble,
+    encode_server_hello, encode_sync_status, server_preamble, server_preamble_snappy,
 };
 pub use session::{FelixClientConfig, FelixClientEvent, FelixClientSession, FelixSessionError};

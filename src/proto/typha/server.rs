@@ -130,6 +130,15 @@ pub fn server_preamble() -> Bytes {
         .clone()
 }
 
+/// The snappy stream identifier followed by the preamble in snappy chunks: how every
+/// snappy-framed server stream (binary snapshot, live stream after a restart) begins. Built once.
+pub fn server_preamble_snappy() -> Bytes {
+    static PREAMBLE: OnceLock<Bytes> = OnceLock::new();
+    PREAMBLE
+        .get_or_init(|| super::snappy::frame_stream(&server_preamble()).freeze())
+        .clone()
+}
+
 /// Length of an `Envelope` message body around a concrete value of `value_len` bytes.
 #[inline]
 fn envelope_body_len(name: &str, concrete_id: i64, value_len: usize) -> usize {

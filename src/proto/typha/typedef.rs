@@ -58,42 +58,47 @@ fn put_common_type(out: &mut Vec<u8>, name: &str, id: i64) {
 pub(crate) fn write_definition(out: &mut Vec<u8>, id: i64, def: &TypeDef<'_>) {
     let mut body = Vec::with_capacity(128);
     put_int(&mut body, -id);
-    match def {
-        TypeDef::Struct { name, fields } => {
-            put_uint(&mut body, 3); // wireType.StructT (field 2)
-            put_uint(&mut body, 1); // structType.CommonType
-            put_common_type(&mut body, name, id);
-            if !fields.is_empty() {
-                put_uint(&mut body, 1); // structType.Field
-                put_uint(&mut body, fields.len() as u64);
-                for (fname, fid) in fields.iter() {
-                    put_uint(&mut body, 1);
-                    put_bytes(&mut body, fname.as_bytes());
-                    put_uint(&mut body, 1);
-                    put_int(&mut body, *fid);
-                    put_uint(&mut body, 0);
-                }
-            }
-            put_uint(&mut body, 0); // end structType
-        }
-        TypeDef::Slice { name, elem } => {
-            put_uint(&mut body, 2); // wireType.SliceT (field 1)
-            put_uint(&mut body, 1);
-            put_common_type(&mut body, name, id);
-            put_uint(&mut body, 1); // sliceType.Elem
-            put_int(&mut body, *elem);
-            put_uint(&mut body, 0);
-        }
-        TypeDef::GobEncoder { name } => {
-            put_uint(&mut body, 5); // wireType.GobEncoderT (field 4)
-            put_uint(&mut body, 1);
-            put_common_type(&mut body, name, id);
-            put_uint(&mut body, 0);
-        }
-    }
-    put_uint(&mut body, 0); // end wireType
+    write_wire_type(&mut body, id, def);
     put_uint(out, body.len() as u64);
     out.extend_from_slice(&body);
+}
+
+/// Appends the `wireType` value describing type `id`.
+pub(crate) fn write_wire_type(body: &mut Vec<u8>, id: i64, def: &TypeDef<'_>) {
+    match def {
+        TypeDef::Struct { name, fields } => {
+            put_uint(body, 3); // wireType.StructT (field 2)
+            put_uint(body, 1); // structType.CommonType
+            put_common_type(body, name, id);
+            if !fields.is_empty() {
+                put_uint(body, 1); // structType.Field
+                put_uint(body, fields.len() as u64);
+                for (fname, fid) in fields.iter() {
+                    put_uint(body, 1);
+                    put_bytes(body, fname.as_bytes());
+                    put_uint(body, 1);
+                    put_int(body, *fid);
+                    put_uint(body, 0);
+                }
+            }
+            put_uint(body, 0); // end structType
+        }
+        TypeDef::Slice { name, elem } => {
+            put_uint(body, 2); // wireType.SliceT (field 1)
+            put_uint(body, 1);
+            put_common_type(body, name, id);
+            put_uint(body, 1); // sliceType.Elem
+            put_int(body, *elem);
+            put_uint(body, 0);
+        }
+        TypeDef::GobEncoder { name } => {
+            put_uint(body, 5); // wireType.GobEncoderT (field 4)
+            put_uint(body, 1);
+            put_common_type(body, name, id);
+            put_uint(body, 0);
+        }
+    }
+    put_uint(body, 0); // end wireType
 }
 
 /// Reads the fields of a struct encoded by field number, calling `f` with each field number.
