@@ -198,7 +198,11 @@ fn path_a_restart_binary_snapshot_then_live_deltas() {
     let hello = f.hello.clone().expect("ServerHello");
     assert_eq!(hello.syncer_type, "felix");
     assert!(hello.supports_node_resource_updates);
-    assert_eq!(hello.server_conn_id & 0xffff_ffff, 1, "random << 32 | counter");
+    assert_eq!(
+        hello.server_conn_id & 0xffff_ffff,
+        1,
+        "random << 32 | counter"
+    );
     assert_eq!(f.restarts.len(), 2, "{:?}", f.restarts);
     assert!(f.restarts.iter().all(|r| r.compression == "snappy"));
     assert_eq!(f.sess.compression(), "snappy");
@@ -416,7 +420,11 @@ fn shutdown_closes_typha_clients_and_the_reactor_exits() {
     let before = f.raw.len();
     m.h.handle.shutdown();
     f.until_closed();
-    assert_eq!(f.raw.len(), before, "Typha has no goodbye: nothing is written");
+    assert_eq!(
+        f.raw.len(),
+        before,
+        "Typha has no goodbye: nothing is written"
+    );
     if let Some(r) = m.h.reactor.take() {
         r.join().unwrap().unwrap();
     }

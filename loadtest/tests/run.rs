@@ -237,3 +237,39 @@ fn clients_that_never_reach_in_sync_fail_the_run() {
     );
     drop(silent);
 }
+
+/// Felix-protocol clients (`--protocol typha`) against the real daemon on its shared port: all
+/// reach in-sync, and every full-map client's map matches the daemon's `/digest` at some seq.
+#[test]
+fn felix_protocol_clients_sync_and_verify_against_the_daemon() {
+    let d = daemon();
+    let mut args = base_args(&d, d.metrics_addr.unwrap(), "12");
+    for a in [
+        "--protocol",
+        "typha",
+        "--clients",
+        "40",
+        "--full-maps",
+        "3",
+        "--ramp-per-sec",
+        "500",
+    ] {
+        args.push(a.into());
+    }
+    let (out, j) = run(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{j:#}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(j["run"]["protocol"], "typha");
+    assert_eq!(j["clients"]["in_sync"], 40);
+    assert_eq!(j["verification"]["full_map_verified"], 3, "{j:#}");
+    assert!(
+        j["received"]["update_frames"].as_u64().unwrap() > 0,
+        "{j:#}"
+    );
+    assert_eq!(j["hard_failures"], 0);
+    drop(d);
+}

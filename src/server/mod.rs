@@ -513,13 +513,7 @@ impl Server {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         entry
-            .insert(Connection::new(
-                id,
-                stream,
-                peer,
-                Session::detecting(),
-                now,
-            ))
+            .insert(Connection::new(id, stream, peer, Session::detecting(), now))
             .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");

@@ -514,8 +514,7 @@ impl TyphaSession {
             };
         }
         let snappy = h.supports_decoder_restart
-            && h
-                .supported_compression
+            && h.supported_compression
                 .iter()
                 .any(|c| c == typha::COMPRESSION_SNAPPY);
         let mut reply = bytes::BytesMut::new();

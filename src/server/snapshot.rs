@@ -54,13 +54,9 @@ fn encode_job(job: &SnapshotJob) -> EncodedSnapshot {
             snap.variant = WireVariant::NativeCompressed;
             snap
         }
-        WireVariant::TyphaSnappy | WireVariant::TyphaPlain => encode_typha_snapshot(
-            &job.state,
-            job.seq,
-            job.status,
-            job.syncer,
-            job.variant,
-        ),
+        WireVariant::TyphaSnappy | WireVariant::TyphaPlain => {
+            encode_typha_snapshot(&job.state, job.seq, job.status, job.syncer, job.variant)
+        }
     }
 }
 
