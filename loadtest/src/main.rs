@@ -6,71 +6,25 @@
 //! a verification mismatch — a client's frames or digest disagreeing with another client's, the
 //! daemon's `/digest` or, with `--verify-datastore`, the API server's objects — or no client
 //! could connect); 2 when it could not run (bad arguments, too few file descriptors, the
-//! daemon's process or metrics unreadable). Clients that did not reach in-sync within the duration are reported, not failed.
+//! daemon's process or metrics unreadable). A client that never reached in-sync within the
+//! duration (stalled clients aside) fails the run: the figures would describe a smaller run.
 //!
-//! `churn` drives writes through a Kubernetes API server on loopback (see `churn.rs`). Exit
-//! status: 0 when every write succeeded; 1 when some failed (counted in the summary); 2 when it
-//! could not run (bad arguments, a kubeconfig whose server is not on loopback, the API server
-//! unreachable, nothing to churn).
+//! `churn` drives writes through a Kubernetes API server on loopback. Exit status: 0 when every
+//! write succeeded; 1 when some failed (counted in the summary); 2 when it could not run (bad
+//! arguments, a kubeconfig whose server is not on loopback, the API server unreachable, nothing
+//! to churn).
+//!
+//! This binary only parses the command line and dispatches; each tool is its own crate under
+//! `loadtest/`: `driver` (`run`: the simulated clients), `churn` (`churn`, `apiwatch`),
+//! `pubsub` (`pubsub`, the hidden `bare-writer`), `report` (`bench-report`), and `common` (what
+//! they share: process sampling, the daemon's HTTP endpoints, histograms, the loopback rule).
 
-mod apiwatch;
-mod bench_report;
-mod churn;
 mod cli;
-mod daemon_http;
-mod datastore_check;
-mod driver;
-mod pubsub;
-mod report;
-mod run;
-mod sys;
 
 use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
-
-/// What both subcommands report at the end.
-trait Outcome {
-    fn to_json(&self) -> serde_json::Value;
-    fn render_text(&self) -> String;
-    fn passed(&self) -> bool;
-}
-
-impl Outcome for report::Report {
-    fn to_json(&self) -> serde_json::Value {
-        report::Report::to_json(self)
-    }
-    fn render_text(&self) -> String {
-        report::Report::render_text(self)
-    }
-    fn passed(&self) -> bool {
-        report::Report::passed(self)
-    }
-}
-
-impl Outcome for churn::ChurnReport {
-    fn to_json(&self) -> serde_json::Value {
-        churn::ChurnReport::to_json(self)
-    }
-    fn render_text(&self) -> String {
-        churn::ChurnReport::render_text(self)
-    }
-    fn passed(&self) -> bool {
-        churn::ChurnReport::passed(self)
-    }
-}
-
-impl Outcome for apiwatch::ApiwatchReport {
-    fn to_json(&self) -> serde_json::Value {
-        apiwatch::ApiwatchReport::to_json(self)
-    }
-    fn render_text(&self) -> String {
-        apiwatch::ApiwatchReport::render_text(self)
-    }
-    fn passed(&self) -> bool {
-        apiwatch::ApiwatchReport::passed(self)
-    }
-}
+use typha_loadtest_common::Outcome;
 
 /// Validates, runs, prints (text or one JSON object) and maps to the exit code: 0 passed,
 /// 1 failed, 2 could not run.
@@ -110,26 +64,31 @@ fn execute<C, R: Outcome>(
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run(args) => execute("typha-loadtest", args.validate(), |c| c.json, run::run),
+        Command::Run(args) => execute(
+            "typha-loadtest",
+            args.validate(),
+            |c| c.json,
+            typha_loadtest_driver::run::run,
+        ),
         Command::Churn(args) => execute(
             "typha-loadtest churn",
             args.validate(),
             |c| c.json,
-            churn::run,
+            typha_loadtest_churn::churn::run,
         ),
         Command::Apiwatch(args) => execute(
             "typha-loadtest apiwatch",
             args.validate(),
             |c| c.json,
-            apiwatch::run,
+            typha_loadtest_churn::apiwatch::run,
         ),
-        Command::BenchReport(args) => bench_report::main(args),
+        Command::BenchReport(args) => typha_loadtest_report::main(args),
         Command::Pubsub(args) => execute(
             "typha-loadtest pubsub",
             args.validate(),
             |c| c.json,
-            pubsub::run,
+            typha_loadtest_pubsub::run,
         ),
-        Command::BareWriter(args) => pubsub::bare::main(args),
+        Command::BareWriter(args) => typha_loadtest_pubsub::bare::main(args),
     }
 }

@@ -201,3 +201,75 @@ fn a_daemon_digest_that_disagrees_fails_the_run() {
     );
     drop(d);
 }
+
+/// A daemon that accepts connections and never answers (a listener nobody accepts on: the
+/// kernel completes the handshakes): no client can reach in-sync, and the run must say so and
+/// fail instead of printing its figures as a pass.
+#[test]
+fn clients_that_never_reach_in_sync_fail_the_run() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--addr",
+            &addr,
+            "--clients",
+            "5",
+            "--full-maps",
+            "1",
+            "--ramp-per-sec",
+            "0",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("NOT IN SYNC: 5 of 5 clients did not reach in-sync within 1.0 s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("result: FAIL (5 of 5 clients did not reach in-sync within the 1 s run)"),
+        "{stdout}"
+    );
+    drop(silent);
+}
+
+/// Felix-protocol clients (`--protocol typha`) against the real daemon on its shared port: all
+/// reach in-sync, and every full-map client's map matches the daemon's `/digest` at some seq.
+#[test]
+fn felix_protocol_clients_sync_and_verify_against_the_daemon() {
+    let d = daemon();
+    let mut args = base_args(&d, d.metrics_addr.unwrap(), "12");
+    for a in [
+        "--protocol",
+        "typha",
+        "--clients",
+        "40",
+        "--full-maps",
+        "3",
+        "--ramp-per-sec",
+        "500",
+    ] {
+        args.push(a.into());
+    }
+    let (out, j) = run(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{j:#}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(j["run"]["protocol"], "typha");
+    assert_eq!(j["clients"]["in_sync"], 40);
+    assert_eq!(j["verification"]["full_map_verified"], 3, "{j:#}");
+    assert!(
+        j["received"]["update_frames"].as_u64().unwrap() > 0,
+        "{j:#}"
+    );
+    assert_eq!(j["hard_failures"], 0);
+    drop(d);
+}

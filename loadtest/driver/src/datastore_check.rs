@@ -4,12 +4,12 @@
 //! daemon's newest `/digest`, once the daemon is quiet (its newest seq the same before and
 //! after the listing).
 
-use crate::daemon_http::{fetch_latest_digest, DaemonDigest};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use typha::datastore::k8s::{list_translated, KubernetesConfig};
 use typha::model::{Digest, SyncerType};
+use typha_loadtest_common::daemon_http::{fetch_latest_digest, DaemonDigest};
 
 /// Listings tried before giving up on a daemon that keeps changing.
 const ATTEMPTS: usize = 5;
@@ -49,7 +49,7 @@ pub fn check(
     metrics: SocketAddr,
     syncer: SyncerType,
 ) -> Result<DatastoreCheck, String> {
-    crate::churn::loopback_server(kubeconfig)?;
+    typha_loadtest_common::loopback::loopback_server(kubeconfig)?;
     let cfg = KubernetesConfig {
         kubeconfig: Some(kubeconfig.to_owned()),
         ..Default::default()

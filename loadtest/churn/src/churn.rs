@@ -32,7 +32,6 @@
 //!
 //! Only a kubeconfig whose server is on loopback (127.0.0.0/8, ::1, localhost) is accepted.
 
-use crate::cli::is_loopback;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -41,13 +40,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use typha_loadtest_common::loopback::{is_loopback_url, loopback_server, refuse};
 
 /// Label on every object the generator creates; churn only touches objects that carry it.
 pub const LABEL: &str = "typha-loadtest/churn";
@@ -248,77 +247,6 @@ impl std::fmt::Display for Mix {
 // ---------------------------------------------------------------------------------------------
 // Loopback check
 // ---------------------------------------------------------------------------------------------
-
-/// The host of a server URL (`https://host:port/path`), without brackets for IPv6.
-pub fn url_host(url: &str) -> Option<&str> {
-    let rest = url.trim();
-    let rest = rest.split_once("://").map_or(rest, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = hostport.strip_prefix('[') {
-        v6.split_once(']')?.0
-    } else {
-        hostport.split(':').next().unwrap_or("")
-    };
-    (!host.is_empty()).then_some(host)
-}
-
-/// Whether a server URL's host is loopback: 127.0.0.0/8, ::1 or `localhost`.
-pub fn is_loopback_url(url: &str) -> bool {
-    match url_host(url) {
-        Some(h) if h.eq_ignore_ascii_case("localhost") || h.eq_ignore_ascii_case("localhost.") => {
-            true
-        }
-        Some(h) => h.parse::<IpAddr>().is_ok_and(is_loopback),
-        None => false,
-    }
-}
-
-fn refuse(path: &Path, server: &str) -> String {
-    format!(
-        "--kubeconfig {}: the API server {server} is not on loopback (127.0.0.0/8, ::1 or \
-         localhost); churn only drives a local test API server",
-        path.display()
-    )
-}
-
-/// The server URL of the kubeconfig's current context, refused unless it is on loopback.
-pub fn loopback_server(path: &Path) -> Result<String, String> {
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
-    let ctx_name = kc
-        .current_context
-        .clone()
-        .ok_or_else(|| format!("--kubeconfig {}: no current-context", path.display()))?;
-    let ctx = kc
-        .contexts
-        .iter()
-        .find(|c| c.name == ctx_name)
-        .and_then(|c| c.context.as_ref())
-        .ok_or_else(|| {
-            format!(
-                "--kubeconfig {}: current-context {ctx_name:?} is not defined",
-                path.display()
-            )
-        })?;
-    let server = kc
-        .clusters
-        .iter()
-        .find(|c| c.name == ctx.cluster)
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
-        .ok_or_else(|| {
-            format!(
-                "--kubeconfig {}: cluster {:?} has no server",
-                path.display(),
-                ctx.cluster
-            )
-        })?;
-    if !is_loopback_url(&server) {
-        return Err(refuse(path, &server));
-    }
-    Ok(server)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic choices
@@ -915,7 +843,7 @@ fn policy_obj(ns: &str, name: &str, app_idx: usize, from: usize, port: u16) -> V
 
 /// The write-time label of pod label changes (value: Unix nanoseconds, decimal). The name is
 /// shared with `run` and `apiwatch`.
-pub use crate::driver::STAMP_LABEL;
+pub use typha_loadtest_common::STAMP_LABEL;
 
 fn unix_nanos() -> u64 {
     SystemTime::now()
@@ -1661,34 +1589,6 @@ mod tests {
             }
         }
         assert!((2800..3200).contains(&pods), "{pods}");
-    }
-
-    #[test]
-    fn loopback_urls() {
-        for ok in [
-            "https://127.0.0.1:6443",
-            "https://127.9.8.7",
-            "https://[::1]:6443/",
-            "https://localhost:6443",
-            "http://LOCALHOST",
-            "https://user@127.0.0.1:1/api",
-            "127.0.0.1:6443",
-        ] {
-            assert!(is_loopback_url(ok), "{ok}");
-        }
-        for bad in [
-            "https://10.0.0.1:6443",
-            "https://0.0.0.0:6443",
-            "https://[::]:6443",
-            "https://[::ffff:127.0.0.1]:6443",
-            "https://localhost.example.com",
-            "https://kubernetes.default.svc",
-            "https://127.0.0.1.nip.io",
-            "https://",
-            "",
-        ] {
-            assert!(!is_loopback_url(bad), "{bad}");
-        }
     }
 
     #[test]

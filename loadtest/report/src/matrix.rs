@@ -35,11 +35,32 @@ impl RunGroup {
     }
 }
 
+/// The daemon an API-server cell puts between the test API server and the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiDaemon {
+    /// typha-rs (`typha --datastore-type kubernetes`).
+    TyphaRs,
+    /// Calico's own Typha (`calico-typha`, built by `scripts/build-calico-typha.sh`): the
+    /// daemon typha-rs replaces, serving the same Felix-protocol clients from the same writes.
+    Calico,
+}
+
+impl ApiDaemon {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiDaemon::TyphaRs => "typha-rs",
+            ApiDaemon::Calico => "calico-typha",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CellKind {
     /// `typha` on the sim datastore + `typha-loadtest run`.
     Run {
         group: RunGroup,
+        /// The clients speak Felix's protocol (`run --protocol typha`) instead of the native one.
+        felix: bool,
         clients: usize,
         churn: f64,
         /// `--sim-endpoints`, chosen for about `keys` keys in the Felix snapshot.
@@ -65,6 +86,9 @@ pub enum CellKind {
     /// `typha --datastore-type kubernetes` on the same server, N `run` clients behind it, and
     /// `apiwatch --watchers 0` writing the same stamps.
     ApiTypha {
+        daemon: ApiDaemon,
+        /// The clients speak Felix's protocol (always, with Calico's Typha).
+        felix: bool,
         clients: usize,
         write_rate: f64,
         duration: f64,
@@ -84,15 +108,37 @@ pub fn endpoints_for_keys(keys: u64) -> usize {
 }
 
 fn run_cell(group: RunGroup, clients: usize, churn: f64, keys: u64, ramp: f64, d: f64) -> Cell {
+    any_run_cell(group, false, clients, churn, keys, ramp, d)
+}
+
+/// The twin of [`run_cell`] whose clients speak Felix's protocol: id `felix-<the twin's id>`.
+fn felix_cell(group: RunGroup, clients: usize, churn: f64, keys: u64, ramp: f64, d: f64) -> Cell {
+    any_run_cell(group, true, clients, churn, keys, ramp, d)
+}
+
+fn any_run_cell(
+    group: RunGroup,
+    felix: bool,
+    clients: usize,
+    churn: f64,
+    keys: u64,
+    ramp: f64,
+    d: f64,
+) -> Cell {
     let k = if keys >= 1000 {
         format!("{}k", keys / 1000)
     } else {
         keys.to_string()
     };
     Cell {
-        id: format!("{}-n{clients}-churn{churn}-keys{k}", group.name()),
+        id: format!(
+            "{}{}-n{clients}-churn{churn}-keys{k}",
+            if felix { "felix-" } else { "" },
+            group.name()
+        ),
         kind: CellKind::Run {
             group,
+            felix,
             clients,
             churn,
             endpoints: endpoints_for_keys(keys),
@@ -140,6 +186,8 @@ fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
         v.push(Cell {
             id: format!("apiserver-typha-n{n}"),
             kind: CellKind::ApiTypha {
+                daemon: ApiDaemon::TyphaRs,
+                felix: false,
                 clients: n,
                 write_rate,
                 duration,
@@ -149,8 +197,30 @@ fn api_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
     v
 }
 
-/// The full matrix: about 15 minutes of measurement (with the TLS cells) plus start-up, about 20 minutes on a
-/// 2-core machine. Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
+/// typha-rs and Calico's Typha side by side behind the same test API server and the same
+/// writer, each serving `n` Felix-protocol clients (the same `run --protocol typha`).
+fn typha_vs_calico_cells(ns: &[usize], write_rate: f64, duration: f64) -> Vec<Cell> {
+    let mut v = Vec::new();
+    for &n in ns {
+        for daemon in [ApiDaemon::TyphaRs, ApiDaemon::Calico] {
+            v.push(Cell {
+                id: format!("apiserver-felix-{}-n{n}", daemon.name()),
+                kind: CellKind::ApiTypha {
+                    daemon,
+                    felix: true,
+                    clients: n,
+                    write_rate,
+                    duration,
+                },
+            });
+        }
+    }
+    v
+}
+
+/// The full matrix: about 15 minutes of measurement (with the TLS, Felix-protocol and Calico
+/// Typha cells) plus start-up, about 23 minutes on a 2-core machine (Calico's Typha is built
+/// once, before the first cell that needs it, and cached). Durations: fan-out 20 s (30 s above 1,000 clients), 100k-key snapshot 25 s, storms 30 s, idle 15 s,
 /// pub/sub 15 s, API server cells 20 s of writes.
 pub fn full() -> Vec<Cell> {
     let mut v = Vec::new();
@@ -184,12 +254,47 @@ pub fn full() -> Vec<Cell> {
         v.push(run_cell(RunGroup::Storm, n, 100.0, 50_000, 0.0, 30.0));
     }
     v.push(run_cell(RunGroup::Idle, 10_000, 0.0, 10_000, 2000.0, 15.0));
+    // Felix's protocol beside the native cells of the same settings: fan-out at 1,000 and
+    // 10,000 clients, the 10,000-client storm, RSS per idle client.
+    v.push(felix_cell(
+        RunGroup::Fanout,
+        1000,
+        100.0,
+        10_000,
+        1000.0,
+        20.0,
+    ));
+    v.push(felix_cell(
+        RunGroup::Fanout,
+        10_000,
+        100.0,
+        10_000,
+        2000.0,
+        30.0,
+    ));
+    v.push(felix_cell(
+        RunGroup::Storm,
+        10_000,
+        100.0,
+        50_000,
+        0.0,
+        30.0,
+    ));
+    v.push(felix_cell(
+        RunGroup::Idle,
+        10_000,
+        0.0,
+        10_000,
+        2000.0,
+        15.0,
+    ));
     v.extend(pubsub_cells(
         &[1000, 10_000],
         &[(8192, 10.0), (512, 100.0)],
         15.0,
     ));
     v.extend(api_cells(&[100, 1000, 3000], 10.0, 20.0));
+    v.extend(typha_vs_calico_cells(&[1000], 10.0, 20.0));
     v
 }
 
@@ -202,8 +307,12 @@ pub fn quick() -> Vec<Cell> {
     v.push(run_cell(RunGroup::Storm, 200, 100.0, 1000, 0.0, 5.0));
     v.push(run_cell(RunGroup::Idle, 200, 0.0, 1000, 1000.0, 4.0));
     v.push(run_cell(RunGroup::Tls, 200, 100.0, 1000, 1000.0, 5.0));
+    v.push(felix_cell(RunGroup::Fanout, 200, 100.0, 1000, 1000.0, 5.0));
+    v.push(felix_cell(RunGroup::Storm, 200, 100.0, 1000, 0.0, 5.0));
+    v.push(felix_cell(RunGroup::Idle, 200, 0.0, 1000, 1000.0, 4.0));
     v.extend(pubsub_cells(&[50], &[(8192, 10.0), (512, 100.0)], 3.0));
     v.extend(api_cells(&[20], 10.0, 4.0));
+    v.extend(typha_vs_calico_cells(&[20], 10.0, 4.0));
     v
 }
 
@@ -229,11 +338,59 @@ pub struct Env {
     pub typha: PathBuf,
     pub loadtest: PathBuf,
     pub repo_root: PathBuf,
+    /// The directory of Calico's `calico-typha` (from `scripts/build-calico-typha.sh`), or why
+    /// there is none; only the Calico cells need it.
+    pub calico_typha: Result<PathBuf, String>,
 }
 
 impl Env {
     fn apiserver_script(&self) -> PathBuf {
         self.repo_root.join("scripts/test-apiserver.sh")
+    }
+
+    /// One command line as the report records it: paths inside the repository relative to its
+    /// root, and the binaries under `target/release` (or `${CARGO_TARGET_DIR:-target}/release`
+    /// when they were built elsewhere, as `make bench-report` does with `CARGO_TARGET_DIR` set),
+    /// so that the report does not carry the directory layout of the machine that ran it and its
+    /// commands can be pasted at the root of any checkout. Temporary files (certificates, the
+    /// API server's directory) keep their absolute paths: they exist only during the run.
+    pub fn recorded(&self, argv: &[String]) -> String {
+        const BIN: &str = "@BIN@";
+        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let root = abs(&self.repo_root);
+        let bin_dir = self.typha.parent().map(abs);
+        let bin_label = match &bin_dir {
+            Some(d) if *d == root.join("target/release") => Some("target/release"),
+            Some(d) if d.file_name().is_some_and(|n| n == "release") => {
+                Some("${CARGO_TARGET_DIR:-target}/release")
+            }
+            _ => None,
+        };
+        let root_prefix = format!("{}/", root.display());
+        let rewritten: Vec<String> = argv
+            .iter()
+            .map(|a| {
+                if let (Some(d), Some(_)) = (&bin_dir, bin_label) {
+                    if let Some(rest) = Path::new(a)
+                        .strip_prefix(d)
+                        .ok()
+                        .filter(|_| a.starts_with('/'))
+                    {
+                        return format!("{BIN}/{}", rest.display());
+                    }
+                }
+                if root_prefix.len() > 1 {
+                    a.replace(&root_prefix, "")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let line = shell_line(&rewritten);
+        match bin_label {
+            Some(label) => line.replace(BIN, label),
+            None => line,
+        }
     }
 }
 
@@ -439,6 +596,54 @@ fn run_argv(env: &Env, ports: &Ports, pid: u32, clients: usize, ramp: f64, d: f6
         s(d),
         s("--json"),
     ]
+}
+
+/// Removes `flag` and its value from `argv`.
+fn drop_flag(argv: &mut Vec<String>, flag: &str) {
+    if let Some(i) = argv.iter().position(|a| a == flag) {
+        argv.drain(i..(i + 2).min(argv.len()));
+    }
+}
+
+/// `run --protocol typha`: the clients speak Felix's protocol.
+fn felix_args(felix: bool) -> Vec<String> {
+    if felix {
+        vec![s("--protocol"), s("typha")]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Calico's Typha on `ports`, watching the test API server: configured as the calico-typha
+/// Deployment configures it, through `TYPHA_*` variables (and the datastore through
+/// `DATASTORE_TYPE` and `KUBECONFIG`), passed with `env` so that the recorded command line
+/// carries them.
+fn calico_typha_argv(env: &Env, ports: &Ports, kubeconfig: &str) -> Result<Vec<String>, String> {
+    let bin = env
+        .calico_typha
+        .as_ref()
+        .map_err(|e| format!("no calico-typha binary: {e}"))?;
+    let mut v = vec![s("env")];
+    for (k, val) in [
+        ("DATASTORE_TYPE", s("kubernetes")),
+        ("KUBECONFIG", s(kubeconfig)),
+        ("TYPHA_DATASTORETYPE", s("kubernetes")),
+        ("TYPHA_SERVERHOST", s("127.0.0.1")),
+        ("TYPHA_SERVERPORT", s(ports.server)),
+        ("TYPHA_HEALTHENABLED", s("true")),
+        ("TYPHA_HEALTHHOST", s("127.0.0.1")),
+        ("TYPHA_HEALTHPORT", s(ports.health)),
+        ("TYPHA_PROMETHEUSMETRICSENABLED", s("false")),
+        ("TYPHA_LOGFILEPATH", s("none")),
+        ("TYPHA_LOGSEVERITYSYS", s("none")),
+        ("TYPHA_LOGSEVERITYSCREEN", s("WARNING")),
+        ("TYPHA_MAXCONNECTIONSUPPERLIMIT", s(12_000)),
+        ("TYPHA_MAXCONNECTIONSLOWERLIMIT", s(12_000)),
+    ] {
+        v.push(format!("{k}={val}"));
+    }
+    v.push(bin.join("calico-typha").display().to_string());
+    Ok(v)
 }
 
 fn pubsub_argv(env: &Env, target: &str, n: usize, bytes: usize, rate: f64, d: f64) -> Vec<String> {
@@ -733,12 +938,12 @@ impl ApiServerProc {
             if o.code != Some(0) {
                 return Err(format!(
                     "{} failed: {}",
-                    shell_line(&argv),
+                    env.recorded(&argv),
                     tail(o.stderr.trim(), 1500)
                 ));
             }
             if sub != "install" {
-                start_commands.push(shell_line(&argv));
+                start_commands.push(env.recorded(&argv));
             }
         }
         let text = std::fs::read_to_string(dir.join("env"))
@@ -789,13 +994,15 @@ impl Cell {
         match &self.kind {
             CellKind::Run {
                 group,
+                felix,
                 clients,
                 churn,
                 endpoints,
                 keys,
                 ramp,
                 duration,
-            } => json!({"kind": "run", "group": group.name(), "clients": clients,
+            } => json!({"kind": "run", "group": group.name(),
+                "protocol": if *felix { "typha" } else { "native" }, "clients": clients,
                 "churn": churn, "sim_endpoints": endpoints, "keys_nominal": keys,
                 "ramp_per_sec": ramp, "duration_secs": duration,
                 "tls": *group == RunGroup::Tls}),
@@ -814,10 +1021,13 @@ impl Cell {
             } => json!({"kind": "apiserver-direct", "watchers": watchers,
                 "write_rate": write_rate, "duration_secs": duration}),
             CellKind::ApiTypha {
+                daemon,
+                felix,
                 clients,
                 write_rate,
                 duration,
-            } => json!({"kind": "apiserver-typha", "clients": clients,
+            } => json!({"kind": "apiserver-typha", "daemon": daemon.name(),
+                "protocol": if *felix { "typha" } else { "native" }, "clients": clients,
                 "write_rate": write_rate, "duration_secs": duration}),
         }
     }
@@ -832,6 +1042,7 @@ impl Cell {
         match &self.kind {
             CellKind::Run {
                 group,
+                felix,
                 clients,
                 churn,
                 endpoints,
@@ -841,12 +1052,13 @@ impl Cell {
             } => {
                 let mut dargv = daemon_argv(env, &ports, &sim_datastore(*endpoints, *churn));
                 let mut rargv = run_argv(env, &ports, 0, *clients, *ramp, *duration);
+                rargv.extend(felix_args(*felix));
                 if *group == RunGroup::Tls {
                     let tls = TlsFiles::in_dir(Path::new("$TMPDIR/tls"));
                     dargv.extend(tls.daemon_args());
                     rargv.extend(tls.run_args());
                 }
-                format!("{} & {}", shell_line(&dargv), shell_line(&rargv))
+                format!("{} & {}", env.recorded(&dargv), env.recorded(&rargv))
             }
             CellKind::Pubsub {
                 target,
@@ -854,7 +1066,7 @@ impl Cell {
                 msg_bytes,
                 rate,
                 duration,
-            } => shell_line(&pubsub_argv(
+            } => env.recorded(&pubsub_argv(
                 env,
                 target,
                 *subscribers,
@@ -865,8 +1077,22 @@ impl Cell {
             CellKind::ApiDirect { watchers, .. } => {
                 format!("test API server + apiwatch --watchers {watchers}")
             }
-            CellKind::ApiTypha { clients, .. } => format!(
-                "test API server + typha --datastore-type kubernetes + run --clients {clients} \
+            CellKind::ApiTypha {
+                daemon: ApiDaemon::TyphaRs,
+                felix,
+                clients,
+                ..
+            } => format!(
+                "test API server + typha --datastore-type kubernetes + run --clients {clients}{} \
+                 + apiwatch --watchers 0",
+                if *felix { " --protocol typha" } else { "" }
+            ),
+            CellKind::ApiTypha {
+                daemon: ApiDaemon::Calico,
+                clients,
+                ..
+            } => format!(
+                "test API server + calico-typha + run --clients {clients} --protocol typha \
                  + apiwatch --watchers 0"
             ),
         }
@@ -876,6 +1102,17 @@ impl Cell {
         matches!(
             self.kind,
             CellKind::ApiDirect { .. } | CellKind::ApiTypha { .. }
+        )
+    }
+
+    /// The cell runs Calico's Typha (built by `scripts/build-calico-typha.sh`).
+    pub fn needs_calico_typha(&self) -> bool {
+        matches!(
+            self.kind,
+            CellKind::ApiTypha {
+                daemon: ApiDaemon::Calico,
+                ..
+            }
         )
     }
 }
@@ -934,9 +1171,9 @@ pub fn run_all(
 
 type CellOutcome = Result<(&'static str, Vec<String>), String>;
 
-fn push_command(rec: &mut Value, argv: &[String]) {
+fn push_command(env: &Env, rec: &mut Value, argv: &[String]) {
     if let Some(a) = rec["commands"].as_array_mut() {
-        a.push(json!(shell_line(argv)));
+        a.push(json!(env.recorded(argv)));
     }
 }
 
@@ -944,6 +1181,7 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
     match &cell.kind {
         CellKind::Run {
             group,
+            felix,
             clients,
             churn,
             endpoints,
@@ -961,17 +1199,18 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             } else {
                 None
             };
-            push_command(rec, &dargv);
+            push_command(env, rec, &dargv);
             let daemon =
                 DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
             rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
             // Let the daemon's start-up work settle before the clients' window starts.
             std::thread::sleep(Duration::from_secs(1));
             let mut rargv = run_argv(env, &ports, daemon.pid(), *clients, *ramp, *duration);
+            rargv.extend(felix_args(*felix));
             if let Some(files) = &tls {
                 rargv.extend(files.run_args());
             }
-            push_command(rec, &rargv);
+            push_command(env, rec, &rargv);
             let o = run_child(&rargv, secs(*duration) + CHILD_GRACE);
             let r = record("run", &o);
             rec["results"]["run"] = r.json.unwrap_or(Value::Null);
@@ -986,7 +1225,7 @@ fn run_local_cell(env: &Env, cell: &Cell, logs: &Path, rec: &mut Value) -> CellO
             duration,
         } => {
             let argv = pubsub_argv(env, target, *subscribers, *msg_bytes, *rate, *duration);
-            push_command(rec, &argv);
+            push_command(env, rec, &argv);
             let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
             let r = record("pubsub", &o);
             rec["results"]["pubsub"] = r.json.unwrap_or(Value::Null);
@@ -1015,27 +1254,35 @@ fn run_api_cell(
             duration,
         } => {
             let argv = apiwatch_argv(env, api, *watchers, *write_rate, *duration);
-            push_command(rec, &argv);
+            push_command(env, rec, &argv);
             let o = run_child(&argv, secs(*duration) + CHILD_GRACE);
             let r = record("apiwatch", &o);
             rec["results"]["apiwatch"] = r.json.unwrap_or(Value::Null);
             Ok((r.status, r.note.into_iter().collect()))
         }
         CellKind::ApiTypha {
+            daemon,
+            felix,
             clients,
             write_rate,
             duration,
         } => {
             let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
-            let dargv = daemon_argv(env, &ports, &k8s_datastore(&api.kubeconfig));
-            push_command(rec, &dargv);
+            let dargv = match daemon {
+                ApiDaemon::TyphaRs => daemon_argv(env, &ports, &k8s_datastore(&api.kubeconfig)),
+                ApiDaemon::Calico => calico_typha_argv(env, &ports, &api.kubeconfig)?,
+            };
+            let which = *daemon;
+            push_command(env, rec, &dargv);
             let daemon =
                 DaemonProc::start(&dargv, ports.health, logs.join(format!("{}.log", cell.id)))?;
-            rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
+            if which == ApiDaemon::TyphaRs {
+                rec["snapshot_keys"] = json!(felix_keys(ports.metrics));
+            }
             // The clients connect and take their snapshots first; the writes start once they
             // have had time to (ramp at 1,000/s, then 3 s).
             let lead = *clients as f64 / 1000.0 + 3.0;
-            let rargv = run_argv(
+            let mut rargv = run_argv(
                 env,
                 &ports,
                 daemon.pid(),
@@ -1043,11 +1290,17 @@ fn run_api_cell(
                 1000.0,
                 duration + lead + 2.0,
             );
-            push_command(rec, &rargv);
+            rargv.extend(felix_args(*felix));
+            if which == ApiDaemon::Calico {
+                // Calico's Typha has neither typha-rs' fan-out counters nor `/digest`: the run
+                // measures its CPU and RSS (--target-pid) and what the clients received.
+                drop_flag(&mut rargv, "--metrics-addr");
+            }
+            push_command(env, rec, &rargv);
             let running = spawn(&rargv).map_err(|e| format!("cannot start {}: {e}", rargv[0]))?;
             std::thread::sleep(secs(lead));
             let wargv = apiwatch_argv(env, api, 0, *write_rate, *duration);
-            push_command(rec, &wargv);
+            push_command(env, rec, &wargv);
             let wo = run_child(&wargv, secs(*duration) + CHILD_GRACE);
             let ro = finish(running, secs(*duration + lead + 2.0) + CHILD_GRACE);
             drop(daemon);
@@ -1127,10 +1380,87 @@ mod tests {
             })
             .sum();
         assert!(quick < 90.0, "{quick} s");
-        assert_eq!(select(full.clone(), Some("storm")).len(), 2);
+        // Every Felix-protocol cell has its native twin, identical but for the protocol.
+        for m in [full.clone(), crate::matrix::quick()] {
+            let felix: Vec<&Cell> = m.iter().filter(|c| c.id.starts_with("felix-")).collect();
+            assert!(felix.len() >= 3);
+            for fc in felix {
+                let twin = m
+                    .iter()
+                    .find(|c| c.id == fc.id["felix-".len()..])
+                    .expect(&fc.id);
+                let mut k = fc.kind.clone();
+                if let CellKind::Run {
+                    felix: ref mut is_felix,
+                    ..
+                } = k
+                {
+                    assert!(*is_felix);
+                    *is_felix = false;
+                }
+                assert_eq!(k, twin.kind);
+                assert_eq!(fc.params()["protocol"], "typha");
+                assert_eq!(twin.params()["protocol"], "native");
+            }
+            // typha-rs and Calico's Typha side by side, both on Felix's protocol.
+            let vs: Vec<&Cell> = m
+                .iter()
+                .filter(|c| c.id.starts_with("apiserver-felix-"))
+                .collect();
+            assert_eq!(vs.len(), 2);
+            assert_eq!(vs.iter().filter(|c| c.needs_calico_typha()).count(), 1);
+        }
+        let env = Env {
+            typha: "/r/target/release/typha".into(),
+            loadtest: "/r/target/release/typha-loadtest".into(),
+            repo_root: "/r".into(),
+            calico_typha: Ok("/cache/calico-typha/0123".into()),
+        };
+        let argv = calico_typha_argv(
+            &env,
+            &Ports {
+                server: 1,
+                health: 2,
+                metrics: 3,
+            },
+            "/k",
+        )
+        .unwrap();
+        assert_eq!(argv[0], "env");
+        for kv in [
+            "TYPHA_SERVERPORT=1",
+            "TYPHA_HEALTHPORT=2",
+            "KUBECONFIG=/k",
+            "TYPHA_DATASTORETYPE=kubernetes",
+        ] {
+            assert!(argv.iter().any(|a| a == kv), "{kv}: {argv:?}");
+        }
+        assert_eq!(
+            argv.last().unwrap(),
+            "/cache/calico-typha/0123/calico-typha"
+        );
+        let missing = Env {
+            calico_typha: Err("build failed".into()),
+            ..env
+        };
+        assert!(calico_typha_argv(
+            &missing,
+            &Ports {
+                server: 1,
+                health: 2,
+                metrics: 3
+            },
+            "/k"
+        )
+        .unwrap_err()
+        .contains("build failed"));
+        let mut a = vec![s("run"), s("--metrics-addr"), s("127.0.0.1:3"), s("--json")];
+        drop_flag(&mut a, "--metrics-addr");
+        assert_eq!(a, [s("run"), s("--json")]);
+        assert_eq!(select(full.clone(), Some("storm")).len(), 3);
         assert_eq!(
             select(full.clone(), Some("apiserver-direct, idle")).len(),
-            4
+            5
         );
         assert_eq!(select(full.clone(), None).len(), full.len());
         assert!(select(full, Some("nothing")).is_empty());
@@ -1148,6 +1478,49 @@ mod tests {
         );
         assert_eq!(tail("abcdef", 3), "…def");
         assert_eq!(tail("ab", 3), "ab");
+    }
+
+    #[test]
+    fn recorded_commands_carry_no_machine_path() {
+        let root = std::env::temp_dir().join(format!("bench-root-{}", std::process::id()));
+        let release = root.join("target/release");
+        std::fs::create_dir_all(&release).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        let script = root.join("scripts/test-apiserver.sh");
+        let argv = |bin: &Path| {
+            vec![
+                bin.join("typha").display().to_string(),
+                s("--addr"),
+                s("127.0.0.1:5473"),
+                script.display().to_string(),
+                s("/tmp/typha-bench-tls-1/ca.pem"),
+            ]
+        };
+        let env = |bin: &Path| Env {
+            typha: bin.join("typha"),
+            loadtest: bin.join("typha-loadtest"),
+            repo_root: root.clone(),
+            calico_typha: Err("not built".into()),
+        };
+        // Built by `make bench-report` into the repository's own target directory.
+        assert_eq!(
+            env(&release).recorded(&argv(&release)),
+            "target/release/typha --addr 127.0.0.1:5473 scripts/test-apiserver.sh \
+             /tmp/typha-bench-tls-1/ca.pem"
+        );
+        // Built with CARGO_TARGET_DIR elsewhere: the variable, not this machine's directory.
+        let elsewhere =
+            std::env::temp_dir().join(format!("bench-tgt-{}/release", std::process::id()));
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let line = env(&elsewhere).recorded(&argv(&elsewhere));
+        assert!(
+            line.starts_with("${CARGO_TARGET_DIR:-target}/release/typha --addr"),
+            "{line}"
+        );
+        assert!(line.contains(" scripts/test-apiserver.sh "), "{line}");
+        assert!(!line.contains(&root.display().to_string()), "{line}");
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(elsewhere.parent().unwrap());
         assert_eq!(worst("ok", "failed"), "failed");
         assert_eq!(worst("error", "failed"), "error");
     }
@@ -1180,6 +1553,7 @@ mod tests {
             typha: "typha".into(),
             loadtest: "typha-loadtest".into(),
             repo_root: ".".into(),
+            calico_typha: Err("not built".into()),
         };
         let cell = quick()
             .into_iter()

@@ -110,7 +110,7 @@ fn run(args: &BareWriterArgs) -> io::Result<()> {
             format!("--msg-bytes must be at least {HEAD}"),
         ));
     }
-    let _ = crate::sys::raise_nofile_limit();
+    let _ = typha_loadtest_common::sys::raise_nofile_limit();
     let poll = Poll::new()?;
     let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let mut listener = listen(addr(args.port))?;

@@ -3,6 +3,7 @@
 //! `Hello`, `Pong`s), reads until `WouldBlock` (round-robin, a bounded amount per socket per turn), feeds the sessions and records what their events
 //! say, until the deadline or a stop request.
 
+use crate::session::{FelixSession, Protocol, Session, SessionEvent};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -14,14 +15,12 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use typha::client::tls::ClientTls;
-use typha::client::{
-    ChunkMemo, ClientError, ClientEvent, ClientOptions, ClientSession, FrameRecord, Tracking,
-};
-use typha::model::{Digest, SyncStatus, SyncerType};
+use typha::client::{ChunkMemo, ClientError, ClientOptions, ClientSession, FrameRecord, Tracking};
+use typha::model::{Digest, SyncerType};
 use typha::proto::Codec;
+use typha_loadtest_common::hist::new_histogram;
+use typha_loadtest_common::STAMP_LABEL;
 
-/// Largest value the histograms track: one hour in microseconds (larger values saturate).
-pub const HIST_MAX_US: u64 = 3_600_000_000;
 /// Connects made per loop iteration, so a storm does not starve the reading.
 const CONNECTS_PER_ITERATION: usize = 256;
 /// How often a thread publishes its counters and its interval lag histogram.
@@ -49,9 +48,6 @@ pub const MAX_FRAMES_REMEMBERED: usize = 1 << 20;
 const MAX_STAMPS_REMEMBERED: usize = 1 << 20;
 /// How often throttled (slow) clients are looked at again.
 const THROTTLE_TICK: Duration = Duration::from_millis(10);
-/// The label the churn generator stamps its pod label writes with (Unix nanoseconds, decimal).
-/// `apiwatch` parses the same label: keep the name.
-pub const STAMP_LABEL: &str = "typha-loadtest/stamp";
 /// Only workload endpoints carry pod labels.
 const STAMP_KEY_PART: &str = "/workload/";
 /// Drop reason of a client killed on purpose (`--kill-rate`); such kills are counted apart.
@@ -62,10 +58,6 @@ pub const KILLED: &str = "killed by the harness";
 /// certificate after the client finished its side, so an error before the first decrypted
 /// byte counts too.
 pub const TLS_HANDSHAKE_FAILED: &str = "TLS handshake failed";
-
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
-}
 
 /// What every thread shares with the main thread.
 #[derive(Debug, Default)]
@@ -165,6 +157,8 @@ pub struct DriverConfig {
     pub threads: usize,
     /// Every client connects over TLS with this configuration.
     pub tls: Option<ClientTls>,
+    /// The protocol every client speaks.
+    pub protocol: Protocol,
 }
 
 /// Longest the full-map clients are given at the end to reach the digest-only clients' seq.
@@ -191,6 +185,8 @@ pub struct FullMapState {
     pub snap_seq: Option<u64>,
     /// Set by the end-of-run check.
     pub verified: bool,
+    /// Felix-protocol clients (no seq): `(keys, digest)` after each of their last messages.
+    pub recent: Vec<(u64, Digest)>,
 }
 
 /// What a thread hands back at the end.
@@ -248,7 +244,7 @@ struct Client {
     plan: ClientPlan,
     state: ConnState,
     stream: Option<TcpStream>,
-    session: Option<ClientSession>,
+    session: Option<Session>,
     /// The TLS connection over `stream` (with `--ca-file`): the session's bytes go through it.
     tls: Option<Box<rustls::ClientConnection>>,
     /// The server has sent plaintext over TLS: the handshake succeeded on both sides (a TLS
@@ -517,7 +513,7 @@ impl Driver {
             .clients
             .iter()
             .filter(|c| c.plan.role != Role::Full && c.state == ConnState::Open)
-            .filter_map(|c| c.session.as_ref().map(|s| s.state().seq()))
+            .filter_map(|c| c.session.as_ref().map(Session::seq))
             .max()
             .unwrap_or(0);
         self.shared.target_seq.fetch_max(mine, Relaxed);
@@ -534,9 +530,9 @@ impl Driver {
                     let c = &self.clients[i];
                     c.plan.role == Role::Full
                         && c.state == ConnState::Open
-                        && c.session.as_ref().is_some_and(|s| {
-                            s.state().snapshot_complete() && s.state().seq() < target
-                        })
+                        && c.session
+                            .as_ref()
+                            .is_some_and(|s| s.snapshot_complete() && s.seq() < target)
                 })
                 .collect();
             if behind.is_empty() || Instant::now() >= until {
@@ -607,10 +603,20 @@ impl Driver {
     fn connect(&mut self, i: usize) {
         let opts = self.options(&self.clients[i].plan);
         let c = &mut self.clients[i];
-        let mut session = ClientSession::new(opts);
-        session.record_frames(true);
-        session.set_stamp_label(STAMP_LABEL, STAMP_KEY_PART);
-        c.session = Some(session);
+        c.session = Some(match self.cfg.protocol {
+            Protocol::Native => {
+                let mut session = ClientSession::new(opts);
+                session.record_frames(true);
+                session.set_stamp_label(STAMP_LABEL, STAMP_KEY_PART);
+                Session::Native(Box::new(session))
+            }
+            Protocol::Typha => Session::Felix(Box::new(FelixSession::new(
+                &opts.hostname,
+                self.cfg.syncer.as_str(),
+                c.plan.idx as u64,
+                c.plan.role == Role::Full,
+            ))),
+        });
         c.connect_at = Some(Instant::now());
         c.state = ConnState::Connecting;
         c.session_bytes = 0;
@@ -818,7 +824,7 @@ impl Driver {
                 };
                 c.tls_up = true;
                 self.local.bytes += n as u64;
-                session.set_scan_stamps(session.state().seq() >= frontier);
+                session.set_scan_stamps(session.seq() >= frontier);
                 let fed = session.feed(&buf[..n]);
                 self.drain_events(i);
                 if let Err(e) = fed {
@@ -829,11 +835,7 @@ impl Driver {
                 let Some(session) = self.clients[i].session.as_ref() else {
                     return Ok(false);
                 };
-                return Err(match session.goodbye() {
-                    Some((r, _)) => format!("goodbye: {}", r.as_str()),
-                    None if session.buffered() > 0 => "closed by server mid-frame".into(),
-                    None => "closed by server".into(),
-                });
+                return Err(session.closed_reason());
             }
         }
     }
@@ -884,13 +886,7 @@ impl Driver {
             };
             let want = budget.min(buf.len());
             match stream.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(match session.goodbye() {
-                        Some((r, _)) => format!("goodbye: {}", r.as_str()),
-                        None if session.buffered() > 0 => "closed by server mid-frame".into(),
-                        None => "closed by server".into(),
-                    })
-                }
+                Ok(0) => return Err(session.closed_reason()),
                 Ok(n) => {
                     budget -= n;
                     c.session_bytes += n as u64;
@@ -898,7 +894,7 @@ impl Driver {
                     // Only a client at the thread's frontier decodes frames no other client of
                     // the thread has seen: it scans them for write stamps, the others look the
                     // stamps up.
-                    session.set_scan_stamps(session.state().seq() >= frontier);
+                    session.set_scan_stamps(session.seq() >= frontier);
                     let fed = session.feed(&buf[..n]);
                     self.drain_events(i);
                     if let Err(e) = fed {
@@ -914,8 +910,8 @@ impl Driver {
 
     fn io_reason(&self, op: &str, e: &io::Error, i: usize) -> String {
         let c = &self.clients[i];
-        if let Some((r, _)) = c.session.as_ref().and_then(|s| s.goodbye()) {
-            return format!("goodbye: {}", r.as_str());
+        if let Some(r) = c.session.as_ref().and_then(Session::goodbye_reason) {
+            return format!("goodbye: {r}");
         }
         match e.kind() {
             io::ErrorKind::ConnectionReset => "reset by server".into(),
@@ -957,36 +953,40 @@ impl Driver {
         let mut snapshot: Option<(u64, u64, Digest)> = None;
         while let Some(ev) = session.poll_event() {
             let became_in_sync = match ev {
-                ClientEvent::SnapshotComplete {
-                    status,
+                SessionEvent::SnapshotComplete {
                     seq,
                     key_count,
                     digest,
+                    in_sync,
                 } => {
                     c.snapshot_done = true;
                     l.snapshots += 1;
                     // Includes whatever followed the SnapshotEnd in the same read.
                     l.snapshot_bytes += session.bytes_received();
-                    snapshot = Some((seq, key_count, digest));
-                    status == SyncStatus::InSync
+                    // Only a snapshot with a seq can be checked against the daemon's digests.
+                    if let (Some(seq), Some(digest)) = (seq, digest) {
+                        snapshot = Some((seq, key_count, digest));
+                    }
+                    in_sync
                 }
-                ClientEvent::Status(SyncStatus::InSync) => c.snapshot_done,
-                ClientEvent::Updates { count, lag, .. } => {
-                    let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
-                    l.lag_us.saturating_record(us);
-                    l.interval_lag_us.saturating_record(us);
-                    if steady {
-                        l.steady_lag_us.saturating_record(us);
+                SessionEvent::InSync => c.snapshot_done,
+                SessionEvent::Updates { count, lag } => {
+                    if let Some(lag) = lag {
+                        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+                        l.lag_us.saturating_record(us);
+                        l.interval_lag_us.saturating_record(us);
+                        if steady {
+                            l.steady_lag_us.saturating_record(us);
+                        }
                     }
                     l.updates += count as u64;
                     l.update_frames += 1;
                     false
                 }
-                ClientEvent::Ping { .. } => {
+                SessionEvent::Ping => {
                     l.pings += 1;
                     false
                 }
-                _ => false,
             };
             if became_in_sync && !c.in_sync {
                 c.in_sync = true;
@@ -1241,16 +1241,16 @@ impl Driver {
             if let Some(s) = &c.session {
                 r.frames += s.frames_received();
                 if c.plan.role == Role::Full {
-                    let st = s.state();
                     r.full_maps.push(FullMapState {
                         idx: c.plan.idx,
-                        snapshot_complete: st.snapshot_complete(),
+                        snapshot_complete: s.snapshot_complete(),
                         open,
-                        seq: st.seq(),
-                        keys: st.len() as u64,
-                        digest: st.digest().to_string(),
+                        seq: s.seq(),
+                        keys: s.key_count(),
+                        digest: s.digest().to_string(),
                         snap_seq: c.snap_seq,
                         verified: false,
+                        recent: s.recent_digests(),
                     });
                 }
             }

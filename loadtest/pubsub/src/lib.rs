@@ -17,7 +17,6 @@ mod server;
 mod sub;
 pub mod wire;
 
-use crate::sys;
 use anyhow::bail;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
@@ -28,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use sub::{unix_nanos, Shared};
+use typha_loadtest_common::sys;
 use wire::{BareWire, NatsWire, RespWire, TyphaWire, Wire, HEAD};
 
 /// Share of the expected deliveries (less those in flight) that must arrive for a pass.
@@ -345,7 +345,7 @@ impl PubsubReport {
     }
 }
 
-impl crate::Outcome for PubsubReport {
+impl typha_loadtest_common::Outcome for PubsubReport {
     fn to_json(&self) -> Value {
         PubsubReport::to_json(self)
     }

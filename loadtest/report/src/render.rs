@@ -77,6 +77,20 @@ fn kind(c: &Value) -> &str {
     st(c, "/params/kind").unwrap_or("")
 }
 
+/// The cell's clients speak Felix's protocol (`run --protocol typha`).
+fn felix(c: &Value) -> bool {
+    st(c, "/params/protocol") == Some("typha")
+}
+
+/// Daemon CPU per delivery the clients received (µs): whole-run daemon CPU over the `Updates`
+/// frames (native) or `MsgKVs` messages (Felix) the clients counted. The one CPU figure that
+/// needs nothing from the daemon, so it compares typha-rs with Calico's Typha.
+fn cpu_us_per_received(run: &Value) -> Option<f64> {
+    let cpu = f(run, "/server/whole_run/server_cpu_secs")?;
+    let n = f(run, "/received/update_frames").filter(|n| *n > 0.0)?;
+    Some(cpu * 1e6 / n)
+}
+
 fn status(c: &Value) -> &str {
     st(c, "/status").unwrap_or("error")
 }
@@ -474,10 +488,22 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
         md.push('\n');
     }
 
+    // Cells whose clients speak Felix's protocol have their own section; every other section
+    // is about the native protocol, as before those cells existed.
     let runs: Vec<RunRow> = all
         .iter()
-        .filter(|c| kind(c) == "run")
+        .filter(|c| kind(c) == "run" && !felix(c))
         .filter_map(|c| run_row(c))
+        .collect();
+    let felix_runs: Vec<RunRow> = all
+        .iter()
+        .filter(|c| kind(c) == "run" && felix(c))
+        .filter_map(|c| run_row(c))
+        .collect();
+    let felix_apis: Vec<&Value> = all
+        .iter()
+        .filter(|c| kind(c) == "apiserver-typha" && felix(c))
+        .copied()
         .collect();
     let pubsubs: Vec<PubsubRow> = all
         .iter()
@@ -486,7 +512,7 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
         .collect();
     let apis: Vec<ApiRow> = all
         .iter()
-        .filter(|c| kind(c).starts_with("apiserver-"))
+        .filter(|c| kind(c).starts_with("apiserver-") && !felix(c))
         .filter_map(|c| api_row(c))
         .collect();
 
@@ -496,6 +522,7 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
     storm_and_idle(&mut md, &mut plots, &runs, &machine, link_prefix);
     comparisons(&mut md, &mut plots, &pubsubs, &machine, link_prefix);
     apiserver(&mut md, &mut plots, &apis, &machine, link_prefix);
+    felix_protocol(&mut md, &runs, &felix_runs, &felix_apis);
 
     if !all.is_empty() {
         md.push_str("### Commands\n\n");
@@ -1138,6 +1165,100 @@ fn comparisons(
     }
 }
 
+/// Felix's protocol beside the native one (the same daemon, settings and cells), then typha-rs
+/// against Calico's Typha behind the same API server and writer.
+fn felix_protocol(md: &mut String, runs: &[RunRow], felix_runs: &[RunRow], apis: &[&Value]) {
+    if felix_runs.is_empty() && apis.is_empty() {
+        return;
+    }
+    md.push_str(
+        "### Felix's protocol
+
+",
+    );
+    if !felix_runs.is_empty() {
+        md.push_str(
+            "Each cell beside its native twin (same clients, churn, snapshot, ramp and \
+             duration; `run --protocol typha`). Target: Felix-protocol deliveries within 1.2× of \
+             the native CPU per delivery.\n\n\
+             | Felix cell | native twin | CPU per delivery, native → Felix | ratio | RSS per client, native → Felix | all in sync, native → Felix | result |\n\
+             |---|---|---:|---:|---:|---:|---|\n",
+        );
+        for fr in felix_runs {
+            let id = st(fr.cell, "/id").unwrap_or("?");
+            let twin_id = id.strip_prefix("felix-").unwrap_or(id);
+            let twin = runs.iter().find(|r| st(r.cell, "/id") == Some(twin_id));
+            let native_cpu = twin.and_then(|t| t.cpu_us);
+            let ratio = native_cpu
+                .zip(fr.cpu_us)
+                .filter(|(n, _)| *n > 0.0)
+                .map(|(n, f)| f / n);
+            let secs = |v: Option<f64>| v.map_or(DASH.into(), |x| format!("{x:.2} s"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} → {} | {} | {} → {} | {} → {} | {} |",
+                cell_link(fr.cell),
+                twin.map_or(DASH.into(), |t| cell_link(t.cell)),
+                us(native_cpu),
+                us(fr.cpu_us),
+                ratio.map_or(DASH.into(), |r| format!("{r:.2}×")),
+                bytes(twin.and_then(|t| t.rss_per_client)),
+                bytes(fr.rss_per_client),
+                secs(twin.and_then(|t| t.all_in_sync)),
+                secs(fr.all_in_sync),
+                result_word(fr.cell),
+            );
+        }
+        md.push('\n');
+    }
+    if !apis.is_empty() {
+        md.push_str(
+            "#### typha-rs against Calico's Typha\n\n\
+             Both behind the same test API server and writer, each serving the same \
+             Felix-protocol clients (`run --protocol typha`). CPU per delivery is the daemon's \
+             whole-run CPU over the messages its clients received (Calico's Typha exports no \
+             typha-rs counters). Targets: typha-rs ≥ 4× less CPU per delivery and ≥ 20× less RSS.\n\n\
+             | cell | daemon | clients | CPU per received delivery | RSS at the end | in sync at the end | result |\n\
+             |---|---|---:|---:|---:|---:|---|\n",
+        );
+        for c in apis {
+            let r = c.pointer("/results/run").unwrap_or(&Value::Null);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                cell_link(c),
+                st(c, "/params/daemon").unwrap_or("?"),
+                f(c, "/params/clients").map_or(DASH.into(), int),
+                us(cpu_us_per_received(r)),
+                bytes(f(r, "/server/rss_end_bytes")),
+                u(r, "/clients/in_sync_at_end").map_or(DASH.into(), |n| int(n as f64)),
+                result_word(c),
+            );
+        }
+        md.push('\n');
+        let by = |d: &str| {
+            apis.iter()
+                .find(|c| st(c, "/params/daemon") == Some(d))
+                .and_then(|c| c.pointer("/results/run"))
+        };
+        if let (Some(rs), Some(go)) = (by("typha-rs"), by("calico-typha")) {
+            let ratio = |a: Option<f64>, b: Option<f64>| {
+                a.zip(b)
+                    .filter(|(a, _)| *a > 0.0)
+                    .map_or(DASH.into(), |(a, b)| format!("{:.1}×", b / a))
+            };
+            let _ =
+                writeln!(
+                md,
+                "Calico's Typha over typha-rs: {} the CPU per delivery (target ≥ 4×), {} the RSS \
+                 (target ≥ 20×).\n",
+                ratio(cpu_us_per_received(rs), cpu_us_per_received(go)),
+                ratio(f(rs, "/server/rss_end_bytes"), f(go, "/server/rss_end_bytes")),
+            );
+        }
+    }
+}
+
 fn apiserver(
     md: &mut String,
     plots: &mut Vec<(String, PlotSpec)>,
@@ -1310,6 +1431,7 @@ mod tests {
 #[cfg(test)]
 mod fixture_tests {
     use super::*;
+    use serde_json::json;
 
     const FIXTURE: &str = include_str!("../../tests/fixtures/bench-results.json");
 
@@ -1335,6 +1457,70 @@ mod fixture_tests {
             "{}",
             r.markdown
         );
+    }
+
+    #[test]
+    fn felix_cells_render_beside_their_native_twins_and_calico_typha() {
+        let mut results: Value = serde_json::from_str(FIXTURE).unwrap();
+        let cells = results["cells"].as_array_mut().unwrap();
+        let native = cells
+            .iter()
+            .find(|c| c["id"] == "fanout-n200-churn100-keys1k")
+            .unwrap()
+            .clone();
+        let native_cpu = native
+            .pointer("/results/run/server/steady_state/server_cpu_us_per_frame")
+            .and_then(Value::as_f64)
+            .unwrap();
+        let mut fx = native.clone();
+        fx["id"] = json!("felix-fanout-n200-churn100-keys1k");
+        fx["params"]["protocol"] = json!("typha");
+        fx["results"]["run"]["server"]["steady_state"]["server_cpu_us_per_frame"] =
+            json!(native_cpu * 1.1);
+        cells.push(fx);
+        let api = |daemon: &str, cpu_secs: f64, rss: u64| {
+            json!({
+                "id": format!("apiserver-felix-{daemon}-n1000"),
+                "status": "ok",
+                "params": {"kind": "apiserver-typha", "daemon": daemon, "protocol": "typha",
+                    "clients": 1000, "write_rate": 10.0, "duration_secs": 20.0},
+                "commands": ["x"],
+                "results": {"run": {
+                    "server": {"whole_run": {"server_cpu_secs": cpu_secs}, "rss_end_bytes": rss},
+                    "received": {"update_frames": 200_000},
+                    "clients": {"in_sync_at_end": 1000}
+                }}
+            })
+        };
+        cells.push(api("typha-rs", 2.0, 10 << 20));
+        cells.push(api("calico-typha", 8.0, 370 << 20));
+        let md = render(&results, "", "benchmarks/").unwrap().markdown;
+        assert!(md.contains("### Felix's protocol"), "{md}");
+        // The Felix cell beside its twin, with the ratio; the twin stays in the native tables.
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| [felix-fanout-n200-churn100-keys1k]"))
+            .unwrap();
+        assert!(
+            row.contains("[fanout-n200-churn100-keys1k]") && row.contains("| 1.10× |"),
+            "{row}"
+        );
+        assert!(md.contains("#### typha-rs against Calico's Typha"));
+        // 2 s and 8 s of CPU over 200,000 deliveries: 10 µs and 40 µs.
+        assert!(
+            md.contains("| calico-typha | 1,000 | 40 µs | 370.0 MiB | 1,000 | pass |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Calico's Typha over typha-rs: 4.0× the CPU per delivery (target ≥ 4×), 37.0× the RSS"),
+            "{md}"
+        );
+        // Without Felix cells the section is absent (the fixture alone).
+        let plain: Value = serde_json::from_str(FIXTURE).unwrap();
+        assert!(!render(&plain, "", "benchmarks/")
+            .unwrap()
+            .markdown
+            .contains("Felix's protocol"));
     }
 
     #[test]

@@ -39,8 +39,8 @@ impl ServerProcess {
     }
 
     /// The server's CPU time and RSS now; an error (with its log) if it has exited.
-    pub fn sample(&self) -> anyhow::Result<crate::sys::ProcSample> {
-        crate::sys::sample_process(self.pid).map_err(|e| {
+    pub fn sample(&self) -> anyhow::Result<typha_loadtest_common::sys::ProcSample> {
+        typha_loadtest_common::sys::sample_process(self.pid).map_err(|e| {
             anyhow!(
                 "the server (pid {}) exited during the run ({e}); its log:\n{}",
                 self.pid,

@@ -1,16 +1,12 @@
 //! One `run`: sample the daemon, start the client threads, print progress, stop at the
 //! deadline, sample again, verify the full-map clients against `/digest`, build the report.
 
-use crate::cli::RunConfig;
-use crate::daemon_http::{
-    fetch_digest, fetch_drops_by_reason, fetch_fanout_counters, DaemonDigest, FanoutCounters,
-};
+use crate::args::RunConfig;
 use crate::driver::{
-    new_histogram, run_thread, ClientPlan, DriverConfig, FullMapState, Segment, Shared,
-    MAX_FRAMES_REMEMBERED,
+    run_thread, ClientPlan, DriverConfig, FullMapState, Segment, Shared, MAX_FRAMES_REMEMBERED,
 };
-use crate::report::{fmt_us, HistSummary, Report, Scenario, Verification, Window};
-use crate::sys::{raise_nofile_limit, sample_process, ProcSample};
+use crate::report::{Report, Scenario, Verification, Window};
+use crate::session::Protocol;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,6 +17,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use typha::model::{Digest, SyncerType};
+use typha_loadtest_common::daemon_http::{
+    fetch_digest, fetch_drops_by_reason, fetch_fanout_counters, fetch_latest_digest, DaemonDigest,
+    FanoutCounters,
+};
+use typha_loadtest_common::hist::{fmt_us, new_histogram, HistSummary};
+use typha_loadtest_common::sys::{raise_nofile_limit, sample_process, ProcSample};
 
 /// File descriptors kept beyond one per client (epoll, HTTP, stdio, the daemon's own probes).
 pub const FD_HEADROOM: u64 = 100;
@@ -196,6 +198,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         restart_delay: cfg.restart_delay,
         threads: cfg.threads,
         tls,
+        protocol: cfg.protocol,
     });
     let shared = Arc::new(Shared::default());
     let (lag_tx, lag_rx) = mpsc::channel::<Histogram<u64>>();
@@ -343,7 +346,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         addr: cfg.addr.to_string(),
         tls: cfg.tls.is_some(),
         syncer: cfg.syncer.as_str().to_owned(),
-        compression: format!("{:?}", cfg.compression).to_lowercase(),
+        protocol: cfg.protocol.as_str().to_owned(),
+        compression: match cfg.protocol {
+            Protocol::Native => format!("{:?}", cfg.compression).to_lowercase(),
+            Protocol::Typha => "snappy".to_owned(),
+        },
         threads: cfg.threads,
         ramp_per_sec: cfg.ramp_per_sec,
         duration_secs: cfg.duration.as_secs_f64(),
@@ -465,7 +472,15 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .map(|(a, b)| b.cpu_secs - a.cpu_secs);
     full_maps.sort_by_key(|f| f.idx);
     segments.sort_by_key(|s| (s.idx, s.snap_seq));
-    r.verification = verify(cfg.metrics_addr, cfg.syncer, &mut full_maps);
+    r.verification = match cfg.protocol {
+        Protocol::Native => verify(cfg.metrics_addr, cfg.syncer, &mut full_maps),
+        Protocol::Typha => verify_felix(
+            cfg.metrics_addr,
+            cfg.syncer,
+            &mut full_maps,
+            clients - r.full_maps,
+        ),
+    };
     let lost = shared.mismatches.load(Relaxed) as usize;
     let v = &mut r.verification;
     v.frames_compared = frames.len() as u64;
@@ -624,6 +639,105 @@ fn verify_segments(
     v.verified += v.digest_only_verified;
 }
 
+/// Daemon digest records searched for a Felix-protocol client's map: the newest and this many
+/// before it. A few seconds of batches at the churn rates the harness runs.
+const FELIX_DIGEST_WINDOW: u64 = 2_000;
+/// Consecutive seqs the daemon no longer holds after which its history is taken as ended.
+const FELIX_HISTORY_END: u32 = 64;
+
+/// Verifies Felix-protocol full-map clients, which know no sequence number: each one's
+/// `(keys, digest)` after one of its last messages must equal the daemon's record at some seq in
+/// the daemon's recent history (a batch may span several `MsgKVs`, so the very last point may
+/// fall inside one). The digest-only Felix clients are not verified beyond decoding every
+/// message and reaching in-sync: the protocol gives them nothing to compare.
+fn verify_felix(
+    addr: Option<SocketAddr>,
+    syncer: SyncerType,
+    clients: &mut [FullMapState],
+    digest_only: u64,
+) -> Verification {
+    let mut v = Verification::default();
+    let Some(addr) = addr else {
+        v.skipped = Some("no --metrics-addr".into());
+        return v;
+    };
+    if digest_only > 0 {
+        v.unverified.push(format!(
+            "{digest_only} Felix-protocol clients keep no map: the protocol carries no sequence \
+             number or digest to verify them by (they decoded every message and are counted in \
+             in-sync)"
+        ));
+    }
+    if clients.is_empty() {
+        v.skipped = Some("no full-map clients (--full-maps 0)".into());
+        return v;
+    }
+    let newest = match fetch_latest_digest(addr, syncer) {
+        Ok(d) => d.seq,
+        Err(e) => {
+            v.unverified.push(format!("Felix-protocol clients: {e}"));
+            return v;
+        }
+    };
+    let low = newest.saturating_sub(FELIX_DIGEST_WINDOW);
+    let mut pending: Vec<usize> = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        if c.snapshot_complete {
+            pending.push(i);
+        } else {
+            v.unverified
+                .push(format!("client {}: never reached in-sync", c.idx));
+        }
+    }
+    // Newest first, until every client matched, the window ends or the daemon's history does.
+    let mut seq = newest;
+    let mut misses = 0;
+    while !pending.is_empty() && seq >= low && misses < FELIX_HISTORY_END {
+        match fetch_digest(addr, seq, syncer) {
+            Ok(Some(d)) => {
+                misses = 0;
+                pending.retain(|&i| {
+                    let c = &mut clients[i];
+                    let hit = c
+                        .recent
+                        .iter()
+                        .any(|&(keys, digest)| keys == d.keys && digest.to_string() == d.digest);
+                    if hit {
+                        c.verified = true;
+                        c.seq = seq;
+                    }
+                    !hit
+                });
+            }
+            Ok(None) => misses += 1,
+            Err(e) => {
+                v.unverified.push(format!("Felix-protocol clients: {e}"));
+                break;
+            }
+        }
+        let Some(next) = seq.checked_sub(1) else {
+            break;
+        };
+        seq = next;
+    }
+    let matched = clients.iter().filter(|c| c.verified).count() as u64;
+    v.verified += matched;
+    v.full_map_verified += matched;
+    for i in pending {
+        let c = &clients[i];
+        v.mismatches.push(format!(
+            "client {} (Felix protocol): none of its last {} map states (the last: {} keys, \
+             digest {}) matches the daemon's /digest at any seq in {}..={newest}",
+            c.idx,
+            c.recent.len(),
+            c.keys,
+            c.digest,
+            seq.max(low)
+        ));
+    }
+    v
+}
+
 /// Compares each full-map client's `(keys, digest)` at its sequence number with the daemon's.
 fn verify(
     addr: Option<SocketAddr>,
@@ -678,7 +792,7 @@ fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Compression;
+    use crate::args::Compression;
     use std::io::{Read, Write};
 
     use typha::daemon::Daemon;
@@ -691,6 +805,7 @@ mod tests {
             clients,
             syncer: SyncerType::Felix,
             compression: Compression::Zstd,
+            protocol: Protocol::Native,
             threads: 2,
             duration: Duration::from_secs_f64(secs),
             ramp_per_sec: 0.0,
@@ -886,5 +1001,121 @@ mod tests {
         assert!(r.stopped_early.is_some(), "a hard failure stops the run");
         assert!(r.elapsed_secs < 5.0);
         assert!(r.render_text().contains("result: FAIL"));
+    }
+    /// A Felix-protocol server on loopback: per connection, the preamble, a ServerHello, a
+    /// two-key snapshot, InSync and one delta (no decoder restart: the streamed path), then it
+    /// holds the connection. Returns its address and the map's final digest.
+    fn felix_server() -> (SocketAddr, Digest) {
+        use typha::proto::typha::{
+            encode_kvs, encode_server_hello, encode_sync_status, server_preamble, SerializedUpdate,
+            ServerHello, SYNC_STATUS_IN_SYNC, UPDATE_TYPE_DELETED, UPDATE_TYPE_NEW,
+        };
+        let kv = |k: &str, v: Option<&'static [u8]>, t| SerializedUpdate {
+            key: k.into(),
+            value: v.map(bytes::Bytes::from_static),
+            update_type: t,
+            ..Default::default()
+        };
+        let mut stream = server_preamble().to_vec();
+        stream.extend_from_slice(&encode_server_hello(&ServerHello {
+            version: "fake".into(),
+            syncer_type: "felix".into(),
+            supports_node_resource_updates: true,
+            server_conn_id: 1,
+        }));
+        stream.extend_from_slice(&encode_kvs(&[
+            kv("/a", Some(b"1"), UPDATE_TYPE_NEW),
+            kv("/b", Some(b"2"), UPDATE_TYPE_NEW),
+        ]));
+        stream.extend_from_slice(&encode_sync_status(SYNC_STATUS_IN_SYNC));
+        stream.extend_from_slice(&encode_kvs(&[kv("/b", None, UPDATE_TYPE_DELETED)]));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let stream = stream.clone();
+                std::thread::spawn(move || {
+                    let mut hello = [0u8; 512];
+                    let _ = s.read(&mut hello);
+                    let _ = s.write_all(&stream);
+                    let _ = s.read(&mut hello);
+                });
+            }
+        });
+        let mut d = Digest::default();
+        d.add("/a", b"1");
+        (addr, d)
+    }
+
+    /// Serves `/metrics` (the fan-out counters) and `/digest` with one record, seq 7.
+    fn digest_server(keys: u64, digest: Digest) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&req);
+                let path = req.split(' ').nth(1).unwrap_or("/").to_owned();
+                let record = format!(
+                    r#"{{"seq":7,"syncers":{{"felix":{{"keys":{keys},"digest":"{digest}"}}}}}}"#
+                );
+                let (code, body) = match path.as_str() {
+                    "/metrics" => (
+                        200,
+                        "typha_frames_written_total 1\ntypha_write_calls_total 1\n\
+                         typha_bytes_written_total 1\n"
+                            .to_owned(),
+                    ),
+                    "/digest" | "/digest?seq=7" => (200, record),
+                    _ => (404, "no such seq\n".to_owned()),
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn felix_protocol_clients_sync_and_full_maps_match_the_daemon_digest() {
+        let (addr, digest) = felix_server();
+        let mut cfg = config(addr, 30, 3, 1.0);
+        cfg.protocol = Protocol::Typha;
+        cfg.metrics_addr = Some(digest_server(1, digest));
+        let r = run(cfg).unwrap();
+        assert!(r.passed(), "{}", r.render_text());
+        assert_eq!((r.connected, r.in_sync, r.open_at_end), (30, 30, 30));
+        assert_eq!(r.protocol, "typha");
+        assert_eq!(r.verification.full_map_verified, 3, "{:?}", r.verification);
+        // One delta (one key) per client after in-sync.
+        assert_eq!((r.updates, r.update_frames), (30, 30));
+        assert_eq!(r.lag.count, 0, "Felix messages carry no timestamps");
+        assert!(r.render_text().contains("(typha protocol)"));
+
+        // A daemon whose digest disagrees fails the run, naming the client.
+        let (addr, _) = felix_server();
+        let mut cfg = config(addr, 5, 2, 1.0);
+        cfg.protocol = Protocol::Typha;
+        cfg.metrics_addr = Some(digest_server(1, Digest(42)));
+        let r = run(cfg).unwrap();
+        assert!(!r.passed());
+        assert_eq!(r.verification.mismatches.len(), 2, "{:?}", r.verification);
+        assert!(
+            r.verification.mismatches[0].contains("(Felix protocol)"),
+            "{:?}",
+            r.verification.mismatches
+        );
     }
 }

@@ -107,6 +107,11 @@ fn run(args: &BenchReportArgs) -> anyhow::Result<usize> {
                 typha: bin_dir.join("typha"),
                 loadtest: bin_dir.join("typha-loadtest"),
                 repo_root: args.repo_root.clone(),
+                calico_typha: if cells.iter().any(matrix::Cell::needs_calico_typha) && !args.list {
+                    calico_typha_dir(&args.repo_root)
+                } else {
+                    Err("no cell needs it".into())
+                },
             };
             if args.list {
                 for c in &cells {
@@ -193,6 +198,31 @@ fn command_output(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
 }
 
 /// The machine the matrix runs on: cores, CPU model, memory, kernel, rustc, git commit.
+/// Builds (or finds in the cache) Calico's Typha with `scripts/build-calico-typha.sh`: its
+/// directory, or why there is none (the Calico cells then record that as their error).
+fn calico_typha_dir(repo_root: &Path) -> Result<PathBuf, String> {
+    let script = repo_root.join("scripts/build-calico-typha.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .trim()
+            .chars()
+            .rev()
+            .take(1500)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(format!("scripts/build-calico-typha.sh failed: {tail}"));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 pub fn machine(repo_root: &Path) -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo

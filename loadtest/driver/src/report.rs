@@ -1,95 +1,13 @@
 //! The end-of-run report: figures merged from every thread and the daemon's samples, rendered
 //! as a human summary or as one JSON object.
 
-use crate::daemon_http::FanoutCounters;
-use hdrhistogram::Histogram;
+use crate::datastore_check::DatastoreCheck;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::time::Duration;
-
-/// Percentiles of a histogram of microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HistSummary {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-}
-
-impl HistSummary {
-    pub fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return HistSummary::default();
-        }
-        HistSummary {
-            count: h.len(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        }
-    }
-
-    pub fn to_json(self) -> Value {
-        if self.count == 0 {
-            return json!({ "count": 0 });
-        }
-        json!({
-            "count": self.count,
-            "p50_us": self.p50,
-            "p90_us": self.p90,
-            "p99_us": self.p99,
-            "max_us": self.max,
-        })
-    }
-}
-
-impl fmt::Display for HistSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.count == 0 {
-            return f.write_str("no samples");
-        }
-        write!(
-            f,
-            "p50 {}  p90 {}  p99 {}  max {}  ({} samples)",
-            fmt_us(self.p50),
-            fmt_us(self.p90),
-            fmt_us(self.p99),
-            fmt_us(self.max),
-            self.count
-        )
-    }
-}
-
-/// Microseconds as a short human figure: `850 µs`, `12.3 ms`, `1.52 s`.
-pub fn fmt_us(us: u64) -> String {
-    if us < 1_000 {
-        format!("{us} µs")
-    } else if us < 10_000 {
-        format!("{:.2} ms", us as f64 / 1e3)
-    } else if us < 1_000_000 {
-        format!("{:.1} ms", us as f64 / 1e3)
-    } else {
-        format!("{:.2} s", us as f64 / 1e6)
-    }
-}
-
-/// Bytes in binary units: `512 B`, `3.0 KiB`, `12.4 MiB`, `1.50 GiB`.
-pub fn fmt_bytes(b: u64) -> String {
-    const K: f64 = 1024.0;
-    let f = b as f64;
-    if b < 1024 {
-        format!("{b} B")
-    } else if f < K * K {
-        format!("{:.1} KiB", f / K)
-    } else if f < K * K * K {
-        format!("{:.1} MiB", f / (K * K))
-    } else {
-        format!("{:.2} GiB", f / (K * K * K))
-    }
-}
+use typha_loadtest_common::daemon_http::FanoutCounters;
+pub use typha_loadtest_common::hist::{fmt_bytes, fmt_us, HistSummary};
 
 /// Server figures over one window (the whole run, or the steady state).
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +153,8 @@ pub struct Report {
     /// TLS clients refused in the handshake (the run fails: a configuration error).
     pub tls_handshake_failures: u64,
     pub syncer: String,
+    /// `native` or `typha` (Felix's protocol).
+    pub protocol: String,
     pub compression: String,
     pub threads: usize,
     pub ramp_per_sec: f64,
@@ -280,13 +200,14 @@ pub struct Report {
     pub daemon_drops: Option<BTreeMap<String, u64>>,
     pub daemon_drops_error: Option<String>,
     /// `--verify-datastore`: the API server's translated objects against the daemon.
-    pub datastore_check: Option<Result<crate::datastore_check::DatastoreCheck, String>>,
+    pub datastore_check: Option<Result<DatastoreCheck, String>>,
 }
 
 impl Report {
-    /// Whether the run passed: no protocol error or undecodable frame, no digest mismatch, and
-    /// at least one client connected. (Clients that did not reach in-sync in time are reported,
-    /// not failed: how many do is what a run measures.)
+    /// Whether the run passed: no protocol error or undecodable frame, no digest mismatch, at
+    /// least one client connected, and every client that reads (all but the stalled ones)
+    /// reached in-sync within the duration. A run that leaves clients unsynced measured a
+    /// daemon that could not serve them all: its cost figures would describe a smaller run.
     pub fn passed(&self) -> bool {
         self.failure_reasons().is_empty()
     }
@@ -314,8 +235,26 @@ impl Report {
         }
         if self.connected == 0 && self.requested > 0 {
             r.push("no client could connect".into());
+        } else if let Some(n) = self.not_in_sync() {
+            r.push(format!(
+                "{n} of {} clients did not reach in-sync within the {:.0} s run",
+                self.must_sync(),
+                self.duration_secs
+            ));
         }
         r
+    }
+
+    /// Clients expected to reach in-sync: all but the stalled ones, which never read.
+    pub fn must_sync(&self) -> u64 {
+        let stalled = self.scenario.roles.get("stalled").copied().unwrap_or(0);
+        self.requested.saturating_sub(stalled)
+    }
+
+    /// How many of [`Report::must_sync`] never reached in-sync, if any.
+    pub fn not_in_sync(&self) -> Option<u64> {
+        let n = self.must_sync().saturating_sub(self.in_sync);
+        (n > 0).then_some(n)
     }
 
     /// (RSS end - RSS start) / clients connected at the end.
@@ -333,6 +272,7 @@ impl Report {
             "run": {
                 "addr": self.addr,
                 "syncer": self.syncer,
+                "protocol": self.protocol,
                 "compression": self.compression,
                 "threads": self.threads,
                 "ramp_per_sec": self.ramp_per_sec,
@@ -346,6 +286,7 @@ impl Report {
                 "never_started": self.never_started,
                 "connected": self.connected,
                 "in_sync": self.in_sync,
+                "not_in_sync": self.not_in_sync().unwrap_or(0),
                 "held_at_end": self.open_at_end,
                 "in_sync_at_end": self.in_sync_at_end,
                 "all_in_sync_after_secs": self.all_in_sync_after.map(|d| d.as_secs_f64()),
@@ -411,9 +352,10 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "typha-loadtest: {} {} clients → {}{} ({} threads, compression {}, ramp {ramp}), {:.1} s",
+            "typha-loadtest: {} {} clients ({} protocol) → {}{} ({} threads, compression {}, ramp {ramp}), {:.1} s",
             self.requested,
             self.syncer,
+            if self.protocol.is_empty() { "native" } else { self.protocol.as_str() },
             self.addr,
             if self.tls { " over TLS" } else { "" },
             self.threads,
@@ -448,13 +390,27 @@ impl Report {
                     d.as_secs_f64()
                 );
             }
-            None => {
-                let _ = writeln!(
-                    o,
-                    "           NOT all clients reached in-sync ({} of {})",
-                    self.in_sync, self.requested
-                );
-            }
+            None => match self.not_in_sync() {
+                Some(n) => {
+                    let _ = writeln!(
+                        o,
+                        "           NOT IN SYNC: {n} of {} clients did not reach in-sync within \
+                         {:.1} s ({} never started, {} never connected)",
+                        self.must_sync(),
+                        self.duration_secs,
+                        self.never_started,
+                        self.requested
+                            .saturating_sub(self.connected + self.never_started)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "           all {} clients that read reached in-sync (the stalled ones never do)",
+                        self.must_sync()
+                    );
+                }
+            },
         }
         let _ = writeln!(o, "lag:       {}", self.lag);
         let _ = writeln!(o, "  steady:  {}", self.steady_lag);
@@ -606,8 +562,8 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon_http::Buckets;
-    use crate::driver::new_histogram;
+    use typha_loadtest_common::daemon_http::Buckets;
+    use typha_loadtest_common::hist::new_histogram;
 
     #[test]
     fn human_durations() {
@@ -690,7 +646,9 @@ mod tests {
             rss_end: Some((100 << 20) + 10_000 * 8192),
             requested: 10_000,
             connected: 10_000,
+            in_sync: 10_000,
             open_at_end: 10_000,
+            duration_secs: 30.0,
             ..Default::default()
         };
         assert_eq!(r.rss_per_client(), Some(8192.0));
@@ -709,5 +667,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(nobody.failure_reasons(), ["no client could connect"]);
+    }
+
+    #[test]
+    fn clients_left_unsynced_fail_the_run() {
+        // The storm that used to pass: 923 of 10,000 clients still unsynced after 30 s.
+        let mut r = Report {
+            requested: 10_000,
+            connected: 10_000,
+            in_sync: 9_077,
+            open_at_end: 10_000,
+            duration_secs: 30.0,
+            ..Default::default()
+        };
+        assert_eq!(r.not_in_sync(), Some(923));
+        assert!(!r.passed());
+        assert_eq!(
+            r.failure_reasons(),
+            ["923 of 10000 clients did not reach in-sync within the 30 s run"]
+        );
+        let text = r.render_text();
+        assert!(
+            text.contains("NOT IN SYNC: 923 of 10000 clients did not reach in-sync within 30.0 s"),
+            "{text}"
+        );
+        assert!(text.ends_with(
+            "result: FAIL (923 of 10000 clients did not reach in-sync within the 30 s run)\n"
+        ));
+        assert_eq!(r.to_json()["clients"]["not_in_sync"], 923);
+        assert_eq!(r.to_json()["passed"], false);
+        // Stalled clients never read, so they are not expected to sync.
+        r.scenario.roles.insert("stalled".into(), 923);
+        assert_eq!(r.not_in_sync(), None);
+        assert!(r.passed(), "{:?}", r.failure_reasons());
+        // Clients whose connect time never came count as unsynced too.
+        r.scenario.roles.clear();
+        r.in_sync = 10_000;
+        assert!(r.passed());
+        r.in_sync = 9_999;
+        r.never_started = 1;
+        assert!(r
+            .render_text()
+            .contains("(1 never started, 0 never connected)"));
+        assert!(!r.passed());
     }
 }

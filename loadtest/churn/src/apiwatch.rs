@@ -26,10 +26,6 @@
 //!
 //! Only a kubeconfig whose server is on loopback is accepted.
 
-use crate::churn::{is_loopback_url, loopback_server};
-use crate::driver::new_histogram;
-use crate::report::HistSummary;
-use crate::sys;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -42,6 +38,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
+use typha_loadtest_common::hist::{new_histogram, HistSummary};
+use typha_loadtest_common::loopback::{is_loopback_url, loopback_server};
+use typha_loadtest_common::sys;
 
 /// The label whose value is the unix time in nanoseconds at which it was written.
 pub const STAMP_LABEL: &str = "typha-loadtest/stamp";
@@ -112,11 +111,11 @@ impl ApiwatchArgs {
         }
         if !(self.duration.is_finite()
             && self.duration > 0.0
-            && self.duration <= crate::cli::MAX_DURATION_SECS)
+            && self.duration <= typha_loadtest_common::MAX_DURATION_SECS)
         {
             return Err(format!(
                 "--duration must be more than 0 and at most {} seconds",
-                crate::cli::MAX_DURATION_SECS
+                typha_loadtest_common::MAX_DURATION_SECS
             ));
         }
         if !(self.write_rate.is_finite()
@@ -751,17 +750,22 @@ async fn run_async(cfg: ApiwatchConfig) -> anyhow::Result<ApiwatchReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
+    /// The `apiwatch` subcommand's flags on their own.
+    #[derive(Debug, Parser)]
+    struct ApiwatchCli {
+        #[command(flatten)]
+        apiwatch: ApiwatchArgs,
+    }
+
     fn args(extra: &[&str]) -> Result<ApiwatchConfig, String> {
-        let mut v = vec!["typha-loadtest", "apiwatch"];
+        let mut v = vec!["apiwatch"];
         v.extend_from_slice(extra);
-        let cli = Cli::try_parse_from(v).map_err(|e| e.to_string())?;
-        let Command::Apiwatch(a) = cli.command else {
-            panic!("not apiwatch")
-        };
-        a.validate()
+        ApiwatchCli::try_parse_from(v)
+            .map_err(|e| e.to_string())?
+            .apiwatch
+            .validate()
     }
 
     #[test]
