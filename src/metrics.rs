@@ -52,6 +52,7 @@ pub struct Metrics {
     pub sequence: IntGauge,
     pub keys: IntGaugeVec,
     pub channel_full: IntCounter,
+    pub updates_refused_oversized: IntCounter,
     // Kubernetes datastore.
     pub datastore_events: IntCounterVec,
     pub datastore_updates_emitted: IntCounterVec,
@@ -290,6 +291,11 @@ impl Metrics {
                 &r,
                 "typha_batch_channel_full_total",
                 "Times a closed batch could not be handed over because the reactor's channel was full.",
+            ),
+            updates_refused_oversized: counter(
+                &r,
+                "typha_updates_refused_oversized_total",
+                "Datastore updates refused because their entry alone would exceed the largest frame a client accepts.",
             ),
             datastore_events: counter_vec(
                 &r,

@@ -390,7 +390,9 @@ mod tests {
             codec: None,
             ..Default::default()
         };
-        encode_batch_part(first, last, 0, &[&u], Some(SyncStatus::InSync), &opts).plain
+        encode_batch_part(first, last, 0, &[&u], Some(SyncStatus::InSync), &opts)
+            .unwrap()
+            .plain
     }
 
     /// Reads one client frame from `s`.

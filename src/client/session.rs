@@ -690,10 +690,11 @@ mod tests {
         bytes.extend_from_slice(&proto::ping_frame(77, 0));
         let b1 = batch1();
         let refs: Vec<&Update> = b1.iter().collect();
-        let p1 = encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts);
+        let p1 = encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts)
+                .unwrap();
         let b2 = batch2();
         let refs: Vec<&Update> = b2.iter().collect();
-        let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts);
+        let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts).unwrap();
         if codec.is_some() {
             assert!(p1.compressed.is_some() && p2.compressed.is_some());
         }
@@ -1117,7 +1118,9 @@ mod tests {
         ];
         let refs: Vec<&Update> = ups.iter().collect();
         let frame =
-            encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default()).plain;
+            encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default())
+                .unwrap()
+                .plain;
         for tracking in [Tracking::Full, Tracking::DigestOnly] {
             for scan in [false, true] {
                 let (mut b, _) = prefix();
@@ -1161,7 +1164,9 @@ mod tests {
             codec: None,
             ..Default::default()
         };
-        encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts).plain
+        encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts)
+            .unwrap()
+            .plain
     }
 
     fn feed_err(bytes: &[u8]) -> ClientError {

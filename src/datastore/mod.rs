@@ -7,7 +7,10 @@ pub mod k8s;
 pub mod sim;
 mod thread;
 
-pub use batcher::{BatchLimits, BatchSink, Batcher, FlushOutcome, ReactorSink};
+pub use batcher::{
+    BatchLimits, BatchSink, Batcher, EncodeWork, FlushOutcome, ReactorSink, DEFAULT_BATCH_BYTES,
+    MAX_BATCH_BYTES,
+};
 pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig};
 
 use crate::model::{KvUpdate, StateMap, SyncStatus, SyncerType};

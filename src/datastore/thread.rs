@@ -188,7 +188,8 @@ async fn run_pipeline(
             biased;
             _ = stop.changed() => break,
             _ = beat.tick() => board.datastore_beat(),
-            ev = drx.recv(), if driver_open => match ev {
+            // While part of an event waits for the open batch to close, the driver waits too.
+            ev = drx.recv(), if driver_open && batcher.accepting() => match ev {
                 Some(ev) => {
                     let flush_now = apply_event(&mut batcher, ev);
                     if flush_now && retry_at.is_none() && !flush(&mut batcher, &mut retry_at, retry) {
@@ -213,13 +214,12 @@ async fn run_pipeline(
 
 /// Applies one driver event; returns whether the batch should close now. One `Updates` event
 /// is one object's keys (or one chunk of a list) and goes into one batch whole, so a client
-/// never sees half an object: the size limit is checked at event boundaries only.
+/// never sees half an object: the size limit is checked at event boundaries only, and only an
+/// event above the byte limit is split (`Batcher::apply_event`).
 fn apply_event<S: super::BatchSink>(batcher: &mut Batcher<S>, ev: DriverEvent) -> bool {
     match ev {
         DriverEvent::Updates(us) => {
-            for u in us {
-                batcher.apply(u);
-            }
+            batcher.apply_event(us);
             batcher.due(std::time::Instant::now())
         }
         DriverEvent::Status(s) => {
@@ -236,13 +236,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Flushes; returns false when the reactor is gone.
+/// Flushes (again, while a held event still fills whole batches); returns false when the
+/// datastore thread must stop.
 fn flush(
     batcher: &mut Batcher<ReactorSink>,
     retry_at: &mut Option<tokio::time::Instant>,
     retry: Duration,
 ) -> bool {
-    match batcher.flush() {
+    let mut outcome = batcher.flush();
+    while outcome == FlushOutcome::Sent && !batcher.accepting() {
+        outcome = batcher.flush();
+    }
+    match outcome {
         FlushOutcome::Sent | FlushOutcome::NothingPending => true,
         FlushOutcome::ChannelFull => {
             *retry_at = Some(tokio::time::Instant::now() + retry);
@@ -250,6 +255,10 @@ fn flush(
         }
         FlushOutcome::Disconnected => {
             info!("reactor has gone; datastore thread stopping");
+            false
+        }
+        FlushOutcome::EncodeFailed => {
+            error!("a batch could not be encoded; datastore thread stopping");
             false
         }
     }
@@ -278,6 +287,7 @@ mod tests {
             BatchLimits {
                 max_updates: 3,
                 max_age: Duration::from_secs(3600),
+                ..BatchLimits::default()
             },
             EncodeOptions::default(),
             &mut sink,
