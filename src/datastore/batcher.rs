@@ -519,6 +519,10 @@ mod tests {
             s.got.push(msg);
             Ok(())
         }
+
+        fn has_room(&self) -> bool {
+            !self.0.borrow().full
+        }
     }
 
     impl VecSink {
@@ -706,6 +710,148 @@ mod tests {
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
                 // New then Updated within one batch is still New to the clients.
                 assert_eq!(updates[0].update_type, UpdateType::New);
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+    }
+
+    fn limited(sink: &VecSink, max_bytes: usize) -> (Batcher<VecSink>, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        let b = Batcher::new(
+            BatchLimits {
+                max_updates: 100,
+                max_age: Duration::from_secs(3600),
+                max_bytes,
+            },
+            EncodeOptions::default(),
+            sink.clone(),
+            m.clone(),
+            Arc::new(StatusBoard::new()),
+        );
+        (b, m)
+    }
+
+    /// `n` felix keys from `from` on, each with a 1 KiB value.
+    fn event(from: usize, n: usize) -> Vec<KvUpdate> {
+        (from..from + n)
+            .map(|i| {
+                KvUpdate::set(
+                    format!("/calico/v1/host/n1/workload/k8s/ns%2fp{i}/endpoint/eth0"),
+                    format!("{i:01024}").into_bytes(),
+                    "1",
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_channel_costs_no_encoding() {
+        let sink = VecSink::default();
+        sink.set_full(true);
+        let (mut b, m) = batcher(&sink, 1);
+        b.apply_event(event(0, 3));
+        for _ in 0..50 {
+            assert_eq!(b.flush(), FlushOutcome::ChannelFull);
+        }
+        assert_eq!(b.encode_work(), EncodeWork::default(), "nothing encoded while full");
+        assert_eq!(m.channel_full.get(), 50);
+        sink.set_full(false);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        let got = sink.got();
+        let parts = got[0].batch.parts.iter().flatten().count() as u64;
+        assert_eq!(
+            b.encode_work(),
+            EncodeWork {
+                parts,
+                bytes: got[0].batch.encoded_bytes() as u64
+            },
+            "encoded once, exactly what was sent"
+        );
+    }
+
+    #[test]
+    fn merging_under_backpressure_stops_at_the_byte_limit() {
+        let sink = VecSink::default();
+        sink.set_full(true);
+        let max = 64 * 1024;
+        let (mut b, _) = limited(&sink, max);
+        let mut offered = 0;
+        while b.accepting() {
+            b.apply_event(event(offered * 10, 10));
+            offered += 1;
+            assert!(b.pending_bytes() <= max, "{} > {max}", b.pending_bytes());
+            assert_eq!(b.flush(), FlushOutcome::ChannelFull);
+            assert!(offered < 100, "the batcher never stopped taking events");
+        }
+        // The last event waits whole: none of its keys is in the map yet.
+        let taken = b.pending_len();
+        assert_eq!(taken, (offered - 1) * 10);
+        assert!(b.due(Instant::now()));
+        let held_key = &event((offered - 1) * 10, 1)[0].key;
+        assert!(b.state().get(held_key).is_none());
+        sink.set_full(false);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        // Once the batch has gone, the held event opens the next one.
+        assert!(b.accepting());
+        assert_eq!(b.pending_len(), 10);
+        assert!(b.state().get(held_key).is_some());
+        assert_eq!(sink.got()[0].batch.update_count, taken);
+    }
+
+    #[test]
+    fn an_event_above_the_limit_fills_batches_at_key_boundaries() {
+        let sink = VecSink::default();
+        let max = 64 * 1024;
+        let (mut b, _) = limited(&sink, max);
+        b.apply_event(event(0, 200));
+        assert!(!b.accepting());
+        let mut rounds = 0;
+        while !b.accepting() {
+            assert!(b.pending_bytes() <= max);
+            assert_eq!(b.flush(), FlushOutcome::Sent);
+            rounds += 1;
+        }
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        drop(b);
+        let got = sink.got();
+        assert_eq!(got.len(), rounds + 1);
+        assert!(got.len() >= 4, "{} batches", got.len());
+        let mut keys = 0;
+        let mut next = 1;
+        for m in got.iter() {
+            let p = m.batch.part(SyncerType::Felix).unwrap();
+            assert!(p.plain.len() <= updates_frame_bound(max));
+            match &decode_updates(p.frames(true))[..] {
+                [ServerMessage::Updates {
+                    first_seq,
+                    last_seq,
+                    updates,
+                    ..
+                }] => {
+                    assert_eq!((*first_seq, *last_seq), (next, next));
+                    next += 1;
+                    keys += updates.len();
+                }
+                other => panic!("unexpected frames {other:?}"),
+            }
+        }
+        assert_eq!(keys, 200);
+    }
+
+    #[test]
+    fn an_update_too_large_for_any_frame_is_refused() {
+        let sink = VecSink::default();
+        let (mut b, m) = batcher(&sink, 100);
+        b.apply(KvUpdate::set(WEP, &b"small"[..], "1"));
+        b.apply(KvUpdate::set(WEP, vec![b'x'; MAX_SERVER_FRAME], "2"));
+        assert_eq!(m.updates_refused_oversized.get(), 1);
+        assert_eq!(b.state().get(WEP).unwrap().value, &b"small"[..]);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        let got = sink.got();
+        let p = got[0].batch.part(SyncerType::Felix).unwrap();
+        match &decode_updates(p.frames(false))[..] {
+            [ServerMessage::Updates { updates, .. }] => {
+                assert_eq!(updates[0].value.as_deref(), Some(&b"small"[..]))
             }
             other => panic!("unexpected frames {other:?}"),
         }

@@ -476,3 +476,62 @@ pub enum FeedError<E> {
     #[error("{0}")]
     Handler(E),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SyncStatus;
+
+    fn big_frame() -> Bytes {
+        encode_frame(&ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "x".repeat(4096),
+        })
+    }
+
+    #[test]
+    fn a_failed_compression_keeps_the_plain_frame() {
+        let frame = big_frame();
+        for codec in [Codec::Zstd, Codec::Lz4, Codec::Snappy] {
+            // The real compressor wraps the frame and round-trips.
+            let z = compress_frame(&frame, codec).unwrap();
+            assert!(z.len() < frame.len());
+            let got = decode_server_message(&z[FRAME_HEADER_LEN..], MAX_SERVER_FRAME).unwrap();
+            assert_eq!(
+                got,
+                decode_server_message(&frame[FRAME_HEADER_LEN..], MAX_SERVER_FRAME).unwrap()
+            );
+            // A failing one yields nothing to send, so the caller sends the plain frame; it
+            // used to yield a `Compressed` frame with empty data, which no client decodes.
+            let failed = compress_frame_with(&frame, codec, |_, _| {
+                Err(std::io::Error::other("injected"))
+            });
+            assert_eq!(failed, None, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn server_frames_above_the_limit_are_refused() {
+        let ok = encode_server_frame(&ServerMessage::SyncStatus(SyncStatus::InSync)).unwrap();
+        assert_eq!(ok, encode_frame(&ServerMessage::SyncStatus(SyncStatus::InSync)));
+        // A payload of exactly the limit passes; one byte more does not.
+        // Tag, reason, the string length as `fc` + u32, then the string.
+        let fits = MAX_SERVER_FRAME - 1 - 1 - 5;
+        let m = ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "g".repeat(fits),
+        };
+        assert_eq!(
+            encode_server_frame(&m).unwrap().len(),
+            MAX_SERVER_FRAME + FRAME_HEADER_LEN
+        );
+        let m = ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "g".repeat(fits + 1),
+        };
+        assert!(matches!(
+            encode_server_frame(&m),
+            Err(ProtoError::FrameTooLarge { max: MAX_SERVER_FRAME, .. })
+        ));
+    }
+}
