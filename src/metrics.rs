@@ -53,6 +53,7 @@ pub struct Metrics {
     pub keys: IntGaugeVec,
     pub channel_full: IntCounter,
     pub updates_refused_oversized: IntCounter,
+    pub http_connections_refused: IntCounterVec,
     // Kubernetes datastore.
     pub datastore_events: IntCounterVec,
     pub datastore_updates_emitted: IntCounterVec,
@@ -291,6 +292,12 @@ impl Metrics {
                 &r,
                 "typha_batch_channel_full_total",
                 "Times a closed batch could not be handed over because the reactor's channel was full.",
+            ),
+            http_connections_refused: counter_vec(
+                &r,
+                "typha_http_connections_refused_total",
+                "HTTP connections closed unserved, by reason: over_limit (the listener was at its connection cap) or head_timeout (no request head in time).",
+                &["reason"],
             ),
             updates_refused_oversized: counter(
                 &r,
