@@ -196,7 +196,7 @@ fn tls_pairs(n: usize) -> Vec<(TlsSession, rustls::ClientConnection)> {
         server_uri_san: None,
     })
     .unwrap();
-    let server = ServerTls::load(settings).unwrap();
+    let server = ServerTls::load(settings, Metrics::new().tls_reloads).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let pairs: Vec<_> = (0..n)
         .map(|_| {

@@ -307,7 +307,7 @@ impl Server {
         let tls = cfg
             .tls
             .clone()
-            .map(ServerTls::load)
+            .map(|s| ServerTls::load(s, metrics.tls_reloads.clone()))
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if tls.is_some() {
@@ -1339,7 +1339,7 @@ impl Server {
             self.accept_all();
         }
         if let Some(t) = &mut self.tls {
-            t.maybe_reload(now, &self.metrics);
+            t.take_reloaded();
         }
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {
