@@ -23,12 +23,14 @@ use std::hint::black_box;
 use std::io::{IoSlice, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use typha::batch::DeltaBatch;
 use typha::client::tls::{ClientTls, ClientTlsOptions};
 use typha::datastore::sim::{churn_batch, SimCluster, SimConfig};
-use typha::datastore::DeltaBatch;
 use typha::metrics::Metrics;
 use typha::model::{StateMap, SyncStatus, SyncerType, Update};
-use typha::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions, EncodedPart};
+use typha::proto::encode::{
+    encode_batch_part, encode_snapshot, EncodeOptions, EncodedPart, WireVariant,
+};
 use typha::proto::Codec;
 use typha::server::{Outbox, Ring, ServerTls, TlsSession, TlsSettings, WriteTime, MAX_IOV};
 
@@ -44,7 +46,7 @@ fn encode_batch(c: &mut Criterion) {
             codec,
             ..EncodeOptions::default()
         };
-        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap().plain.len();
+        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap().plain().len();
         g.throughput(Throughput::Bytes(raw as u64));
         g.bench_function(name, |b| {
             b.iter(|| encode_batch_part(1, 1, 0, black_box(&refs), None, &opts).unwrap())
@@ -66,7 +68,7 @@ fn one_batch_ring() -> (Ring, u64) {
     // The shortest prefix of a churn batch whose part reaches ~8 KiB.
     let all = churn_batch(SimConfig::default(), 400);
     let n = (1..=all.len())
-        .find(|&k| part(&all[..k]).plain.len() >= 8 * 1024)
+        .find(|&k| part(&all[..k]).plain().len() >= 8 * 1024)
         .unwrap_or(all.len());
     let updates = all[..n].to_vec();
     let mut parts: [Option<EncodedPart>; SyncerType::COUNT] = Default::default();
@@ -89,7 +91,7 @@ fn fanout(c: &mut Criterion) {
     let frame_len = ring
         .get(seq)
         .and_then(|e| e.batch.part(SyncerType::Felix))
-        .map_or(0, |p| p.plain.len());
+        .map_or(0, |p| p.plain().len());
     let mut copy_buf: Vec<u8> = Vec::with_capacity(frame_len);
     for (group, copy, advance) in [
         ("fanout", false, true),
@@ -108,7 +110,7 @@ fn fanout(c: &mut Criterion) {
         for &n in sizes {
             let mut outs: Vec<Outbox> = (0..n)
                 .map(|_| {
-                    let mut o = Outbox::new(SyncerType::Felix, false);
+                    let mut o = Outbox::new(SyncerType::Felix, WireVariant::NativePlain);
                     o.next_seq = Some(seq);
                     o
                 })
@@ -236,14 +238,14 @@ fn fanout_tls(c: &mut Criterion) {
     let frame_len = ring
         .get(seq)
         .and_then(|e| e.batch.part(SyncerType::Felix))
-        .map_or(0, |p| p.plain.len());
+        .map_or(0, |p| p.plain().len());
     let mut g = c.benchmark_group("fanout_tls");
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     for n in [100usize, 1000] {
         let mut outs: Vec<Outbox> = (0..n)
-            .map(|_| Outbox::new(SyncerType::Felix, false))
+            .map(|_| Outbox::new(SyncerType::Felix, WireVariant::NativePlain))
             .collect();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("plain", n), &n, |b, _| {
@@ -266,7 +268,7 @@ fn fanout_tls(c: &mut Criterion) {
         // What is encrypted decrypts to the frame (checked once, before the timing, since the
         // timed loop throws records away and so desynchronises the client).
         let (s, c) = &mut pairs[0];
-        let mut outbox = Outbox::new(SyncerType::Felix, false);
+        let mut outbox = Outbox::new(SyncerType::Felix, WireVariant::NativePlain);
         outbox.next_seq = Some(seq);
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let (k, _) = outbox.gather(&ring, &mut iov);
@@ -288,7 +290,7 @@ fn fanout_tls(c: &mut Criterion) {
         let _ = std::io::Read::read_to_end(&mut c.reader(), &mut plain);
         let frame = ring.get(seq).and_then(|e| e.batch.part(SyncerType::Felix));
         assert!(
-            frame.is_some_and(|f| f.plain[..] == plain[..]),
+            frame.is_some_and(|f| f.plain()[..] == plain[..]),
             "the client decrypts the frame"
         );
         g.bench_with_input(BenchmarkId::new("tls", n), &n, |b, _| {

@@ -162,7 +162,7 @@ fn main() {
         let opts = EncodeOptions { codec, ..opts };
         let encode = || encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap();
         let part = encode();
-        let wire = part.frames(true).clone();
+        let wire = part.compressed().unwrap_or(part.plain()).clone();
         assert_eq!(decode_stream(&wire), 1);
         let encode_ms = median_ms(BATCH_RUNS, || {
             black_box(encode());
@@ -173,7 +173,7 @@ fn main() {
         rows.push(Row {
             what: format!("{BATCH_UPDATES} (batch)"),
             codec,
-            raw: part.plain.len() as u64,
+            raw: part.plain().len() as u64,
             wire: wire.len() as u64,
             encode_ms,
             decode_ms,

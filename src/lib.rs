@@ -5,6 +5,7 @@
 //! `DeltaBatch`es (`proto::encode`); the mio reactor (`server`) writes the same shared frames
 //! to every client. `client` is the receiving side, used by tests and the loadtest harness.
 
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod daemon;

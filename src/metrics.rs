@@ -19,6 +19,7 @@ pub struct Metrics {
     pub registry: Registry,
     // Connections.
     pub connections_accepted: IntCounter,
+    pub accept_errors: IntCounter,
     pub connections_active: IntGauge,
     pub connections_dropped: IntCounter,
     pub connections_dropped_by_reason: IntCounterVec,
@@ -131,6 +132,11 @@ impl Metrics {
                 &r,
                 "typha_connections_accepted",
                 "Total connections accepted.",
+            ),
+            accept_errors: counter(
+                &r,
+                "typha_accept_errors_total",
+                "Failed accept calls on the protocol port (such as EMFILE at the descriptor limit); each is retried on the next tick.",
             ),
             connections_active: gauge(&r, "typha_connections_active", "Open connections."),
             connections_dropped: counter(

@@ -13,9 +13,9 @@ use typha::datastore::{
 };
 use typha::metrics::Metrics;
 use typha::model::{Digest, KvUpdate, SyncStatus, SyncerType};
-use typha::proto::encode::EncodeOptions;
+use typha::proto::encode::{EncodeOptions, WireVariant};
 use typha::proto::{
-    decode_server_message, FrameDecoder, ServerHello, ServerMessage, MAX_SERVER_FRAME,
+    decode_server_message, Codec, FrameDecoder, ServerHello, ServerMessage, MAX_SERVER_FRAME,
     PROTOCOL_VERSION,
 };
 use typha::status::StatusBoard;
@@ -155,7 +155,7 @@ fn a_stalled_reactor_during_a_large_initial_list_yields_only_frames_clients_acce
             };
             let mut frames = FrameDecoder::new(MAX_SERVER_FRAME);
             frames
-                .feed(part.frames(compressed), |payload| {
+                .feed(part.frames(WireVariant::native(compressed.then_some(Codec::Zstd))).unwrap(), |payload| {
                     largest = largest.max(payload.len());
                     let msg = decode_server_message(payload, MAX_SERVER_FRAME)
                         .map_err(|e| e.to_string())?;

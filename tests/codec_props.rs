@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex};
 use typha::model::{Digest, Entry, Key, StateMap, SyncStatus, SyncerType, Update, UpdateType};
-use typha::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions};
+use typha::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions, WireVariant};
 use typha::proto::{
     compress, decode_client_message, decode_server_message, encode_frame, encode_payload,
     ClientMessage, Codec, FeedError, FrameDecoder, GoodbyeReason, Hello, ProtoError,
@@ -491,7 +491,7 @@ proptest! {
         prop_assert_eq!(part.update_count, updates.len());
 
         // Plain: byte-identical to the owned encoding, and decodes to the model values.
-        let plain = decode_frames(&part.plain);
+        let plain = decode_frames(part.plain());
         check_part_frames(&plain, &updates, status, first_seq, last_seq, received_at)?;
         if !updates.is_empty() {
             let owned = encode_frame(&ServerMessage::Updates {
@@ -500,17 +500,17 @@ proptest! {
                 received_at,
                 updates: updates.iter().map(wire).collect(),
             });
-            prop_assert!(part.plain.starts_with(&owned));
+            prop_assert!(part.plain().starts_with(&owned));
         }
         prop_assert!(plain.iter().all(|(tag, _)| *tag != 7));
 
         // Compressed: the same messages, with the Updates frame wrapped in `codec`.
-        match (&part.compressed, codec) {
+        match (part.compressed(), codec) {
             (None, _) => {}
             (Some(_), None) => prop_assert!(false, "compressed variant without a codec"),
             (Some(z), Some(c)) => {
                 prop_assert!(!updates.is_empty());
-                prop_assert!(z.len() < part.plain.len());
+                prop_assert!(z.len() < part.plain().len());
                 let frames = decode_frames(z);
                 prop_assert_eq!(frames[0].0, 7u8);
                 let (raw, _): (ServerMessage, usize) = bincode::decode_from_slice(
@@ -522,7 +522,7 @@ proptest! {
                 check_part_frames(&frames, &updates, status, first_seq, last_seq, received_at)?;
             }
         }
-        prop_assert_eq!(part.frames(false), &part.plain);
+        prop_assert_eq!(part.frames(WireVariant::NativePlain), Some(part.plain()));
     }
 
     #[test]
@@ -632,16 +632,13 @@ fn large_repetitive_batches_are_compressed_with_every_codec() {
             ..EncodeOptions::default()
         };
         let part = encode_batch_part(3, 5, 42, &refs, Some(SyncStatus::InSync), &opts).unwrap();
-        let z = part
-            .compressed
-            .as_ref()
-            .expect("a repetitive batch compresses");
-        assert!(z.len() < part.plain.len() / 2, "{codec:?}");
+        let z = part.compressed().expect("a repetitive batch compresses");
+        assert!(z.len() < part.plain().len() / 2, "{codec:?}");
         let frames = decode_frames(z);
         assert_eq!(frames[0].0, 7);
         assert_eq!(
             frames.into_iter().map(|(_, m)| m).collect::<Vec<_>>(),
-            decode_frames(&part.plain)
+            decode_frames(part.plain())
                 .into_iter()
                 .map(|(_, m)| m)
                 .collect::<Vec<_>>()

@@ -181,7 +181,7 @@ fn updates_example_matches_both_encoders() {
         },
     )
     .unwrap();
-    assert_bytes("updates", &bytes, &part.plain);
+    assert_bytes("updates", &bytes, part.plain());
 
     let payload = single_payload(&bytes, MAX_SERVER_FRAME);
     assert_eq!(

@@ -16,7 +16,7 @@ use typha::client::{ClientOptions, ClientSession};
 use typha::datastore::{BatchLimits, BatchMessage, BatchSink, Batcher};
 use typha::metrics::Metrics;
 use typha::model::{KvUpdate, SyncStatus, SyncerType};
-use typha::proto::encode::{encode_snapshot, EncodeOptions};
+use typha::proto::encode::{encode_snapshot, EncodeOptions, WireVariant};
 use typha::proto::{encode_frame, Codec, ServerHello, ServerMessage, PROTOCOL_VERSION};
 use typha::server::{Outbox, Ring, WriteTime, MAX_IOV};
 use typha::status::StatusBoard;
@@ -167,7 +167,10 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
                     if compressed { codec } else { None },
                     512,
                 );
-                let mut out = Outbox::new(syncer, compressed);
+                let mut out = Outbox::new(
+                    syncer,
+                    WireVariant::native(if compressed { codec } else { None }),
+                );
                 out.control
                     .push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
                         protocol_version: PROTOCOL_VERSION,

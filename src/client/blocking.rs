@@ -392,7 +392,8 @@ mod tests {
         };
         encode_batch_part(first, last, 0, &[&u], Some(SyncStatus::InSync), &opts)
             .unwrap()
-            .plain
+            .plain()
+            .clone()
     }
 
     /// Reads one client frame from `s`.

@@ -541,7 +541,7 @@ fn handle_message(
 mod tests {
     use super::*;
     use crate::model::{Digest, Entry, Key, StateMap, SyncStatus, Update, UpdateType};
-    use crate::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions};
+    use crate::proto::encode::{encode_batch_part, encode_snapshot, EncodeOptions, WireVariant};
     use crate::proto::{ProtoError, ServerHello, ServerMessage, PROTOCOL_VERSION};
     use std::sync::Arc;
 
@@ -696,10 +696,11 @@ mod tests {
         let refs: Vec<&Update> = b2.iter().collect();
         let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts).unwrap();
         if codec.is_some() {
-            assert!(p1.compressed.is_some() && p2.compressed.is_some());
+            assert!(p1.compressed().is_some() && p2.compressed().is_some());
         }
-        bytes.extend_from_slice(p1.frames(codec.is_some()));
-        bytes.extend_from_slice(p2.frames(codec.is_some()));
+        let variant = WireVariant::native(codec);
+        bytes.extend_from_slice(p1.frames(variant).unwrap());
+        bytes.extend_from_slice(p2.frames(variant).unwrap());
         bytes.extend_from_slice(&proto::goodbye_frame(GoodbyeReason::Shutdown, "bye"));
         Stream {
             bytes,
@@ -1117,10 +1118,10 @@ mod tests {
             upd("/calico/v1/other", Some(&v), "6"),
         ];
         let refs: Vec<&Update> = ups.iter().collect();
-        let frame =
-            encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default())
-                .unwrap()
-                .plain;
+        let frame = encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default())
+            .unwrap()
+            .plain()
+            .clone();
         for tracking in [Tracking::Full, Tracking::DigestOnly] {
             for scan in [false, true] {
                 let (mut b, _) = prefix();
@@ -1166,7 +1167,8 @@ mod tests {
         };
         encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts)
             .unwrap()
-            .plain
+            .plain()
+            .clone()
     }
 
     fn feed_err(bytes: &[u8]) -> ClientError {

@@ -419,7 +419,7 @@ impl<S: BatchSink> Batcher<S> {
             };
             self.encode_work.parts += 1;
             self.encode_work.bytes +=
-                (part.plain.len() + part.compressed.as_ref().map_or(0, |c| c.len())) as u64;
+                part.encoded_bytes() as u64;
             parts[t.index()] = Some(part);
         }
         let batch = Arc::new(DeltaBatch {
@@ -496,6 +496,7 @@ fn entry_bound(u: &KvUpdate) -> usize {
 mod tests {
     use super::*;
     use crate::model::Digest;
+    use crate::proto::encode::WireVariant;
     use crate::proto::{decode_server_message, FrameDecoder, ServerMessage, MAX_SERVER_FRAME};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -668,14 +669,7 @@ mod tests {
             .map(|p| (p.first_seq, p.last_seq))
             .collect();
         assert_eq!(felix, vec![(1, 1), (2, 2), (3, 3)]);
-        match &decode_updates(
-            sink.got()[1]
-                .batch
-                .part(SyncerType::Felix)
-                .unwrap()
-                .frames(false),
-        )[..]
-        {
+        match &decode_updates(sink.got()[1].batch.part(SyncerType::Felix).unwrap().plain())[..] {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates.len(), 1);
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
@@ -704,7 +698,7 @@ mod tests {
         drop(b);
         let got = sink.got();
         let p = got[0].batch.part(SyncerType::Felix).unwrap();
-        match &decode_updates(p.frames(false))[..] {
+        match &decode_updates(p.plain())[..] {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates.len(), 2);
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
@@ -820,8 +814,8 @@ mod tests {
         let mut next = 1;
         for m in got.iter() {
             let p = m.batch.part(SyncerType::Felix).unwrap();
-            assert!(p.plain.len() <= updates_frame_bound(max));
-            match &decode_updates(p.frames(true))[..] {
+            assert!(p.plain().len() <= updates_frame_bound(max));
+            match &decode_updates(p.frames(WireVariant::NativeCompressed).unwrap())[..] {
                 [ServerMessage::Updates {
                     first_seq,
                     last_seq,
@@ -849,7 +843,7 @@ mod tests {
         assert_eq!(b.flush(), FlushOutcome::Sent);
         let got = sink.got();
         let p = got[0].batch.part(SyncerType::Felix).unwrap();
-        match &decode_updates(p.frames(false))[..] {
+        match &decode_updates(p.plain())[..] {
             [ServerMessage::Updates { updates, .. }] => {
                 assert_eq!(updates[0].value.as_deref(), Some(&b"small"[..]))
             }
@@ -870,7 +864,7 @@ mod tests {
             let got = sink.got();
             let p = got[0].batch.part(t).unwrap();
             assert_eq!(
-                decode_updates(p.frames(true)),
+                decode_updates(p.compressed().unwrap_or(p.plain())),
                 vec![ServerMessage::SyncStatus(SyncStatus::InSync)]
             );
         }

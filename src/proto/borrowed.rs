@@ -252,7 +252,7 @@ mod tests {
             snapshot_chunk_bytes: 300,
         };
         let part = encode_batch_part(3, 4, 77, &refs, None, &opts).unwrap();
-        let p = &part.plain[FRAME_HEADER_LEN..];
+        let p = &part.plain()[FRAME_HEADER_LEN..];
         let ServerFrameRef::Updates {
             first_seq: 3,
             last_seq: 4,
@@ -274,7 +274,7 @@ mod tests {
                 ("/b".into(), None, "2".into(), UpdateType::Deleted)
             ]
         );
-        if let Some(z) = &part.compressed {
+        if let Some(z) = part.compressed() {
             let ServerFrameRef::Compressed { codec, .. } =
                 decode_server_frame_ref(&z[FRAME_HEADER_LEN..], MAX_SERVER_FRAME).unwrap()
             else {

@@ -1,7 +1,7 @@
 //! The seam between the model and the bytes on the wire: a batch or a snapshot becomes shared,
-//! immutable frames here, once per syncer type (and compression variant), and nowhere else.
-//! A second wire format (Typha's gob protocol) adds its own functions beside these and its own
-//! slot in [`EncodedPart`], so it too encodes each batch once.
+//! immutable frames here, once per syncer type and [`WireVariant`], and nowhere else. Every
+//! wire format a client can be served in is one variant, with its own slot in [`EncodedPart`]
+//! and its own snapshot cache entry, so each is encoded once however many clients take it.
 
 use super::codec::*;
 use super::messages::*;
@@ -30,7 +30,71 @@ impl Default for EncodeOptions {
     }
 }
 
-/// One syncer type's share of a batch: the frames every client of that type receives for it.
+/// The forms in which a client can be sent the same shared bytes. A connection takes exactly
+/// one for its whole life once its handshake chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WireVariant {
+    /// typha-rs' own protocol, uncompressed frames.
+    NativePlain,
+    /// typha-rs' own protocol, large frames compressed with the server's codec (zstd unless
+    /// configured otherwise); a frame that would not shrink is sent as in `NativePlain`.
+    NativeCompressed,
+    /// Typha's gob protocol after a decoder restart to snappy: every message its own snappy
+    /// framing chunk.
+    TyphaSnappy,
+    /// Typha's gob protocol on the client's first, uncompressed gob stream.
+    TyphaPlain,
+}
+
+impl WireVariant {
+    pub const COUNT: usize = 4;
+    pub const ALL: [WireVariant; WireVariant::COUNT] = [
+        WireVariant::NativePlain,
+        WireVariant::NativeCompressed,
+        WireVariant::TyphaSnappy,
+        WireVariant::TyphaPlain,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireVariant::NativePlain => "native-plain",
+            WireVariant::NativeCompressed => "native-compressed",
+            WireVariant::TyphaSnappy => "typha-snappy",
+            WireVariant::TyphaPlain => "typha-plain",
+        }
+    }
+
+    /// The `protocol` label of per-connection metrics.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            WireVariant::NativePlain | WireVariant::NativeCompressed => "native",
+            WireVariant::TyphaSnappy | WireVariant::TyphaPlain => "typha",
+        }
+    }
+
+    /// The native variant for a client served with `codec` (none: plain).
+    pub fn native(codec: Option<Codec>) -> WireVariant {
+        match codec {
+            Some(_) => WireVariant::NativeCompressed,
+            None => WireVariant::NativePlain,
+        }
+    }
+
+    /// The variant whose bytes stand in when this one was not worth encoding separately.
+    fn fallback(self) -> Option<WireVariant> {
+        match self {
+            WireVariant::NativeCompressed => Some(WireVariant::NativePlain),
+            _ => None,
+        }
+    }
+}
+
+/// One syncer type's share of a batch: the frames every client of that type receives for it,
+/// in each wire variant.
 #[derive(Debug, Clone)]
 pub struct EncodedPart {
     /// First sequence number this part covers: one past the previous part of the same type, so
@@ -38,19 +102,36 @@ pub struct EncodedPart {
     pub first_seq: u64,
     pub last_seq: u64,
     pub update_count: usize,
-    /// `Updates` (when there are updates) then `SyncStatus` (when the status changed).
-    pub plain: Bytes,
-    /// The same with the `Updates` frame compressed, when that saves bytes.
-    pub compressed: Option<Bytes>,
+    /// Indexed by [`WireVariant::index`]. Native: `Updates` (when there are updates) then
+    /// `SyncStatus` (when the status changed); `NativeCompressed` is set only when compressing
+    /// the `Updates` frame saved bytes.
+    pub variants: [Option<Bytes>; WireVariant::COUNT],
 }
 
 impl EncodedPart {
-    /// The frames for a client that does (or does not) accept compression.
-    pub fn frames(&self, compressed: bool) -> &Bytes {
-        match (&self.compressed, compressed) {
-            (Some(c), true) => c,
-            _ => &self.plain,
-        }
+    /// The bytes for a client served in `variant`; `None` if this part was not encoded in it.
+    pub fn frames(&self, variant: WireVariant) -> Option<&Bytes> {
+        self.variants[variant.index()]
+            .as_ref()
+            .or_else(|| self.variants[variant.fallback()?.index()].as_ref())
+    }
+
+    /// The native uncompressed frames (always encoded).
+    pub fn plain(&self) -> &Bytes {
+        static EMPTY: Bytes = Bytes::new();
+        self.variants[WireVariant::NativePlain.index()]
+            .as_ref()
+            .unwrap_or(&EMPTY)
+    }
+
+    /// The native compressed frames, when compressing saved bytes.
+    pub fn compressed(&self) -> Option<&Bytes> {
+        self.variants[WireVariant::NativeCompressed.index()].as_ref()
+    }
+
+    /// Bytes this part keeps alive, all variants together.
+    pub fn encoded_bytes(&self) -> usize {
+        self.variants.iter().flatten().map(Bytes::len).sum()
     }
 }
 
@@ -97,12 +178,14 @@ pub fn encode_batch_part(
         };
         (concat(&frame, status.as_ref()), compressed)
     };
+    let mut variants: [Option<Bytes>; WireVariant::COUNT] = Default::default();
+    variants[WireVariant::NativePlain.index()] = Some(plain);
+    variants[WireVariant::NativeCompressed.index()] = compressed;
     Ok(EncodedPart {
         first_seq,
         last_seq,
         update_count: updates.len(),
-        plain,
-        compressed,
+        variants,
     })
 }
 
@@ -127,6 +210,7 @@ pub const fn updates_frame_bound(entries: usize) -> usize {
 pub struct EncodedSnapshot {
     pub syncer: SyncerType,
     pub seq: u64,
+    pub variant: WireVariant,
     pub codec: Option<Codec>,
     /// `SnapshotChunk` frames then one `SnapshotEnd`.
     pub frames: Vec<Bytes>,
@@ -154,6 +238,7 @@ pub fn encode_snapshot(
     let mut out = EncodedSnapshot {
         syncer,
         seq,
+        variant: WireVariant::native(codec),
         codec,
         frames: Vec::new(),
         key_count: 0,

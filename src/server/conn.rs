@@ -1,4 +1,4 @@
-//! One client connection: its phase, its inbound decoder, and its position in the shared output.
+//! One client connection: its phase, its protocol session, and its position in the shared output.
 //!
 //! A connection owns no copies of batch or snapshot data. What it still has to write is, in
 //! order: the unwritten rest of a frame it started (`in_flight`), its own small control frames
@@ -8,10 +8,10 @@
 //! frames queued meanwhile go after it, never inside it.
 
 use super::ring::Ring;
+use super::session::Session;
 use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, SyncerType};
-use crate::proto::encode::EncodedSnapshot;
-use crate::proto::{Codec, FrameDecoder};
+use crate::proto::encode::{EncodedSnapshot, WireVariant};
 use bytes::Bytes;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -40,16 +40,19 @@ impl WriteTime {
 /// Most iovecs handed to one `writev`.
 pub const MAX_IOV: usize = 64;
 
-/// The connection lifecycle; see `docs/protocol.md` ("Connection lifecycle").
+/// The connection lifecycle as the loop sees it, whatever the protocol; see `docs/protocol.md`
+/// ("Connection lifecycle"). Protocol-specific sub-states live in the connection's
+/// [`Session`]. Only `Server::enter_phase` changes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Accepted; waiting for the client's Hello.
+    /// Accepted; waiting for the client's hello.
     Handshake,
     /// Hello accepted; waiting for the shared snapshot, then writing it.
     Snapshot,
     /// Snapshot written; writing batches from the ring as they arrive.
     Streaming,
-    /// Writing a last Goodbye (if any), then closing, by `deadline` at the latest.
+    /// Writing a last farewell (if the protocol has one), then closing, by `deadline` at the
+    /// latest.
     Closing { deadline: Instant },
 }
 
@@ -73,8 +76,8 @@ pub struct InFlight {
 #[derive(Debug)]
 pub struct Outbox {
     pub syncer: SyncerType,
-    /// Whether this client takes the compressed variant of shared frames.
-    pub compressed: bool,
+    /// The form of the shared frames this client takes.
+    pub variant: WireVariant,
     pub in_flight: Option<InFlight>,
     pub control: VecDeque<Bytes>,
     /// The shared snapshot being written and the index of its next frame.
@@ -91,10 +94,10 @@ pub struct Connection {
     /// The TLS session over `stream`, on a TLS port; `None` writes plaintext straight to it.
     pub tls: Option<Box<super::tls::TlsSession>>,
     pub peer: SocketAddr,
-    pub phase: Phase,
-    pub codec: Option<Codec>,
+    phase: Phase,
     pub hostname: Box<str>,
-    pub decoder: FrameDecoder,
+    /// The protocol this client speaks: its decoder, handshake state, pings and farewell.
+    pub session: Session,
     pub out: Outbox,
     /// Closing, and our side of the stream is shut: waiting for the peer's EOF so that closing
     /// with its unread bytes pending cannot reset the connection before it reads the Goodbye.
@@ -106,7 +109,6 @@ pub struct Connection {
     pub handshake_done_at: Option<Instant>,
     pub last_pong: Instant,
     pub next_ping: Instant,
-    pub last_ping_id: u64,
     /// Last time bytes were written or the output was found empty.
     pub last_progress: Instant,
 }
@@ -116,7 +118,7 @@ impl Connection {
         id: u64,
         stream: TcpStream,
         peer: SocketAddr,
-        max_frame: usize,
+        session: Session,
         now: Instant,
     ) -> Self {
         Connection {
@@ -125,10 +127,9 @@ impl Connection {
             tls: None,
             peer,
             phase: Phase::Handshake,
-            codec: None,
             hostname: "".into(),
-            decoder: FrameDecoder::new(max_frame),
-            out: Outbox::new(SyncerType::Felix, false),
+            session,
+            out: Outbox::new(SyncerType::Felix, WireVariant::NativePlain),
             write_shut: false,
             writable_interest: false,
             dirty: false,
@@ -136,9 +137,18 @@ impl Connection {
             handshake_done_at: None,
             last_pong: now,
             next_ping: now,
-            last_ping_id: 0,
             last_progress: now,
         }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Sets the phase; `Server::enter_phase` is its one caller, which keeps the metrics and
+    /// the outbox in step with it.
+    pub(super) fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
     }
 
     pub fn is_closing(&self) -> bool {
@@ -150,19 +160,13 @@ impl Connection {
     pub fn tls_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.conn.is_handshaking())
     }
-
-    /// Switches to closing: drops everything but a frame already started, then queues `last`.
-    pub fn begin_closing(&mut self, last: Option<Bytes>, deadline: Instant) {
-        self.phase = Phase::Closing { deadline };
-        self.out.stop_after_current(last);
-    }
 }
 
 impl Outbox {
-    pub fn new(syncer: SyncerType, compressed: bool) -> Self {
+    pub fn new(syncer: SyncerType, variant: WireVariant) -> Self {
         Outbox {
             syncer,
-            compressed,
+            variant,
             in_flight: None,
             control: VecDeque::new(),
             snapshot: None,
@@ -217,7 +221,7 @@ impl Outbox {
             }
         }
         if let Some(next) = self.next_seq {
-            for (_, b) in ring.parts_from(next, self.syncer, self.compressed) {
+            for (_, b) in ring.parts_from(next, self.syncer, self.variant) {
                 if !push(b, &mut n) {
                     break;
                 }
@@ -283,7 +287,7 @@ impl Outbox {
         }
         if let Some(next) = self.next_seq {
             let mut next_seq = next;
-            for (e, b) in ring.parts_from(next, self.syncer, self.compressed) {
+            for (e, b) in ring.parts_from(next, self.syncer, self.variant) {
                 if n == 0 {
                     break;
                 }
@@ -314,11 +318,6 @@ impl Outbox {
         if let Some(n) = &mut self.next_seq {
             *n = (*n).max(ring.last_seq() + 1);
         }
-    }
-
-    /// Whether anything is queued besides what the ring holds.
-    pub fn has_private_output(&self) -> bool {
-        self.in_flight.is_some() || !self.control.is_empty() || self.snapshot.is_some()
     }
 }
 

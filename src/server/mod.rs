@@ -6,32 +6,36 @@
 //! write covering everything it is owed (batches that arrived together merge into one syscall
 //! per client); then, every tick, check timers and shed a client if over the connection target
 //! or shutting down gradually (`docs/rebalancing.md`). Nothing here blocks and nothing is
-//! encoded per client except its ServerHello and Goodbye: batches, snapshots and pings are
+//! encoded per client except its handshake reply and farewell: batches, snapshots and pings are
 //! shared frames.
+//!
+//! The loop knows no protocol: each connection's [`Session`] decodes what the client sends,
+//! answers its hello and says how to ping and close it; the shedding policy ([`shed`]) decides
+//! whom to let go, outside the loop.
 
 mod conn;
 mod ring;
+mod session;
+pub mod shed;
 mod snapshot;
 mod tls;
 
 pub use conn::{Completion, Connection, InFlight, Outbox, Phase, WriteTime, MAX_IOV};
 pub use ring::Ring;
+pub use session::{Accepted, Session, SessionContext, SessionEvent, SharedPings};
 pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
 pub use tls::{ServerTls, TlsRead, TlsSession, TlsSettings, TLS_OUT_BUFFER};
 
-use crate::datastore::BatchMessage;
+use crate::batch::BatchMessage;
 use crate::metrics::Metrics;
-use crate::model::{now_unix_nanos, StateMap, SyncStatus, SyncerType};
-use crate::proto::{
-    self, decode_client_message, encode_frame, goodbye_frame, peek_hello_version, ClientMessage,
-    Codec, FeedError, GoodbyeReason, Hello, ServerHello, ServerMessage, PROTOCOL_VERSION,
-};
+use crate::model::{now_unix_nanos, StateMap, SyncStatus};
+use crate::proto::{self, Codec, GoodbyeReason};
 use crate::rebalance::ConnectionTarget;
 use crate::status::StatusBoard;
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use shed::{Counts, Shed, ShedConfig, ShedPolicy, ShedReason};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -228,11 +232,10 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     shutdown_now: Arc<AtomicBool>,
     shutting_down: bool,
-    /// While shedding for a graceful shutdown: when the next client goes, the gap between
-    /// drops, and when whoever is left goes at once.
-    shutdown_plan: Option<ShutdownPlan>,
-    /// The next rebalancing drop is due no earlier than this.
-    next_rebalance_drop: Instant,
+    /// Since when `accept` has been failing, and how often: logged once per change of state.
+    accept_failing: Option<(Instant, u64)>,
+    /// Whom to let go, and when: rebalancing and gradual shutdown.
+    shed: ShedPolicy,
     conns: Slab<Connection>,
     next_conn_id: u64,
     rx: Receiver<BatchMessage>,
@@ -246,14 +249,15 @@ pub struct Server {
     board: Arc<StatusBoard>,
     dirty: Vec<usize>,
     scratch: Box<[u8]>,
-    inbox: Vec<Result<ClientMessage, (GoodbyeReason, String)>>,
+    inbox: Vec<SessionEvent>,
     actions: Vec<(usize, Housekeeping)>,
     next_tick: Instant,
     /// An accept failed (EMFILE and the like): retry on the next tick, because the edge-
     /// triggered listener reports nothing more until yet another connection arrives.
     accept_retry: bool,
     ping_id: u64,
-    ping_frame: Option<(u64, Bytes)>,
+    /// This tick's ping, built by the first client due one.
+    pings: Option<SharedPings>,
     recent_pings: VecDeque<(u64, Instant)>,
     tls: Option<ServerTls>,
 }
@@ -326,6 +330,7 @@ impl Server {
         let cache = SnapshotCache::new(
             cfg.snapshot_reuse,
             cfg.snapshot_chunk_bytes,
+            cfg.codec,
             metrics.clone(),
             move || {
                 let _ = w.wake();
@@ -346,8 +351,16 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             shutdown_now: Arc::new(AtomicBool::new(false)),
             shutting_down: false,
-            shutdown_plan: None,
-            next_rebalance_drop: Instant::now(),
+            accept_failing: None,
+            shed: ShedPolicy::new(
+                ShedConfig {
+                    drop_interval: cfg.drop_interval,
+                    tick: cfg.tick,
+                    shutdown_timeout: cfg.shutdown_timeout,
+                    shutdown_drop_interval_max: cfg.shutdown_drop_interval_max,
+                },
+                Instant::now(),
+            ),
             conns: Slab::with_capacity(1024),
             next_conn_id: 1,
             rx,
@@ -365,7 +378,7 @@ impl Server {
             next_tick: Instant::now(),
             accept_retry: false,
             ping_id: 0,
-            ping_frame: None,
+            pings: None,
             recent_pings: VecDeque::new(),
             tls,
             cfg,
@@ -421,8 +434,7 @@ impl Server {
                 if self.shutdown.load(Ordering::SeqCst) && !self.shutting_down {
                     self.begin_shutdown(!self.shutdown_now.load(Ordering::SeqCst));
                 }
-                if self.shutdown_now.load(Ordering::SeqCst) && self.shutdown_plan.is_some() {
-                    self.shutdown_plan = None;
+                if self.shutdown_now.load(Ordering::SeqCst) && self.shed.hurry() {
                     self.goodbye_to_all();
                 }
                 self.drain_batches();
@@ -450,13 +462,28 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.on_accept(stream, peer),
+                Ok((stream, peer)) => {
+                    if let Some((since, failures)) = self.accept_failing.take() {
+                        info!(failures, after = ?since.elapsed(), "accept works again");
+                    }
+                    self.on_accept(stream, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: the pending connections stay in the backlog; retry
-                    // on the next tick rather than spin.
-                    warn!(error = %e, "accept failed; retrying on the next tick");
+                    // on the next tick rather than spin. Logged when it starts failing and when
+                    // it works again, not on every tick in between (at the descriptor limit
+                    // that would be ten lines a second for as long as it lasts).
+                    self.metrics.accept_errors.inc();
+                    match &mut self.accept_failing {
+                        Some((_, failures)) => *failures += 1,
+                        None => {
+                            warn!(error = %e,
+                                "accept failing; retrying every tick, logged again once it works");
+                            self.accept_failing = Some((Instant::now(), 1));
+                        }
+                    }
                     self.accept_retry = true;
                     return;
                 }
@@ -498,15 +525,14 @@ impl Server {
                 id,
                 stream,
                 peer,
-                self.cfg.max_input_frame,
+                Session::native(self.cfg.max_input_frame),
                 now,
             ))
             .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");
-        if self.shutting_down {
-            self.close_with_goodbye(slot, GoodbyeReason::Shutdown, "server shutting down", false);
-        } else if self.conns.len() > self.cfg.max_connections {
+        // (No shutdown case: `begin_shutdown` drops the listener, so nothing is accepted then.)
+        if self.conns.len() > self.cfg.max_connections {
             self.close_with_goodbye(
                 slot,
                 GoodbyeReason::ServerFull,
@@ -533,37 +559,32 @@ impl Server {
                 return;
             };
             let closing = c.is_closing();
-            // Clients send a Hello and Pongs; more than a largest frame and change in one
+            let ctx = SessionContext {
+                server_id: &self.cfg.server_id,
+                conn_id: c.id,
+                codec: self.cfg.codec,
+            };
+            // Clients send a hello and pongs; more than a largest frame and change in one
             // readiness event is a flood, and draining it would hold up every other client.
             let budget = self.cfg.max_input_frame + 64 * 1024;
             let mut total = 0usize;
             let via_tls = c.tls.is_some() && !closing;
             if let (Some(t), Some(server_tls), false) = (c.tls.as_mut(), &self.tls, closing) {
-                let decoder = &mut c.decoder;
+                let session = &mut c.session;
                 let end = t.read(
                     &c.stream,
                     server_tls.identity(),
                     &mut self.scratch,
                     budget,
-                    |plain| {
-                        let r = decoder.feed(plain, |payload| {
-                            inbox.push(decode_payload(payload));
-                            Ok::<(), ()>(())
-                        });
-                        if let Err(FeedError::Frame(e)) = r {
-                            inbox.push(Err((GoodbyeReason::ProtocolError, e.to_string())));
-                            return false;
-                        }
-                        true
-                    },
+                    |plain| session.feed(plain, ctx, &mut inbox),
                 );
                 match end {
                     TlsRead::Drained | TlsRead::Stopped => {}
                     TlsRead::Eof => eof = true,
-                    TlsRead::OverBudget => inbox.push(Err((
-                        GoodbyeReason::ProtocolError,
-                        format!("sent more than {budget} bytes at once"),
-                    ))),
+                    TlsRead::OverBudget => inbox.push(SessionEvent::Refuse {
+                        reason: GoodbyeReason::ProtocolError,
+                        text: format!("sent more than {budget} bytes at once"),
+                    }),
                     TlsRead::Io(e) => read_error = Some(e),
                     TlsRead::Handshake(e) => {
                         tls_failure = Some((DropReason::TlsHandshake, e.to_string()))
@@ -592,10 +613,10 @@ impl Server {
                         total += n;
                         if total > budget {
                             if !closing {
-                                inbox.push(Err((
-                                    GoodbyeReason::ProtocolError,
-                                    format!("sent more than {budget} bytes at once"),
-                                )));
+                                inbox.push(SessionEvent::Refuse {
+                                    reason: GoodbyeReason::ProtocolError,
+                                    text: format!("sent more than {budget} bytes at once"),
+                                });
                             }
                             // Stop reading; the connection is closed below.
                             eof = closing;
@@ -604,12 +625,7 @@ impl Server {
                         if closing {
                             continue;
                         }
-                        let r = c.decoder.feed(&self.scratch[..n], |payload| {
-                            inbox.push(decode_payload(payload));
-                            Ok::<(), ()>(())
-                        });
-                        if let Err(FeedError::Frame(e)) = r {
-                            inbox.push(Err((GoodbyeReason::ProtocolError, e.to_string())));
+                        if !c.session.feed(&self.scratch[..n], ctx, &mut inbox) {
                             break;
                         }
                     }
@@ -637,17 +653,11 @@ impl Server {
             // Handshake records or session tickets to send.
             self.mark_dirty(slot);
         }
-        for msg in inbox.drain(..) {
+        for event in inbox.drain(..) {
             if !self.conns.contains(slot) || self.conns[slot].is_closing() {
                 break;
             }
-            match msg {
-                Ok(m) => self.on_message(slot, m),
-                Err((reason, text)) => {
-                    warn!(peer = %self.conns[slot].peer, error = %text, "bad frame; closing connection");
-                    self.close_with_goodbye(slot, reason, &text, true);
-                }
-            }
+            self.on_session_event(slot, event);
         }
         self.inbox = inbox;
         if let Some(e) = read_error {
@@ -662,7 +672,7 @@ impl Server {
             self.close_now(slot, Some(DropReason::for_io_error(&e)));
         } else if eof {
             if let Some(c) = self.conns.get(slot) {
-                let buffered = c.decoder.buffered();
+                let buffered = c.session.buffered();
                 if buffered > 0 && !c.is_closing() {
                     info!(peer = %c.peer, buffered, "peer closed mid-frame");
                 } else {
@@ -673,106 +683,52 @@ impl Server {
         }
     }
 
-    fn on_message(&mut self, slot: usize, msg: ClientMessage) {
+    fn on_session_event(&mut self, slot: usize, event: SessionEvent) {
         let now = Instant::now();
-        match msg {
-            ClientMessage::Hello(h) => {
-                if self.conns[slot].phase != Phase::Handshake {
-                    self.close_with_goodbye(
-                        slot,
-                        GoodbyeReason::ProtocolError,
-                        "Hello after the handshake",
-                        true,
-                    );
-                    return;
-                }
-                self.on_hello(slot, h, now);
-            }
-            ClientMessage::Pong { id } => {
+        match event {
+            SessionEvent::Accepted(a) => self.on_accepted(slot, a, now),
+            SessionEvent::Pong { ping_id } => {
                 let c = &mut self.conns[slot];
-                if c.phase == Phase::Handshake {
-                    self.close_with_goodbye(
-                        slot,
-                        GoodbyeReason::ProtocolError,
-                        "Pong before Hello",
-                        true,
-                    );
-                    return;
-                }
-                if id == 0 || id > c.last_ping_id {
-                    self.close_with_goodbye(
-                        slot,
-                        GoodbyeReason::ProtocolError,
-                        "Pong for a ping never sent",
-                        true,
-                    );
-                    return;
-                }
                 c.last_pong = now;
-                if let Some((_, sent)) = self.recent_pings.iter().find(|(p, _)| *p == id) {
+                let sent = ping_id.and_then(|id| self.recent_pings.iter().find(|(p, _)| *p == id));
+                if let Some((_, sent)) = sent {
                     self.metrics.ping_latency[c.out.syncer.index()]
                         .observe(now.duration_since(*sent).as_secs_f64());
                 }
             }
+            SessionEvent::Refuse { reason, text } => {
+                warn!(peer = %self.conns[slot].peer, error = %text, "bad frame; closing connection");
+                self.close_with_goodbye(slot, reason, &text, true);
+            }
         }
     }
 
-    fn on_hello(&mut self, slot: usize, h: Hello, now: Instant) {
-        if h.protocol_version.major != PROTOCOL_VERSION.major {
-            let text = format!(
-                "server speaks protocol {PROTOCOL_VERSION}, client sent {}",
-                h.protocol_version
-            );
-            self.close_with_goodbye(slot, GoodbyeReason::UnsupportedVersion, &text, true);
-            return;
-        }
-        let Some(syncer) = SyncerType::parse(&h.syncer_type) else {
-            let text = format!("unknown syncer type {:?}", truncate(&h.syncer_type, 64));
-            self.close_with_goodbye(slot, GoodbyeReason::ProtocolError, &text, true);
-            return;
-        };
-        let codec = self
-            .cfg
-            .codec
-            .filter(|c| h.accepts_compression.iter().any(|n| n == c.as_str()));
+    fn on_accepted(&mut self, slot: usize, a: Accepted, now: Instant) {
         let c = &mut self.conns[slot];
-        c.out.syncer = syncer;
-        c.out.compressed = codec.is_some();
-        c.codec = codec;
-        c.hostname = truncate(&h.hostname, 253).into();
-        c.phase = Phase::Snapshot;
-        c.handshake_done_at = Some(now);
+        c.out.syncer = a.syncer;
+        c.out.variant = a.variant;
+        c.hostname = a.hostname;
         c.last_pong = now;
         c.next_ping = now + self.cfg.ping_interval;
-        c.out
-            .control
-            .push_back(encode_frame(&ServerMessage::ServerHello(ServerHello {
-                protocol_version: PROTOCOL_VERSION,
-                server_id: self.cfg.server_id.clone(),
-                connection_id: c.id,
-                syncer_type: syncer.as_str().to_owned(),
-                compression: codec,
-            })));
+        c.out.control.push_back(a.reply);
         info!(
             peer = %c.peer,
             conn = c.id,
             hostname = %c.hostname,
-            syncer = syncer.as_str(),
-            client_info = %truncate(&h.client_info, 128),
-            compression = codec.map_or("none", Codec::as_str),
+            syncer = a.syncer.as_str(),
+            client_info = %a.client_info,
+            protocol = c.session.protocol(),
+            variant = a.variant.as_str(),
             "client connected"
         );
-        self.metrics
-            .connections_by_syncer
-            .with_label_values(&[syncer.as_str()])
-            .inc();
+        self.enter_phase(slot, Phase::Snapshot);
         self.mark_dirty(slot);
         self.request_snapshot(slot);
     }
 
     fn request_snapshot(&mut self, slot: usize) {
         let c = &self.conns[slot];
-        let key = (c.out.syncer, c.codec);
+        let key = (c.out.syncer, c.out.variant);
         let waiter = Waiter {
             slot,
             conn_id: c.id,
@@ -862,7 +818,7 @@ impl Server {
         while let Some((snap, waiters)) = self.cache.poll_finished() {
             for w in waiters {
                 let ok = self.conns.get(w.slot).is_some_and(|c| {
-                    c.id == w.conn_id && c.phase == Phase::Snapshot && c.out.next_seq.is_none()
+                    c.id == w.conn_id && c.phase() == Phase::Snapshot && c.out.next_seq.is_none()
                 });
                 if !ok {
                     continue;
@@ -949,7 +905,7 @@ impl Server {
                     self.metrics.write_calls.inc();
                     self.metrics.bytes_written.inc_by(n as u64);
                     c.last_progress = now;
-                    if c.out.advance(
+                    let snapshot_done = c.out.advance(
                         n,
                         &self.ring,
                         &self.metrics,
@@ -957,12 +913,9 @@ impl Server {
                             at: now,
                             unix_nanos: now_unix_nanos(),
                         },
-                    ) {
-                        c.phase = Phase::Streaming;
-                        if let Some(t) = c.handshake_done_at {
-                            self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
-                                .observe(now.duration_since(t).as_secs_f64());
-                        }
+                    );
+                    if snapshot_done {
+                        self.enter_phase(slot, Phase::Streaming);
                     }
                     if n < total {
                         self.want_writable(slot);
@@ -1029,12 +982,11 @@ impl Server {
                     },
                 )
             {
-                c.phase = Phase::Streaming;
-                if let Some(h) = c.handshake_done_at {
-                    self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
-                        .observe(now.duration_since(h).as_secs_f64());
-                }
+                self.enter_phase(slot, Phase::Streaming);
             }
+            let c = &mut self.conns[slot];
+            let closing = c.is_closing();
+            let Some(t) = c.tls.as_mut() else { return };
             let mut blocked = false;
             while t.conn.wants_write() {
                 match t.conn.write_tls(&mut &c.stream) {
@@ -1068,7 +1020,7 @@ impl Server {
                 continue;
             }
             c.last_progress = now;
-            if matches!(c.phase, Phase::Closing { .. }) && !c.write_shut {
+            if closing && !c.write_shut {
                 // Everything (the Goodbye included) is out: a close_notify, then half-close.
                 if !t.conn.is_handshaking() {
                     t.conn.send_close_notify();
@@ -1119,7 +1071,8 @@ impl Server {
             .inc();
     }
 
-    /// Sends a Goodbye (after any frame already started), then closes.
+    /// Closes for `reason`: the session's farewell (a native Goodbye) goes out after any frame
+    /// already started, then the connection closes.
     fn close_with_goodbye(&mut self, slot: usize, reason: GoodbyeReason, text: &str, log: bool) {
         self.close_with_goodbye_as(slot, reason, text, log, DropReason::Goodbye(reason));
     }
@@ -1133,7 +1086,7 @@ impl Server {
         log: bool,
         drop: DropReason,
     ) {
-        let Some(c) = self.conns.get_mut(slot) else {
+        let Some(c) = self.conns.get(slot) else {
             return;
         };
         if c.is_closing() {
@@ -1143,25 +1096,58 @@ impl Server {
             info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, reason = reason.as_str(), detail = text, "dropping client");
         }
         if c.tls_handshaking() {
-            // A Goodbye cannot be sent before the TLS handshake completes.
+            // Nothing can be said before the TLS handshake completes.
             self.close_now(slot, Some(drop));
             return;
         }
-        let frame = match reason {
-            GoodbyeReason::Shutdown => shared_goodbye_shutdown(),
-            _ => goodbye_frame(reason, text),
-        };
-        let was_streaming = c.handshake_done_at.is_some();
-        let syncer = c.out.syncer;
-        c.begin_closing(Some(frame), Instant::now() + self.cfg.goodbye_grace);
-        if was_streaming {
-            self.metrics
-                .connections_by_syncer
-                .with_label_values(&[syncer.as_str()])
-                .dec();
-        }
+        let farewell = c.session.farewell(reason, text);
         self.count_drop(drop);
+        self.enter_phase(
+            slot,
+            Phase::Closing {
+                deadline: Instant::now() + self.cfg.goodbye_grace,
+            },
+        );
+        let c = &mut self.conns[slot];
+        c.out.stop_after_current(farewell);
         self.mark_dirty(slot);
+    }
+
+    /// The one place a connection's phase changes: keeps the per-syncer connection gauge and
+    /// the snapshot-send histogram in step with it.
+    fn enter_phase(&mut self, slot: usize, phase: Phase) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let old = c.phase();
+        if old == phase || c.is_closing() {
+            return;
+        }
+        let now = Instant::now();
+        let syncer = c.out.syncer.as_str();
+        match (old, phase) {
+            (Phase::Handshake, Phase::Snapshot) => {
+                c.handshake_done_at = Some(now);
+                self.metrics
+                    .connections_by_syncer
+                    .with_label_values(&[syncer])
+                    .inc();
+            }
+            (Phase::Snapshot, Phase::Streaming) => {
+                if let Some(t) = c.handshake_done_at {
+                    self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
+                        .observe(now.duration_since(t).as_secs_f64());
+                }
+            }
+            (Phase::Snapshot | Phase::Streaming, Phase::Closing { .. }) => {
+                self.metrics
+                    .connections_by_syncer
+                    .with_label_values(&[syncer])
+                    .dec();
+            }
+            _ => {}
+        }
+        c.set_phase(phase);
     }
 
     /// Closes at once. `reason` is set when the server decided (for the drop metric).
@@ -1169,27 +1155,28 @@ impl Server {
         if !self.conns.contains(slot) {
             return;
         }
-        let mut c = self.conns.remove(slot);
-        let _ = self.poll.registry().deregister(&mut c.stream);
-        if !c.is_closing() {
-            if c.handshake_done_at.is_some() {
-                self.metrics
-                    .connections_by_syncer
-                    .with_label_values(&[c.out.syncer.as_str()])
-                    .dec();
-            }
+        if !self.conns[slot].is_closing() {
             if let Some(r) = reason {
                 self.count_drop(r);
             }
+            // Leaving through Closing keeps the gauges in one place.
+            self.enter_phase(
+                slot,
+                Phase::Closing {
+                    deadline: Instant::now(),
+                },
+            );
         }
+        let mut c = self.conns.remove(slot);
+        let _ = self.poll.registry().deregister(&mut c.stream);
         self.metrics.connections_active.dec();
         self.board
             .set_connections(self.conns.len(), self.cfg.max_connections);
         debug!(peer = %c.peer, conn = c.id, "closed");
     }
 
-    /// Stops accepting and fails readiness; then either plans a gradual shed (`gradual` and a
-    /// non-zero shutdown timeout) or says goodbye to everyone now.
+    /// Stops accepting and fails readiness; then either has the policy plan a gradual shed
+    /// (`gradual` and a non-zero shutdown timeout) or lets everyone go now.
     fn begin_shutdown(&mut self, gradual: bool) {
         self.shutting_down = true;
         self.board.set_shutting_down();
@@ -1197,26 +1184,20 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let n = self.open_count();
-        if gradual && !self.cfg.shutdown_timeout.is_zero() && n > 0 {
-            let plan = ShutdownPlan::new(
-                n,
-                self.cfg.shutdown_timeout,
-                self.cfg.shutdown_drop_interval_max,
-                Instant::now(),
-            );
-            info!(
+        match self.shed.begin_shutdown(n, gradual, Instant::now()) {
+            Some(gap) => info!(
                 connections = n,
-                gap = ?plan.gap,
+                gap = ?gap,
                 timeout = ?self.cfg.shutdown_timeout,
                 "shutting down: no new connections, shedding clients gradually"
-            );
-            self.shutdown_plan = Some(plan);
-        } else {
-            info!(
-                connections = n,
-                "shutting down: no new connections, saying goodbye to every client"
-            );
-            self.goodbye_to_all();
+            ),
+            None => {
+                info!(
+                    connections = n,
+                    "shutting down: no new connections, saying goodbye to every client"
+                );
+                self.goodbye_to_all();
+            }
         }
     }
 
@@ -1232,84 +1213,46 @@ impl Server {
         self.conns.iter().filter(|(_, c)| !c.is_closing()).count()
     }
 
-    /// The connection to shed next: the newest streaming client (it has the least invested in
-    /// this replica and the rest keep their long-lived streams), else the newest still being
-    /// sent its snapshot, else the newest still in its handshake.
-    fn shed_candidate(&self) -> Option<usize> {
-        let rank = |c: &Connection| match c.phase {
-            Phase::Streaming => Some(2),
-            Phase::Snapshot => Some(1),
-            Phase::Handshake => Some(0),
-            Phase::Closing { .. } => None,
+    /// The shedding hook, once per tick: the policy says how many go and why, [`shed::pick`]
+    /// says who, and each one's session says how.
+    fn shed_hook(&mut self, now: Instant) {
+        let target = self.effective_target();
+        let counts = Counts {
+            total: self.conns.len(),
+            open: self.open_count(),
         };
-        self.conns
-            .iter()
-            .filter_map(|(slot, c)| rank(c).map(|r| ((r, c.id), slot)))
-            .max_by_key(|(k, _)| *k)
-            .map(|(_, slot)| slot)
-    }
-
-    /// One gradual-shutdown drop per gap; everyone left at the deadline.
-    fn shed_for_shutdown(&mut self, now: Instant) {
-        let Some(plan) = &mut self.shutdown_plan else {
-            return;
+        let (reason, count) = match self.shed.on_tick(now, counts, target) {
+            Shed::Nothing => return,
+            Shed::Everyone => {
+                info!("shutdown timeout reached; saying goodbye to the remaining clients");
+                self.goodbye_to_all();
+                return;
+            }
+            Shed::Some { reason, count } => (reason, count),
         };
-        if now >= plan.deadline {
-            info!("shutdown timeout reached; saying goodbye to the remaining clients");
-            self.shutdown_plan = None;
-            self.goodbye_to_all();
-            return;
-        }
-        let due = plan.take_due(now);
-        for _ in 0..due {
-            match self.shed_candidate() {
-                Some(slot) => self.close_with_goodbye(
+        let victims = shed::pick(
+            self.conns.iter().map(|(slot, c)| (slot, c.phase(), c.id)),
+            count,
+        );
+        for slot in victims {
+            match reason {
+                ShedReason::Shutdown => self.close_with_goodbye(
                     slot,
                     GoodbyeReason::Shutdown,
                     "server shutting down",
                     false,
                 ),
-                None => break,
+                ShedReason::Rebalancing => {
+                    let c = &self.conns[slot];
+                    info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, connections = self.conns.len(), target, "over the connection target: asking a client to move");
+                    self.close_with_goodbye(
+                        slot,
+                        GoodbyeReason::Rebalancing,
+                        "rebalancing: this replica is above its share of clients",
+                        false,
+                    );
+                }
             }
-        }
-    }
-
-    /// Above the connection target, one `Goodbye(Rebalancing)` per drop interval, so the shed
-    /// clients spread over the other replicas without a reconnection storm.
-    fn shed_for_rebalancing(&mut self, now: Instant) {
-        let target = self.effective_target();
-        if self.shutting_down || now < self.next_rebalance_drop || self.conns.len() <= target {
-            return;
-        }
-        let interval = self.cfg.drop_interval;
-        // Drops are counted per interval, not per tick, so an interval shorter than the tick
-        // still sheds at its rate; a backlog of missed intervals is not made up in a burst.
-        let mut due = 1u64;
-        if !interval.is_zero() {
-            let late = now.duration_since(self.next_rebalance_drop);
-            due += (late.as_nanos() / interval.as_nanos()).min(u64::MAX as u128) as u64;
-            due = due.min((self.cfg.tick.as_nanos() / interval.as_nanos()) as u64 + 1);
-        }
-        let mut dropped = false;
-        for _ in 0..due {
-            if self.open_count() <= target {
-                break;
-            }
-            let Some(slot) = self.shed_candidate() else {
-                break;
-            };
-            let c = &self.conns[slot];
-            info!(peer = %c.peer, conn = c.id, hostname = %c.hostname, connections = self.conns.len(), target, "over the connection target: asking a client to move");
-            self.close_with_goodbye(
-                slot,
-                GoodbyeReason::Rebalancing,
-                "rebalancing: this replica is above its share of clients",
-                false,
-            );
-            dropped = true;
-        }
-        if dropped {
-            self.next_rebalance_drop = now + interval;
         }
     }
 
@@ -1334,7 +1277,7 @@ impl Server {
         {
             self.recent_pings.pop_front();
         }
-        self.ping_frame = None;
+        self.pings = None;
         if std::mem::take(&mut self.accept_retry) {
             self.accept_all();
         }
@@ -1343,7 +1286,7 @@ impl Server {
         }
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {
-            let action = match c.phase {
+            let action = match c.phase() {
                 Phase::Handshake => (now.duration_since(c.accepted_at) > cfg.handshake_timeout)
                     .then_some(Housekeeping::Drop(
                         DropReason::HandshakeTimeout,
@@ -1371,7 +1314,7 @@ impl Server {
                             DropReason::Goodbye(GoodbyeReason::TooSlow),
                             "fell too far behind",
                         ))
-                    } else if c.next_ping <= now {
+                    } else if c.next_ping <= now && c.session.can_ping() {
                         Some(Housekeeping::Ping)
                     } else {
                         None
@@ -1388,11 +1331,7 @@ impl Server {
         self.metrics
             .connections_target
             .set(self.effective_target().min(i64::MAX as usize) as i64);
-        if self.shutdown_plan.is_some() {
-            self.shed_for_shutdown(now);
-        } else {
-            self.shed_for_rebalancing(now);
-        }
+        self.shed_hook(now);
     }
 
     fn fell_behind(&self, c: &Connection) -> bool {
@@ -1413,10 +1352,10 @@ impl Server {
             }
             match a {
                 Housekeeping::Ping => {
-                    let (id, frame) = self.current_ping();
+                    let pings = self.current_pings();
                     let c = &mut self.conns[slot];
+                    let frame = c.session.ping(&pings);
                     c.out.control.push_back(frame);
-                    c.last_ping_id = id;
                     c.next_ping = Instant::now() + self.cfg.ping_interval;
                     self.mark_dirty(slot);
                 }
@@ -1442,83 +1381,18 @@ impl Server {
         self.actions = actions;
     }
 
-    /// The ping frame of this tick: one id and one encoding shared by every client due a ping.
-    fn current_ping(&mut self) -> (u64, Bytes) {
-        if let Some(p) = &self.ping_frame {
+    /// The pings of this tick: one id and one encoding per protocol, shared by every client due
+    /// a ping.
+    fn current_pings(&mut self) -> SharedPings {
+        if let Some(p) = &self.pings {
             return p.clone();
         }
         self.ping_id += 1;
-        let frame = proto::ping_frame(self.ping_id, now_unix_nanos());
+        let pings = SharedPings::new(self.ping_id, now_unix_nanos());
         self.recent_pings.push_back((self.ping_id, Instant::now()));
-        self.ping_frame = Some((self.ping_id, frame.clone()));
-        (self.ping_id, frame)
+        self.pings = Some(pings.clone());
+        pings
     }
-}
-
-/// The schedule of a gradual shutdown: drops spaced evenly so the last goes at 95 % of the
-/// timeout (leaving the rest for the Goodbyes to be read), but never further apart than the
-/// configured maximum gap.
-#[derive(Debug, Clone, Copy)]
-struct ShutdownPlan {
-    gap: Duration,
-    next: Instant,
-    deadline: Instant,
-}
-
-impl ShutdownPlan {
-    fn new(connections: usize, timeout: Duration, max_gap: Duration, now: Instant) -> Self {
-        let spread = timeout.mul_f64(0.95);
-        let gap = (spread / connections.clamp(1, u32::MAX as usize) as u32).min(max_gap);
-        ShutdownPlan {
-            gap,
-            next: now,
-            deadline: now + timeout,
-        }
-    }
-
-    /// How many drops are due by `now` (one per elapsed gap), advancing the schedule.
-    fn take_due(&mut self, now: Instant) -> usize {
-        let mut due = 0;
-        while self.next <= now && due < 1_000_000 {
-            due += 1;
-            if self.gap.is_zero() {
-                return usize::MAX;
-            }
-            self.next += self.gap;
-        }
-        due
-    }
-}
-
-fn shared_goodbye_shutdown() -> Bytes {
-    use std::sync::OnceLock;
-    static FRAME: OnceLock<Bytes> = OnceLock::new();
-    FRAME
-        .get_or_init(|| goodbye_frame(GoodbyeReason::Shutdown, "server shutting down"))
-        .clone()
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// Decodes one inbound payload; a payload that does not decode but names another major
-/// protocol version is reported as such.
-fn decode_payload(payload: &[u8]) -> Result<ClientMessage, (GoodbyeReason, String)> {
-    decode_client_message(payload).map_err(|e| match peek_hello_version(payload) {
-        Some(v) if v.major != PROTOCOL_VERSION.major => (
-            GoodbyeReason::UnsupportedVersion,
-            format!("server speaks protocol {PROTOCOL_VERSION}, client sent {v}"),
-        ),
-        _ => (GoodbyeReason::ProtocolError, e.to_string()),
-    })
 }
 
 #[cfg(test)]

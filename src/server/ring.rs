@@ -4,8 +4,9 @@
 //! this ring. A client's memory therefore does not grow when it falls behind; the ring's bounds
 //! are the backlog limit, and a client whose cursor falls off the end is too slow.
 
-use crate::datastore::DeltaBatch;
+use crate::batch::DeltaBatch;
 use crate::model::SyncerType;
+use crate::proto::encode::WireVariant;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -89,12 +90,13 @@ impl Ring {
         self.entries.get(idx)
     }
 
-    /// The entries from `next_seq` on that carry a part for `syncer`.
+    /// The entries from `next_seq` on that carry a part for `syncer`, with its bytes in
+    /// `variant`.
     pub fn parts_from(
         &self,
         next_seq: u64,
         syncer: SyncerType,
-        compressed: bool,
+        variant: WireVariant,
     ) -> impl Iterator<Item = (&RingEntry, &Bytes)> {
         let start = match self.entries.front() {
             Some(f) => usize::try_from(next_seq.saturating_sub(f.batch.seq)).unwrap_or(usize::MAX),
@@ -102,6 +104,11 @@ impl Ring {
         };
         self.entries
             .range(start.min(self.entries.len())..)
-            .filter_map(move |e| e.batch.part(syncer).map(|p| (e, p.frames(compressed))))
+            .filter_map(move |e| {
+                e.batch
+                    .part(syncer)
+                    .and_then(|p| p.frames(variant))
+                    .map(|b| (e, b))
+            })
     }
 }

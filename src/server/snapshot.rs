@@ -1,12 +1,12 @@
-//! The snapshot cache: each snapshot is encoded (and compressed) once per syncer type, codec and
-//! sequence number, off the reactor thread, and shared by every client that joins at that point.
+//! The snapshot cache: each snapshot is encoded (and compressed) once per syncer type, wire
+//! variant and sequence number, off the reactor thread, and shared by every client that joins at that point.
 //!
 //! Invariants (enforced by `tests/snapshot_cache.rs`, written down in `docs/snapshot-cache.md`):
 //! 1. A snapshot at sequence S is built from the canonical map exactly as of S: the reactor
 //!    hands the encoder the map that arrived with batch S.
 //! 2. A client served a snapshot at S continues from S + 1 out of the ring, so it is only served
 //!    while the ring still holds S + 1; otherwise a newer snapshot is built.
-//! 3. At most one encode per (syncer type, codec) runs at a time; clients arriving meanwhile
+//! 3. At most one encode per (syncer type, wire variant) runs at a time; clients arriving meanwhile
 //!    wait for it rather than starting their own (a reconnect storm costs one encode).
 //! 4. A finished snapshot is reused for new clients while it is at most `reuse_window` old or
 //!    still current, so a quiet datastore never re-encodes.
@@ -14,7 +14,7 @@
 use super::ring::Ring;
 use crate::metrics::Metrics;
 use crate::model::{StateMap, SyncStatus, SyncerType};
-use crate::proto::encode::{encode_snapshot, EncodedSnapshot};
+use crate::proto::encode::{encode_snapshot, EncodedSnapshot, WireVariant};
 use crate::proto::Codec;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -22,15 +22,46 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub type SnapshotKey = (SyncerType, Option<Codec>);
+pub type SnapshotKey = (SyncerType, WireVariant);
 
 struct SnapshotJob {
     state: StateMap,
     seq: u64,
     status: SyncStatus,
     syncer: SyncerType,
+    variant: WireVariant,
+    /// The codec of the native compressed variant.
     codec: Option<Codec>,
     chunk_bytes: usize,
+}
+
+/// Encodes one snapshot job in its variant.
+fn encode_job(job: &SnapshotJob) -> EncodedSnapshot {
+    let native = |codec| {
+        encode_snapshot(
+            &job.state,
+            job.seq,
+            job.status,
+            job.syncer,
+            codec,
+            job.chunk_bytes,
+        )
+    };
+    match job.variant {
+        WireVariant::NativePlain => native(None),
+        WireVariant::NativeCompressed => {
+            let mut snap = native(job.codec);
+            snap.variant = WireVariant::NativeCompressed;
+            snap
+        }
+        // No Typha session asks for these yet; answered as native plain so that a caller's
+        // mistake shows as a client error, never as a hung waiter.
+        WireVariant::TyphaSnappy | WireVariant::TyphaPlain => {
+            let mut snap = native(None);
+            snap.variant = job.variant;
+            snap
+        }
+    }
 }
 
 struct Cached {
@@ -58,14 +89,17 @@ pub struct SnapshotCache {
     worker: Option<JoinHandle<()>>,
     reuse_window: Duration,
     chunk_bytes: usize,
+    codec: Option<Codec>,
     metrics: Arc<Metrics>,
 }
 
 impl SnapshotCache {
-    /// Starts the encoder thread; `wake` is called after each finished snapshot.
+    /// Starts the encoder thread; `wake` is called after each finished snapshot. `codec` is
+    /// the native compressed variant's.
     pub fn new(
         reuse_window: Duration,
         chunk_bytes: usize,
+        codec: Option<Codec>,
         metrics: Arc<Metrics>,
         wake: impl Fn() + Send + 'static,
     ) -> std::io::Result<Self> {
@@ -76,14 +110,7 @@ impl SnapshotCache {
             .spawn(move || {
                 for job in jobs_rx {
                     let started = Instant::now();
-                    let snap = encode_snapshot(
-                        &job.state,
-                        job.seq,
-                        job.status,
-                        job.syncer,
-                        job.codec,
-                        job.chunk_bytes,
-                    );
+                    let snap = encode_job(&job);
                     drop(job.state);
                     if res_tx.send((Arc::new(snap), started.elapsed())).is_err() {
                         return;
@@ -99,6 +126,7 @@ impl SnapshotCache {
             worker: Some(worker),
             reuse_window,
             chunk_bytes,
+            codec,
             metrics,
         })
     }
@@ -134,7 +162,8 @@ impl SnapshotCache {
             seq: ring.last_seq(),
             status,
             syncer: key.0,
-            codec: key.1,
+            variant: key.1,
+            codec: self.codec,
             chunk_bytes: self.chunk_bytes,
         };
         if let Some(jobs) = &self.jobs {
@@ -149,7 +178,7 @@ impl SnapshotCache {
     /// Takes a finished snapshot, if any, with the connections that were waiting for it.
     pub fn poll_finished(&mut self) -> Option<(Arc<EncodedSnapshot>, Vec<Waiter>)> {
         let (snap, took) = self.results.try_recv().ok()?;
-        let key = (snap.syncer, snap.codec);
+        let key = (snap.syncer, snap.variant);
         let name = snap.syncer.as_str();
         self.metrics
             .snapshots_generated
@@ -193,10 +222,6 @@ impl SnapshotCache {
             let stale = c.snap.seq != ring.last_seq() && c.built_at.elapsed() > window;
             !(stale && Arc::strong_count(&c.snap) == 1)
         });
-    }
-
-    pub fn pending_count(&self) -> usize {
-        self.pending.values().map(Vec::len).sum()
     }
 }
 

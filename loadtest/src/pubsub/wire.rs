@@ -748,9 +748,12 @@ mod tests {
             codec: None,
             ..Default::default()
         };
-        let frame = |first, last, at| encode_batch_part(first, last, at, &[&u], None, &opts)
+        let frame = |first, last, at| {
+            encode_batch_part(first, last, at, &[&u], None, &opts)
                 .unwrap()
-                .plain;
+                .plain()
+                .clone()
+        };
         s.extend_from_slice(&frame(3, 4, 1_000));
         s.extend_from_slice(&ping_frame(42, 0));
         s.extend_from_slice(&frame(5, 7, 2_000));
