@@ -46,7 +46,10 @@ fn encode_batch(c: &mut Criterion) {
             codec,
             ..EncodeOptions::default()
         };
-        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap().plain().len();
+        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts)
+            .unwrap()
+            .plain()
+            .len();
         g.throughput(Throughput::Bytes(raw as u64));
         g.bench_function(name, |b| {
             b.iter(|| encode_batch_part(1, 1, 0, black_box(&refs), None, &opts).unwrap())

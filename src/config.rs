@@ -659,7 +659,10 @@ impl Config {
                 "server-keepalive-interval-secs",
                 self.server_keepalive_interval_secs,
             ),
-            ("k8s-missing-api-retry-secs", self.k8s_missing_api_retry_secs),
+            (
+                "k8s-missing-api-retry-secs",
+                self.k8s_missing_api_retry_secs,
+            ),
         ];
         for (name, v) in positive_secs {
             if !(v.is_finite() && v > 0.0 && v < MAX_SECS) {
@@ -671,7 +674,11 @@ impl Config {
         }
         let zero_or_more = [
             ("snapshot-reuse-secs", self.snapshot_reuse_secs, MAX_SECS),
-            ("shutdown-timeout-secs", self.shutdown_timeout_secs, MAX_SECS),
+            (
+                "shutdown-timeout-secs",
+                self.shutdown_timeout_secs,
+                MAX_SECS,
+            ),
             (
                 "server-tcp-user-timeout-secs",
                 self.server_tcp_user_timeout_secs,
@@ -710,8 +717,18 @@ impl Config {
         }
         const MIB: u64 = 1 << 20;
         let counts: [(&'static str, u64, u64, u64); 17] = [
-            ("server-listen-backlog", self.server_listen_backlog.max(0) as u64, 1, 1 << 20),
-            ("server-keepalive-count", self.server_keepalive_count.into(), 1, 127),
+            (
+                "server-listen-backlog",
+                self.server_listen_backlog.max(0) as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "server-keepalive-count",
+                self.server_keepalive_count.into(),
+                1,
+                127,
+            ),
             (
                 "server-max-input-frame-bytes",
                 self.server_max_input_frame_bytes as u64,
@@ -724,7 +741,12 @@ impl Config {
                 1,
                 u64::MAX,
             ),
-            ("server-max-backlog-bytes", self.server_max_backlog_bytes as u64, 1, u64::MAX),
+            (
+                "server-max-backlog-bytes",
+                self.server_max_backlog_bytes as u64,
+                1,
+                u64::MAX,
+            ),
             (
                 "max-connections-upper-limit",
                 self.max_connections_upper_limit as u64,
@@ -744,7 +766,12 @@ impl Config {
                 u64::MAX,
             ),
             // The channel's slots are allocated up front.
-            ("batch-channel-capacity", self.batch_channel_capacity as u64, 1, MIB),
+            (
+                "batch-channel-capacity",
+                self.batch_channel_capacity as u64,
+                1,
+                MIB,
+            ),
             (
                 "batch-max-bytes",
                 self.batch_max_bytes as u64,
@@ -1154,8 +1181,20 @@ mod tests {
         assert!(settings.len() > 40, "{settings:?}");
         for name in &settings {
             for v in [
-                "NaN", "nan", "inf", "-inf", "-1", "0", "-0", "1e-300", "1e300", "1e9",
-                "4294967296", "18446744073709551615", "99999999999999999999999", "-1e300",
+                "NaN",
+                "nan",
+                "inf",
+                "-inf",
+                "-1",
+                "0",
+                "-0",
+                "1e-300",
+                "1e300",
+                "1e9",
+                "4294967296",
+                "18446744073709551615",
+                "99999999999999999999999",
+                "-1e300",
             ] {
                 load_one(name, v);
             }
@@ -1165,8 +1204,14 @@ mod tests {
             other => panic!("{args:?}: {other:?}"),
         };
         // These used to panic (Duration::from_secs_f64) or to name another setting.
-        assert_eq!(named(&["--snapshot-reuse-secs=1e300"]), "snapshot-reuse-secs");
-        assert_eq!(named(&["--batch-channel-capacity=0"]), "batch-channel-capacity");
+        assert_eq!(
+            named(&["--snapshot-reuse-secs=1e300"]),
+            "snapshot-reuse-secs"
+        );
+        assert_eq!(
+            named(&["--batch-channel-capacity=0"]),
+            "batch-channel-capacity"
+        );
         assert_eq!(
             named(&["--snapshot-cache-max-batch-size=0"]),
             "snapshot-cache-max-batch-size"
@@ -1180,7 +1225,10 @@ mod tests {
             "connection-rebalancing-even-share-slack"
         );
         assert_eq!(named(&["--batch-max-bytes=100"]), "batch-max-bytes");
-        assert_eq!(named(&["--server-listen-backlog=-5"]), "server-listen-backlog");
+        assert_eq!(
+            named(&["--server-listen-backlog=-5"]),
+            "server-listen-backlog"
+        );
     }
 
     fn value() -> impl proptest::strategy::Strategy<Value = String> {

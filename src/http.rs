@@ -481,7 +481,11 @@ mod tests {
         start_limited(ctx, endpoints, HttpLimits::default())
     }
 
-    fn start_limited(ctx: Arc<HttpContext>, endpoints: Endpoints, limits: HttpLimits) -> SocketAddr {
+    fn start_limited(
+        ctx: Arc<HttpContext>,
+        endpoints: Endpoints,
+        limits: HttpLimits,
+    ) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -586,8 +590,13 @@ mod tests {
             assert_eq!(parse_response(&out).unwrap().0, 408);
         }
         assert!(eventually(T, || refused("head_timeout") == 3));
-        assert!(eventually(T, || raw(addr, b"GET /metrics HTTP/1.1\r\n\r\n")
-            .is_ok_and(|out| parse_response(&out).is_ok_and(|(code, _)| code == 200))));
+        assert!(eventually(T, || raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\n\r\n"
+        )
+        .is_ok_and(
+            |out| parse_response(&out).is_ok_and(|(code, _)| code == 200)
+        )));
     }
 
     #[test]

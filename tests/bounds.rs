@@ -58,7 +58,10 @@ fn list_chunk(from: usize) -> Vec<KvUpdate> {
             v.resize(VALUE_BYTES - 2, b'a' + (i % 26) as u8);
             v.extend_from_slice(b"\"}");
             KvUpdate::set(
-                format!("/calico/v1/host/node-{}/workload/k8s/ns%2fpod-{i}/endpoint/eth0", i % 500),
+                format!(
+                    "/calico/v1/host/node-{}/workload/k8s/ns%2fpod-{i}/endpoint/eth0",
+                    i % 500
+                ),
                 v,
                 format!("{i}"),
             )
@@ -123,7 +126,10 @@ fn a_stalled_reactor_during_a_large_initial_list_yields_only_frames_clients_acce
     assert!(got.len() >= 9, "{} batches for 70 MB", got.len());
     // Encoding was done once per sent part: work equals what was sent, whatever the retries.
     let sent = EncodeWork {
-        parts: got.iter().map(|m| m.batch.parts.iter().flatten().count() as u64).sum(),
+        parts: got
+            .iter()
+            .map(|m| m.batch.parts.iter().flatten().count() as u64)
+            .sum(),
         bytes: got.iter().map(|m| m.batch.encoded_bytes() as u64).sum(),
     };
     assert_eq!(b.encode_work(), sent);
@@ -155,12 +161,16 @@ fn a_stalled_reactor_during_a_large_initial_list_yields_only_frames_clients_acce
             };
             let mut frames = FrameDecoder::new(MAX_SERVER_FRAME);
             frames
-                .feed(part.frames(WireVariant::native(compressed.then_some(Codec::Zstd))).unwrap(), |payload| {
-                    largest = largest.max(payload.len());
-                    let msg = decode_server_message(payload, MAX_SERVER_FRAME)
-                        .map_err(|e| e.to_string())?;
-                    client.apply(msg, 0).map(|_| ()).map_err(|e| e.to_string())
-                })
+                .feed(
+                    part.frames(WireVariant::native(compressed.then_some(Codec::Zstd)))
+                        .unwrap(),
+                    |payload| {
+                        largest = largest.max(payload.len());
+                        let msg = decode_server_message(payload, MAX_SERVER_FRAME)
+                            .map_err(|e| e.to_string())?;
+                        client.apply(msg, 0).map(|_| ()).map_err(|e| e.to_string())
+                    },
+                )
                 .unwrap();
         }
         assert!(largest <= DEFAULT_BATCH_BYTES + 64, "{largest}");

@@ -690,8 +690,8 @@ mod tests {
         bytes.extend_from_slice(&proto::ping_frame(77, 0));
         let b1 = batch1();
         let refs: Vec<&Update> = b1.iter().collect();
-        let p1 = encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts)
-                .unwrap();
+        let p1 =
+            encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts).unwrap();
         let b2 = batch2();
         let refs: Vec<&Update> = b2.iter().collect();
         let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts).unwrap();

@@ -220,7 +220,10 @@ impl<S: BatchSink> Batcher<S> {
     /// limit; otherwise they wait (see the module docs) and the batch is due. Call only while
     /// [`accepting`](Self::accepting).
     pub fn apply_event(&mut self, updates: Vec<KvUpdate>) {
-        debug_assert!(self.held.is_empty(), "an event offered while another is held");
+        debug_assert!(
+            self.held.is_empty(),
+            "an event offered while another is held"
+        );
         self.held.extend(updates);
         self.admit_held();
     }
@@ -321,11 +324,8 @@ impl<S: BatchSink> Batcher<S> {
             Some(&i) => {
                 // The key already changed in this batch: clients only need its final value.
                 let prev = &mut self.pending[i].0;
-                self.pending_bytes -= update_entry_bound(
-                    &prev.key,
-                    prev.value.as_deref(),
-                    &prev.revision,
-                );
+                self.pending_bytes -=
+                    update_entry_bound(&prev.key, prev.value.as_deref(), &prev.revision);
                 let update_type = match (prev.update_type, update.update_type) {
                     (UpdateType::New, UpdateType::Updated) => UpdateType::New,
                     (_, t) => t,
@@ -418,8 +418,7 @@ impl<S: BatchSink> Batcher<S> {
                 }
             };
             self.encode_work.parts += 1;
-            self.encode_work.bytes +=
-                part.encoded_bytes() as u64;
+            self.encode_work.bytes += part.encoded_bytes() as u64;
             parts[t.index()] = Some(part);
         }
         let batch = Arc::new(DeltaBatch {
@@ -747,7 +746,11 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(b.flush(), FlushOutcome::ChannelFull);
         }
-        assert_eq!(b.encode_work(), EncodeWork::default(), "nothing encoded while full");
+        assert_eq!(
+            b.encode_work(),
+            EncodeWork::default(),
+            "nothing encoded while full"
+        );
         assert_eq!(m.channel_full.get(), 50);
         sink.set_full(false);
         assert_eq!(b.flush(), FlushOutcome::Sent);

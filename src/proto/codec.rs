@@ -503,9 +503,8 @@ mod tests {
             );
             // A failing one yields nothing to send, so the caller sends the plain frame; it
             // used to yield a `Compressed` frame with empty data, which no client decodes.
-            let failed = compress_frame_with(&frame, codec, |_, _| {
-                Err(std::io::Error::other("injected"))
-            });
+            let failed =
+                compress_frame_with(&frame, codec, |_, _| Err(std::io::Error::other("injected")));
             assert_eq!(failed, None, "{codec:?}");
         }
     }
@@ -513,7 +512,10 @@ mod tests {
     #[test]
     fn server_frames_above_the_limit_are_refused() {
         let ok = encode_server_frame(&ServerMessage::SyncStatus(SyncStatus::InSync)).unwrap();
-        assert_eq!(ok, encode_frame(&ServerMessage::SyncStatus(SyncStatus::InSync)));
+        assert_eq!(
+            ok,
+            encode_frame(&ServerMessage::SyncStatus(SyncStatus::InSync))
+        );
         // A payload of exactly the limit passes; one byte more does not.
         // Tag, reason, the string length as `fc` + u32, then the string.
         let fits = MAX_SERVER_FRAME - 1 - 1 - 5;
@@ -531,7 +533,10 @@ mod tests {
         };
         assert!(matches!(
             encode_server_frame(&m),
-            Err(ProtoError::FrameTooLarge { max: MAX_SERVER_FRAME, .. })
+            Err(ProtoError::FrameTooLarge {
+                max: MAX_SERVER_FRAME,
+                ..
+            })
         ));
     }
 }

@@ -413,14 +413,20 @@ mod tests {
         }
         assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
         assert!(Arc::ptr_eq(tls.current_config(), &first));
-        assert!(tls.session().is_ok(), "new connections still get the old config");
+        assert!(
+            tls.session().is_ok(),
+            "new connections still get the old config"
+        );
 
         // The volume recovers: the read completes and the new config arrives.
         let path = settings.cert_file.clone();
         let writer = std::thread::spawn(move || std::fs::write(path, cert2).unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Arc::ptr_eq(tls.current_config(), &first) {
-            assert!(Instant::now() < deadline, "the new certificates never arrived");
+            assert!(
+                Instant::now() < deadline,
+                "the new certificates never arrived"
+            );
             std::thread::sleep(Duration::from_millis(10));
             tls.take_reloaded();
         }
