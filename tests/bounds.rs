@@ -73,7 +73,7 @@ fn list_chunk(from: usize) -> Vec<KvUpdate> {
 fn a_stalled_reactor_during_a_large_initial_list_yields_only_frames_clients_accept() {
     // 70 MB of values: merged into one batch, as the batcher used to while the reactor was
     // stalled, they made a single `Updates` frame above MAX_SERVER_FRAME.
-    assert!(KEYS * VALUE_BYTES > MAX_SERVER_FRAME);
+    const { assert!(KEYS * VALUE_BYTES > MAX_SERVER_FRAME) };
     let reactor = StallingReactor::default();
     let board = Arc::new(StatusBoard::new());
     let mut b = Batcher::new(
