@@ -46,10 +46,13 @@ fn encode_batch(c: &mut Criterion) {
             codec,
             ..EncodeOptions::default()
         };
-        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts).plain().len();
+        let raw = encode_batch_part(1, 1, 0, &refs, None, &opts)
+            .unwrap()
+            .plain()
+            .len();
         g.throughput(Throughput::Bytes(raw as u64));
         g.bench_function(name, |b| {
-            b.iter(|| encode_batch_part(1, 1, 0, black_box(&refs), None, &opts))
+            b.iter(|| encode_batch_part(1, 1, 0, black_box(&refs), None, &opts).unwrap())
         });
     }
     g.finish();
@@ -63,7 +66,7 @@ fn one_batch_ring() -> (Ring, u64) {
     };
     let part = |u: &[Update]| -> EncodedPart {
         let refs: Vec<&Update> = u.iter().collect();
-        encode_batch_part(1, 1, 0, &refs, None, &opts)
+        encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap()
     };
     // The shortest prefix of a churn batch whose part reaches ~8 KiB.
     let all = churn_batch(SimConfig::default(), 400);
@@ -198,7 +201,7 @@ fn tls_pairs(n: usize) -> Vec<(TlsSession, rustls::ClientConnection)> {
         server_uri_san: None,
     })
     .unwrap();
-    let server = ServerTls::load(settings).unwrap();
+    let server = ServerTls::load(settings, Metrics::new().tls_reloads).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let pairs: Vec<_> = (0..n)
         .map(|_| {

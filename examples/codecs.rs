@@ -160,7 +160,7 @@ fn main() {
     let mut rows = Vec::new();
     for codec in CODECS {
         let opts = EncodeOptions { codec, ..opts };
-        let encode = || encode_batch_part(1, 1, 0, &refs, None, &opts);
+        let encode = || encode_batch_part(1, 1, 0, &refs, None, &opts).unwrap();
         let part = encode();
         let wire = part.compressed().unwrap_or(part.plain()).clone();
         assert_eq!(decode_stream(&wire), 1);

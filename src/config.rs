@@ -7,9 +7,11 @@
 
 use crate::datastore::k8s::KubernetesConfig;
 use crate::datastore::sim::SimConfig;
-use crate::datastore::{BatchLimits, DatastoreThreadConfig, DriverConfig};
+use crate::datastore::{
+    BatchLimits, DatastoreThreadConfig, DriverConfig, DEFAULT_BATCH_BYTES, MAX_BATCH_BYTES,
+};
 use crate::proto::encode::EncodeOptions;
-use crate::proto::{Codec, MAX_CLIENT_FRAME};
+use crate::proto::{Codec, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use crate::rebalance::{ConnectionTarget, RebalanceConfig, TargetParams};
 use crate::server::{ServerConfig, TlsSettings};
 use clap::parser::ValueSource;
@@ -359,6 +361,15 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub batch_channel_capacity: usize,
+    /// Most bytes of updates in one delta batch (each entry counted at its largest encoded size).
+    /// It bounds what the batcher merges while the reactor is behind and the largest `Updates`
+    /// frame; a driver event above it (a list chunk of many objects) is split across batches.
+    #[arg(
+        long = "batch-max-bytes",
+        env = "TYPHA_BATCHMAXBYTES",
+        default_value_t = DEFAULT_BATCH_BYTES
+    )]
+    pub batch_max_bytes: usize,
 
     // ---- health and metrics ----
     /// Serve /liveness and /readiness.
@@ -493,6 +504,10 @@ pub enum ConfigError {
 
 const DEFAULT_CONFIG_FILE: &str = "/etc/calico/typha.cfg";
 
+fn invalid(name: &'static str, msg: String) -> ConfigError {
+    ConfigError::Invalid { name, msg }
+}
+
 /// Parses `Name = value` lines; returns (lower-cased name, value, line number).
 pub fn parse_config_file(
     text: &str,
@@ -619,7 +634,11 @@ impl Config {
     }
 
     fn validated(self) -> Result<Config, ConfigError> {
-        for (name, v) in [
+        // Every numeric setting, each checked under its own name. The upper bounds keep every
+        // later conversion (Duration::from_secs_f64, allocations sized by a setting) in range;
+        // none of them is a limit anyone should reach.
+        const MAX_SECS: f64 = 1e9;
+        let positive_secs = [
             (
                 "server-handshake-timeout-secs",
                 self.server_handshake_timeout_secs,
@@ -661,82 +680,152 @@ impl Config {
                 "server-keepalive-interval-secs",
                 self.server_keepalive_interval_secs,
             ),
-        ] {
-            if !(v.is_finite() && v > 0.0 && v < 1e9) {
-                return Err(ConfigError::Invalid {
+            (
+                "k8s-missing-api-retry-secs",
+                self.k8s_missing_api_retry_secs,
+            ),
+        ];
+        for (name, v) in positive_secs {
+            if !(v.is_finite() && v > 0.0 && v < MAX_SECS) {
+                return Err(invalid(
                     name,
-                    msg: format!("{v} is not a positive number of seconds"),
-                });
+                    format!("{v} is not a positive number of seconds below {MAX_SECS:e}"),
+                ));
             }
         }
-        if !(self.server_tcp_user_timeout_secs.is_finite()
-            && (0.0..1e6).contains(&self.server_tcp_user_timeout_secs))
-        {
-            return Err(ConfigError::Invalid {
-                name: "server-tcp-user-timeout-secs",
-                msg: "must be zero (kernel default) or a number of seconds below 1e6".into(),
-            });
+        let zero_or_more = [
+            ("snapshot-reuse-secs", self.snapshot_reuse_secs, MAX_SECS),
+            (
+                "shutdown-timeout-secs",
+                self.shutdown_timeout_secs,
+                MAX_SECS,
+            ),
+            (
+                "server-tcp-user-timeout-secs",
+                self.server_tcp_user_timeout_secs,
+                // TCP_USER_TIMEOUT is a u32 of milliseconds.
+                1e6,
+            ),
+            ("sim-churn-rate", self.sim_churn_rate, 1e9),
+            ("sim-payload-rate", self.sim_payload_rate, 1e9),
+            (
+                "connection-rebalancing-headroom",
+                self.connection_rebalancing_headroom,
+                100.0,
+            ),
+        ];
+        for (name, v, max) in zero_or_more {
+            if !(v.is_finite() && (0.0..max).contains(&v)) {
+                return Err(invalid(
+                    name,
+                    format!("{v} is not zero or more and below {max:e}"),
+                ));
+            }
         }
-        if self.server_keepalive_count == 0 {
-            return Err(ConfigError::Invalid {
-                name: "server-keepalive-count",
-                msg: "must be at least 1".into(),
-            });
+        if !(0.0..=1.0).contains(&self.sim_noop_fraction) {
+            return Err(invalid(
+                "sim-noop-fraction",
+                format!("{} is not a fraction in [0, 1]", self.sim_noop_fraction),
+            ));
         }
-        if !(self.snapshot_reuse_secs.is_finite() && self.snapshot_reuse_secs >= 0.0) {
-            return Err(ConfigError::Invalid {
-                name: "snapshot-reuse-secs",
-                msg: "must be zero or more".into(),
-            });
+        // Negative means Typha's formula only.
+        let slack = self.connection_rebalancing_even_share_slack;
+        if !(slack.is_finite() && slack < 100.0) {
+            return Err(invalid(
+                "connection-rebalancing-even-share-slack",
+                format!("{slack} is not a number below 100 (negative turns it off)"),
+            ));
         }
-        if self.server_max_input_frame_bytes == 0
-            || self.server_max_input_frame_bytes > MAX_CLIENT_FRAME
-        {
-            return Err(ConfigError::Invalid {
-                name: "server-max-input-frame-bytes",
-                msg: format!("must be between 1 and {MAX_CLIENT_FRAME}"),
-            });
-        }
-        if self.max_connections_upper_limit == 0 {
-            return Err(ConfigError::Invalid {
-                name: "max-connections-upper-limit",
-                msg: "must be at least 1".into(),
-            });
-        }
-        if self.snapshot_cache_max_batch_size == 0 || self.batch_channel_capacity == 0 {
-            return Err(ConfigError::Invalid {
-                name: "snapshot-cache-max-batch-size",
-                msg: "batch size and channel capacity must be at least 1".into(),
-            });
-        }
-        let sim_ok = (0.0..=1.0).contains(&self.sim_noop_fraction)
-            && self.sim_churn_rate.is_finite()
-            && self.sim_churn_rate >= 0.0
-            && self.sim_payload_rate.is_finite()
-            && self.sim_payload_rate >= 0.0;
-        if !sim_ok {
-            return Err(ConfigError::Invalid {
-                name: "sim-noop-fraction",
-                msg: "noop fraction must be in [0, 1], churn and payload rates non-negative".into(),
-            });
-        }
-        if !(self.shutdown_timeout_secs.is_finite()
-            && self.shutdown_timeout_secs >= 0.0
-            && self.shutdown_timeout_secs < 1e9)
-        {
-            return Err(ConfigError::Invalid {
-                name: "shutdown-timeout-secs",
-                msg: "must be zero or more seconds".into(),
-            });
-        }
-        if !(self.connection_rebalancing_headroom.is_finite()
-            && self.connection_rebalancing_headroom >= 0.0
-            && self.connection_rebalancing_even_share_slack.is_finite())
-        {
-            return Err(ConfigError::Invalid {
-                name: "connection-rebalancing-headroom",
-                msg: "headroom must be zero or more and the slack a number".into(),
-            });
+        const MIB: u64 = 1 << 20;
+        let counts: [(&'static str, u64, u64, u64); 17] = [
+            (
+                "server-listen-backlog",
+                self.server_listen_backlog.max(0) as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "server-keepalive-count",
+                self.server_keepalive_count.into(),
+                1,
+                127,
+            ),
+            (
+                "server-max-input-frame-bytes",
+                self.server_max_input_frame_bytes as u64,
+                1,
+                MAX_CLIENT_FRAME as u64,
+            ),
+            (
+                "server-max-backlog-batches",
+                self.server_max_backlog_batches as u64,
+                1,
+                u64::MAX,
+            ),
+            (
+                "server-max-backlog-bytes",
+                self.server_max_backlog_bytes as u64,
+                1,
+                u64::MAX,
+            ),
+            (
+                "max-connections-upper-limit",
+                self.max_connections_upper_limit as u64,
+                1,
+                1 << 24,
+            ),
+            (
+                "snapshot-chunk-bytes",
+                self.snapshot_chunk_bytes as u64,
+                0,
+                (MAX_SERVER_FRAME / 4) as u64,
+            ),
+            (
+                "snapshot-cache-max-batch-size",
+                self.snapshot_cache_max_batch_size as u64,
+                1,
+                u64::MAX,
+            ),
+            // The channel's slots are allocated up front.
+            (
+                "batch-channel-capacity",
+                self.batch_channel_capacity as u64,
+                1,
+                MIB,
+            ),
+            (
+                "batch-max-bytes",
+                self.batch_max_bytes as u64,
+                64 * 1024,
+                MAX_BATCH_BYTES as u64,
+            ),
+            ("sim-nodes", self.sim_nodes as u64, 0, 1 << 24),
+            ("sim-endpoints", self.sim_endpoints as u64, 0, 1 << 26),
+            ("sim-namespaces", self.sim_namespaces as u64, 0, 1 << 20),
+            ("sim-policies", self.sim_policies as u64, 0, 1 << 20),
+            (
+                "sim-payload-bytes",
+                self.sim_payload_bytes as u64,
+                0,
+                (MAX_SERVER_FRAME / 4) as u64,
+            ),
+            (
+                "server-compression-min-bytes",
+                self.server_compression_min_bytes as u64,
+                0,
+                u64::MAX,
+            ),
+            (
+                "max-connections-lower-limit",
+                self.max_connections_lower_limit as u64,
+                0,
+                1 << 24,
+            ),
+        ];
+        for (name, v, min, max) in counts {
+            if !(min..=max).contains(&v) {
+                return Err(invalid(name, format!("must be between {min} and {max}")));
+            }
         }
         // The lower limit only bounds a rebalancing share; without rebalancing, a small upper
         // limit (a test, a lab) must not trip over the lower limit's default.
@@ -754,12 +843,6 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "connection-rebalancing-mode",
                 msg: "kubernetes rebalancing needs the kubernetes datastore".into(),
-            });
-        }
-        if !(self.k8s_missing_api_retry_secs.is_finite() && self.k8s_missing_api_retry_secs > 0.0) {
-            return Err(ConfigError::Invalid {
-                name: "k8s-missing-api-retry-secs",
-                msg: "must be a positive number of seconds".into(),
             });
         }
         self.tls_settings()?;
@@ -919,6 +1002,7 @@ impl Config {
             limits: BatchLimits {
                 max_updates: self.snapshot_cache_max_batch_size,
                 max_age: Duration::from_secs_f64(self.batch_max_age_secs),
+                max_bytes: self.batch_max_bytes,
             },
             encode: EncodeOptions {
                 codec: self.server_compression.codec(),
@@ -1078,6 +1162,117 @@ mod tests {
             .unwrap()
             .server_config()
             .is_err());
+    }
+
+    /// The long names of every setting whose default is a number.
+    fn numeric_settings() -> Vec<String> {
+        Config::command()
+            .get_arguments()
+            .filter(|a| {
+                a.get_default_values()
+                    .first()
+                    .and_then(|v| v.to_str())
+                    .is_some_and(|v| v.parse::<f64>().is_ok())
+            })
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+
+    /// Loads with `--name=value`: it may be refused, by the parser or under `name` itself, but
+    /// an accepted value must convert into every component's settings without panicking.
+    fn load_one(name: &str, value: &str) {
+        let flag = format!("--{name}={value}");
+        match load(&["--datastore-type=sim", &flag]) {
+            Ok(c) => {
+                let _ = c.server_config();
+                let _ = c.datastore_config();
+                let _ = c.rebalance_config();
+            }
+            Err(ConfigError::Invalid { name: n, msg }) => {
+                assert_eq!(n, name, "{flag} refused under another name: {msg}")
+            }
+            Err(ConfigError::Args(_)) => {}
+            Err(e) => panic!("{flag}: unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn every_numeric_setting_is_range_checked_under_its_own_name() {
+        let settings = numeric_settings();
+        assert!(settings.len() > 40, "{settings:?}");
+        for name in &settings {
+            for v in [
+                "NaN",
+                "nan",
+                "inf",
+                "-inf",
+                "-1",
+                "0",
+                "-0",
+                "1e-300",
+                "1e300",
+                "1e9",
+                "4294967296",
+                "18446744073709551615",
+                "99999999999999999999999",
+                "-1e300",
+            ] {
+                load_one(name, v);
+            }
+        }
+        let named = |args: &[&str]| match load(args) {
+            Err(ConfigError::Invalid { name, .. }) => name,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        // These used to panic (Duration::from_secs_f64) or to name another setting.
+        assert_eq!(
+            named(&["--snapshot-reuse-secs=1e300"]),
+            "snapshot-reuse-secs"
+        );
+        assert_eq!(
+            named(&["--batch-channel-capacity=0"]),
+            "batch-channel-capacity"
+        );
+        assert_eq!(
+            named(&["--snapshot-cache-max-batch-size=0"]),
+            "snapshot-cache-max-batch-size"
+        );
+        assert_eq!(
+            named(&["--datastore-type=sim", "--sim-churn-rate=-1"]),
+            "sim-churn-rate"
+        );
+        assert_eq!(
+            named(&["--connection-rebalancing-even-share-slack=NaN"]),
+            "connection-rebalancing-even-share-slack"
+        );
+        assert_eq!(named(&["--batch-max-bytes=100"]), "batch-max-bytes");
+        assert_eq!(
+            named(&["--server-listen-backlog=-5"]),
+            "server-listen-backlog"
+        );
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            "[-+]?[0-9]{0,25}(\\.[0-9]{0,6})?([eE][-+]?[0-9]{1,3})?",
+            "\\PC{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn no_numeric_setting_value_panics(
+            which in proptest::prelude::any::<proptest::sample::Index>(),
+            v in value(),
+        ) {
+            let settings = numeric_settings();
+            load_one(which.get(&settings).as_str(), &v);
+        }
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! A deliberately small HTTP/1.1 server: one request per connection (`Connection: close`),
 //! GET only, a head of at most 8 KiB read within 5 s, no request bodies. Anything a client sends
 //! is treated as untrusted; bad input gets a 4xx answer or a closed connection, never a panic.
+//! Each listener serves at most [`MAX_HTTP_CONNECTIONS`] connections at once; one more is closed
+//! as soon as it is accepted and counted (`typha_http_connections_refused_total`), so a flood of
+//! idle connections costs at most that many tasks for at most the head timeout each, and the
+//! probes answer again as soon as a slot frees.
 //!
 //! The health listener (Typha's 9098) serves the probes; the metrics listener (9093) serves
 //! `/metrics` and `/digest`. Each answers 404 for the other's routes, so a probe pointed at the
@@ -38,6 +42,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// closing with unread data (which makes the kernel send a reset) does not destroy the response.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 64 * 1024;
+/// Connections each listener serves at once. Probes and scrapes come one at a time; a few
+/// dozen leave room for several scrapers and kubelets.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
 /// Largest response `http_get` reads.
 const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -72,20 +79,70 @@ impl Endpoints {
     }
 }
 
-/// Accepts connections forever, one task per connection. Accept errors (such as running out of
-/// file descriptors) are logged and retried after a short pause.
+/// A listener's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a client has to send its request head.
+    pub head_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: MAX_HTTP_CONNECTIONS,
+            head_timeout: HEAD_TIMEOUT,
+        }
+    }
+}
+
+/// Accepts connections forever with the default [`HttpLimits`].
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>, endpoints: Endpoints) {
+    serve_with_limits(listener, ctx, endpoints, HttpLimits::default()).await
+}
+
+/// Accepts connections forever, one task per connection, at most `limits.max_connections` at
+/// once. Accept errors (such as running out of file descriptors) are retried after a short
+/// pause and logged when they start and when they stop, not on every retry.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    endpoints: Endpoints,
+    limits: HttpLimits,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut failing_since: Option<(Instant, u64)> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if let Some((since, failures)) = failing_since.take() {
+                    tracing::info!(failures, after = ?since.elapsed(), "http accept works again");
+                }
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    ctx.metrics
+                        .http_connections_refused
+                        .with_label_values(&["over_limit"])
+                        .inc();
+                    drop(stream);
+                    continue;
+                };
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
-                    handle_connection(stream, &ctx, endpoints).await;
+                    handle_connection(stream, &ctx, endpoints, limits.head_timeout).await;
+                    drop(slot);
                     tracing::trace!(%peer, "http connection done");
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "http accept failed");
+                match &mut failing_since {
+                    Some((_, failures)) => *failures += 1,
+                    None => {
+                        tracing::warn!(error = %e,
+                            "http accept failing; retrying every 100 ms, logged again once it works");
+                        failing_since = Some((Instant::now(), 1));
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -186,9 +243,20 @@ async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
     }
 }
 
-async fn handle_connection(mut stream: TcpStream, ctx: &HttpContext, endpoints: Endpoints) {
-    let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Err(_) => Response::text(408, "request head not received in time\n"),
+async fn handle_connection(
+    mut stream: TcpStream,
+    ctx: &HttpContext,
+    endpoints: Endpoints,
+    head_timeout: Duration,
+) {
+    let response = match tokio::time::timeout(head_timeout, read_head(&mut stream)).await {
+        Err(_) => {
+            ctx.metrics
+                .http_connections_refused
+                .with_label_values(&["head_timeout"])
+                .inc();
+            Response::text(408, "request head not received in time\n")
+        }
         Ok(Err(HeadError::TooLarge)) => Response::text(400, "request head too large\n"),
         Ok(Err(HeadError::Incomplete { empty: true })) | Ok(Err(HeadError::Io)) => return,
         Ok(Err(HeadError::Incomplete { empty: false })) => {
@@ -410,6 +478,14 @@ mod tests {
     }
 
     fn start_with(ctx: Arc<HttpContext>, endpoints: Endpoints) -> SocketAddr {
+        start_limited(ctx, endpoints, HttpLimits::default())
+    }
+
+    fn start_limited(
+        ctx: Arc<HttpContext>,
+        endpoints: Endpoints,
+        limits: HttpLimits,
+    ) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -420,7 +496,7 @@ mod tests {
                 .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
-                serve(listener, ctx, endpoints).await;
+                serve_with_limits(listener, ctx, endpoints, limits).await;
             });
         });
         addr
@@ -462,6 +538,65 @@ mod tests {
             v.digest = Digest(u128::from(seq) << 64 | i as u128);
         }
         DigestRecord { seq, views }
+    }
+
+    /// Polls `cond` until it holds or `within` has passed.
+    fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed_and_counted() {
+        let ctx = context(Duration::from_secs(10));
+        let limits = HttpLimits {
+            max_connections: 3,
+            head_timeout: Duration::from_millis(1500),
+        };
+        let addr = start_limited(ctx.clone(), Endpoints::All, limits);
+        let refused = |reason: &str| {
+            ctx.metrics
+                .http_connections_refused
+                .with_label_values(&[reason])
+                .get()
+        };
+        // Three idle connections take every slot (each accepted once the server reads from it).
+        let idle: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| std::net::TcpStream::connect_timeout(&addr, T).unwrap())
+            .collect();
+        // A fourth is closed without an answer while they hold their slots.
+        // (Closed with the request unread, which the kernel may turn into a reset.)
+        assert!(eventually(T, || {
+            match raw(addr, b"GET /metrics HTTP/1.1\r\n\r\n") {
+                Ok(out) => out.is_empty(),
+                Err(e) => matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ),
+            }
+        }));
+        assert!(refused("over_limit") >= 1);
+        // The idle ones are answered 408 at the head timeout, which frees their slots.
+        for mut s in idle {
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            assert_eq!(parse_response(&out).unwrap().0, 408);
+        }
+        assert!(eventually(T, || refused("head_timeout") == 3));
+        assert!(eventually(T, || raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\n\r\n"
+        )
+        .is_ok_and(
+            |out| parse_response(&out).is_ok_and(|(code, _)| code == 200)
+        )));
     }
 
     #[test]

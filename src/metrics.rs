@@ -19,6 +19,7 @@ pub struct Metrics {
     pub registry: Registry,
     // Connections.
     pub connections_accepted: IntCounter,
+    pub accept_errors: IntCounter,
     pub connections_active: IntGauge,
     pub connections_dropped: IntCounter,
     pub connections_dropped_by_reason: IntCounterVec,
@@ -52,6 +53,8 @@ pub struct Metrics {
     pub sequence: IntGauge,
     pub keys: IntGaugeVec,
     pub channel_full: IntCounter,
+    pub updates_refused_oversized: IntCounter,
+    pub http_connections_refused: IntCounterVec,
     // Kubernetes datastore.
     pub datastore_events: IntCounterVec,
     pub datastore_updates_emitted: IntCounterVec,
@@ -136,6 +139,11 @@ impl Metrics {
                 &r,
                 "typha_connections_accepted",
                 "Total connections accepted.",
+            ),
+            accept_errors: counter(
+                &r,
+                "typha_accept_errors_total",
+                "Failed accept calls on the protocol port (such as EMFILE at the descriptor limit); each is retried on the next tick.",
             ),
             connections_active: gauge(&r, "typha_connections_active", "Open connections."),
             connections_dropped: counter(
@@ -297,6 +305,17 @@ impl Metrics {
                 &r,
                 "typha_batch_channel_full_total",
                 "Times a closed batch could not be handed over because the reactor's channel was full.",
+            ),
+            http_connections_refused: counter_vec(
+                &r,
+                "typha_http_connections_refused_total",
+                "HTTP connections closed unserved, by reason: over_limit (the listener was at its connection cap) or head_timeout (no request head in time).",
+                &["reason"],
+            ),
+            updates_refused_oversized: counter(
+                &r,
+                "typha_updates_refused_oversized_total",
+                "Datastore updates refused because their entry alone would exceed the largest frame a client accepts.",
             ),
             datastore_events: counter_vec(
                 &r,

@@ -256,7 +256,7 @@ fn compressed(inner: &ServerMessage, codec: Codec) -> ServerMessage {
     ServerMessage::Compressed {
         codec,
         uncompressed_len: payload.len() as u32,
-        data: compress(codec, &payload),
+        data: compress(codec, &payload).unwrap(),
     }
 }
 
@@ -485,7 +485,7 @@ proptest! {
         let last_seq = first_seq + span;
         let refs: Vec<&Update> = updates.iter().collect();
         let opts = EncodeOptions { codec, compress_min_bytes, ..EncodeOptions::default() };
-        let part = encode_batch_part(first_seq, last_seq, received_at, &refs, status, &opts);
+        let part = encode_batch_part(first_seq, last_seq, received_at, &refs, status, &opts).unwrap();
         prop_assert_eq!(part.first_seq, first_seq);
         prop_assert_eq!(part.last_seq, last_seq);
         prop_assert_eq!(part.update_count, updates.len());
@@ -631,7 +631,7 @@ fn large_repetitive_batches_are_compressed_with_every_codec() {
             codec: Some(codec),
             ..EncodeOptions::default()
         };
-        let part = encode_batch_part(3, 5, 42, &refs, Some(SyncStatus::InSync), &opts);
+        let part = encode_batch_part(3, 5, 42, &refs, Some(SyncStatus::InSync), &opts).unwrap();
         let z = part.compressed().expect("a repetitive batch compresses");
         assert!(z.len() < part.plain().len() / 2, "{codec:?}");
         let frames = decode_frames(z);
@@ -764,7 +764,7 @@ proptest! {
             Lie::By(d) => (real + d).max(0) as u32,
             Lie::Is(n) => n,
         };
-        let mut data = compress(codec, &payload);
+        let mut data = compress(codec, &payload).unwrap();
         if let Some((i, b)) = corrupt {
             let n = data.len();
             data[i % n] = b;

@@ -179,7 +179,8 @@ fn updates_example_matches_both_encoders() {
             codec: None,
             ..EncodeOptions::default()
         },
-    );
+    )
+    .unwrap();
     assert_bytes("updates", &bytes, part.plain());
 
     let payload = single_payload(&bytes, MAX_SERVER_FRAME);

@@ -110,6 +110,7 @@ fn run_case(seed: u64, steps: usize, codec: Option<Codec>, max_updates: usize) {
         BatchLimits {
             max_updates,
             max_age: Duration::from_secs(3600),
+            ..BatchLimits::default()
         },
         encode,
         sink.clone(),

@@ -391,6 +391,7 @@ mod tests {
             ..Default::default()
         };
         encode_batch_part(first, last, 0, &[&u], Some(SyncStatus::InSync), &opts)
+            .unwrap()
             .plain()
             .clone()
     }

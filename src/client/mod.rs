@@ -19,10 +19,13 @@
 //! * [`tls::ClientTls`] is the TLS configuration (CA, client certificate, expected server CN /
 //!   URI SAN) for any event loop.
 //!
-//! The sequence rule: after a snapshot at seq `S` and after each `Updates` frame, the client's
-//! `seq` is the last sequence number it has. An `Updates{first_seq, last_seq}` is accepted only
-//! if `first_seq <= seq + 1 <= last_seq`; then `seq = last_seq`. Anything else is a gap or a
-//! duplicate and fails the connection with [`ClientError::Protocol`].
+//! The sequence rule (docs/protocol.md §9.5-9.6): after a snapshot at seq `S` and after each
+//! `Updates` frame, the client's `seq` is the last sequence number it has. The first
+//! `Updates{first_seq, last_seq}` after the snapshot is accepted only if
+//! `first_seq <= seq + 1 <= last_seq` (a shared frame may start before the snapshot's seq);
+//! every later one only if `first_seq == seq + 1 <= last_seq`. Then `seq = last_seq`. Anything
+//! else (a gap, a duplicate, or an overlap with what was already applied) fails the connection
+//! with [`ClientError::Protocol`].
 
 mod blocking;
 pub mod discovery;

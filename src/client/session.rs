@@ -690,10 +690,11 @@ mod tests {
         bytes.extend_from_slice(&proto::ping_frame(77, 0));
         let b1 = batch1();
         let refs: Vec<&Update> = b1.iter().collect();
-        let p1 = encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts);
+        let p1 =
+            encode_batch_part(11, 12, RECEIVED_AT, &refs, Some(SyncStatus::InSync), &opts).unwrap();
         let b2 = batch2();
         let refs: Vec<&Update> = b2.iter().collect();
-        let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts);
+        let p2 = encode_batch_part(13, 13, RECEIVED_AT + 1000, &refs, None, &opts).unwrap();
         if codec.is_some() {
             assert!(p1.compressed().is_some() && p2.compressed().is_some());
         }
@@ -1118,6 +1119,7 @@ mod tests {
         ];
         let refs: Vec<&Update> = ups.iter().collect();
         let frame = encode_batch_part(11, 11, RECEIVED_AT, &refs, None, &EncodeOptions::default())
+            .unwrap()
             .plain()
             .clone();
         for tracking in [Tracking::Full, Tracking::DigestOnly] {
@@ -1164,6 +1166,7 @@ mod tests {
             ..Default::default()
         };
         encode_batch_part(first, last, RECEIVED_AT, &refs, None, &opts)
+            .unwrap()
             .plain()
             .clone()
     }

@@ -305,13 +305,23 @@ impl SyncState {
             .seq
             .checked_add(1)
             .ok_or_else(|| ClientError::protocol(format!("Updates after seq {}", u64::MAX)))?;
-        if !(first_seq <= next && last_seq >= next && first_seq <= last_seq) {
+        // Rule 9.6: the first frame after the snapshot may start at or before `seq + 1`, since
+        // frames are shared and cover everything since that type's previous frame. Rule 9.5:
+        // every later frame starts exactly at `seq + 1`, so a partial duplicate is an error too.
+        let first_ok = if self.update_frames == 0 {
+            first_seq <= next
+        } else {
+            first_seq == next
+        };
+        if !(first_ok && last_seq >= next && first_seq <= last_seq) {
             let what = if first_seq > last_seq {
                 "inverted range"
+            } else if first_seq > next {
+                "gap"
             } else if last_seq < next {
                 "duplicate"
             } else {
-                "gap"
+                "overlap"
             };
             return Err(ClientError::protocol(format!(
                 "{what}: Updates {first_seq}..={last_seq} after seq {}",
@@ -640,6 +650,36 @@ mod tests {
         let mut s = ready(Tracking::SeqOnly);
         let e = s.apply(updates(7, 6, vec![]), 0).unwrap_err();
         assert!(matches!(&e, ClientError::Protocol(_)), "{e}");
+    }
+
+    /// Rule 9.5: after the first frame, each one starts exactly one past the previous.
+    #[test]
+    fn after_the_first_frame_only_the_next_seq_may_start_a_frame() {
+        for tracking in [Tracking::Full, Tracking::SeqOnly] {
+            let mut s = ready(tracking);
+            s.apply(updates(3, 6, vec![]), 0).unwrap();
+            // A partial duplicate: it reaches past seq 6 but repeats 6.
+            let e = s.apply(updates(6, 8, vec![]), 0).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Protocol(m) if m.starts_with("overlap")),
+                "{e}"
+            );
+            let mut s = ready(tracking);
+            s.apply(updates(6, 6, vec![]), 0).unwrap();
+            // The same through the zero-copy path.
+            let e = s.apply_updates_counted(5, 7, 0, 0, 0).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Protocol(m) if m.starts_with("overlap")),
+                "{e}"
+            );
+            let e = s.apply(updates(8, 8, vec![]), 0).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Protocol(m) if m.starts_with("gap")),
+                "{e}"
+            );
+            s.apply(updates(7, 9, vec![]), 0).unwrap();
+            assert_eq!(s.seq(), 9);
+        }
     }
 
     #[test]

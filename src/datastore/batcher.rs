@@ -4,8 +4,21 @@
 //! and counted. The rest collect in a pending batch (one slot per key: a later update to a key
 //! replaces the earlier one, so the pending batch is bounded by the number of keys whatever the
 //! datastore does). The batch closes at a size or an age limit, or when the sync status
-//! changes, and is encoded once per syncer type into an immutable [`DeltaBatch`]. If the
-//! reactor's channel is full the batch stays open and keeps merging until there is room.
+//! changes, and is encoded once per syncer type into an immutable [`DeltaBatch`].
+//!
+//! Backpressure. If the reactor's channel is full the batch stays open and keeps merging, without
+//! being encoded (the channel is asked for room first, so a batch is encoded once, when it can be
+//! sent). Merging is bounded by bytes: a batch takes a driver event only if the event fits under
+//! [`BatchLimits::max_bytes`]; otherwise the event is *held* and the batch must close first.
+//! While anything is held the datastore thread reads no further driver events
+//! ([`Batcher::accepting`]), so a stalled reactor stalls the driver instead of growing memory.
+//! An event is split only when it alone exceeds the limit (a list chunk of many objects, in
+//! practice): then it fills successive batches at key boundaries. The limit stays below
+//! [`MAX_SERVER_FRAME`], counted with [`update_entry_bound`], so no `Updates` frame a batch
+//! encodes is one that clients refuse. A single key whose entry alone would exceed
+//! `MAX_SERVER_FRAME` (impossible from Kubernetes, whose objects are limited to about 1.5 MiB) is
+//! refused outright: logged, counted in `typha_updates_refused_oversized_total`, and the key keeps
+//! its previous value; sending it would fail every client of its syncer type.
 
 use super::{BatchMessage, DeltaBatch};
 use crate::metrics::{key_kind, Metrics};
@@ -13,10 +26,13 @@ use crate::model::{
     now_unix_nanos, Entry, Key, KvUpdate, StateMap, SyncStatus, SyncerType, SyncerTypeSet, Update,
     UpdateType,
 };
-use crate::proto::encode::{encode_batch_part, EncodeOptions, EncodedPart};
+use crate::proto::encode::{
+    encode_batch_part, update_entry_bound, updates_frame_bound, EncodeOptions, EncodedPart,
+};
+use crate::proto::MAX_SERVER_FRAME;
 use crate::status::{DigestRecord, StatusBoard, ViewDigest};
 use crossbeam_channel::{Sender, TrySendError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +44,36 @@ pub struct BatchLimits {
     pub max_updates: usize,
     /// Close once the oldest pending update is this old.
     pub max_age: Duration,
+    /// Most bytes a batch's entries may take in an `Updates` frame ([`update_entry_bound`]
+    /// summed); checked before taking an event. Clamped to [`MAX_BATCH_BYTES`].
+    pub max_bytes: usize,
 }
+
+/// The largest [`BatchLimits::max_bytes`]: every `Updates` frame stays within
+/// [`MAX_SERVER_FRAME`].
+pub const MAX_BATCH_BYTES: usize = MAX_SERVER_FRAME - updates_frame_bound(0);
+
+/// The default [`BatchLimits::max_bytes`]: far above any one object, small enough that a
+/// backlog merged under backpressure leaves as several frames a client handles comfortably.
+pub const DEFAULT_BATCH_BYTES: usize = 8 << 20;
 
 impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_updates: 100,
             max_age: Duration::from_millis(10),
+            max_bytes: DEFAULT_BATCH_BYTES,
         }
     }
+}
+
+/// Encoding done so far: what [`Batcher::flush`] encoded, whether or not it was sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeWork {
+    /// Syncer-type parts encoded.
+    pub parts: u64,
+    /// Bytes of frames produced (every variant of every part).
+    pub bytes: u64,
 }
 
 /// Outcome of an attempt to close and send the pending batch.
@@ -48,12 +85,22 @@ pub enum FlushOutcome {
     ChannelFull,
     /// The reactor is gone.
     Disconnected,
+    /// The encoder refused a part (a frame over `MAX_SERVER_FRAME`). The batch limits make this
+    /// impossible; should it happen, the datastore thread stops rather than send a frame no
+    /// client accepts or skip a sequence number.
+    EncodeFailed,
 }
 
 /// Receives the closed batches. The reactor's side is a bounded channel plus a `mio::Waker`;
 /// tests plug in whatever they like.
 pub trait BatchSink {
     fn try_send(&mut self, msg: BatchMessage) -> Result<(), TrySendError<BatchMessage>>;
+
+    /// Whether a send now would find room. Asked before encoding, so that a full channel costs
+    /// no encoding; the batcher is the channel's only sender, so a yes stays true until it sends.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// The reactor's end: a bounded crossbeam channel, woken through a `mio::Waker`.
@@ -70,6 +117,10 @@ impl BatchSink for ReactorSink {
         let _ = self.waker.wake();
         Ok(())
     }
+
+    fn has_room(&self) -> bool {
+        !self.tx.is_full()
+    }
 }
 
 pub struct Batcher<S: BatchSink> {
@@ -80,6 +131,11 @@ pub struct Batcher<S: BatchSink> {
     sent_status: SyncStatus,
     pending: Vec<(Update, SyncerTypeSet)>,
     pending_index: HashMap<Key, usize>,
+    /// Sum of the pending updates' [`update_entry_bound`]s.
+    pending_bytes: usize,
+    /// The rest of a driver event that did not fit the open batch; applied once it has closed.
+    held: VecDeque<KvUpdate>,
+    encode_work: EncodeWork,
     /// When the oldest pending update (or status change) arrived.
     pending_since: Option<(Instant, u64)>,
     /// Last sequence number whose part for each syncer type carried updates.
@@ -107,13 +163,19 @@ impl<S: BatchSink> Batcher<S> {
             sent_status: SyncStatus::WaitingForDatastore,
             pending: Vec::new(),
             pending_index: HashMap::new(),
+            pending_bytes: 0,
+            held: VecDeque::new(),
+            encode_work: EncodeWork::default(),
             pending_since: None,
             last_part_seq: [0; SyncerType::COUNT],
             views: [ViewDigest {
                 key_count: 0,
                 digest: Default::default(),
             }; SyncerType::COUNT],
-            limits,
+            limits: BatchLimits {
+                max_bytes: limits.max_bytes.clamp(1, MAX_BATCH_BYTES),
+                ..limits
+            },
             encode,
             sink,
             metrics,
@@ -138,6 +200,58 @@ impl<S: BatchSink> Batcher<S> {
         self.pending.len()
     }
 
+    /// Upper bound of the open batch's entries in an `Updates` frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Whether the batcher takes another driver event: false while part of one is held, until
+    /// the open batch has been sent.
+    pub fn accepting(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Encoding done so far.
+    pub fn encode_work(&self) -> EncodeWork {
+        self.encode_work
+    }
+
+    /// Takes one driver event: all of its keys join the open batch if they fit under the byte
+    /// limit; otherwise they wait (see the module docs) and the batch is due. Call only while
+    /// [`accepting`](Self::accepting).
+    pub fn apply_event(&mut self, updates: Vec<KvUpdate>) {
+        debug_assert!(
+            self.held.is_empty(),
+            "an event offered while another is held"
+        );
+        self.held.extend(updates);
+        self.admit_held();
+    }
+
+    /// Moves held updates into the open batch: all of them if they fit; else, into an empty
+    /// batch, as many as fit (at least one); else none.
+    fn admit_held(&mut self) {
+        let total: usize = self.held.iter().map(entry_bound).sum();
+        if self.pending_bytes.saturating_add(total) <= self.limits.max_bytes {
+            while let Some(u) = self.held.pop_front() {
+                self.apply(u);
+            }
+            return;
+        }
+        if !self.pending.is_empty() {
+            return;
+        }
+        while let Some(u) = self.held.front() {
+            let b = entry_bound(u);
+            if !self.pending.is_empty() && self.pending_bytes + b > self.limits.max_bytes {
+                break;
+            }
+            if let Some(u) = self.held.pop_front() {
+                self.apply(u);
+            }
+        }
+    }
+
     /// The updates of the open batch, in arrival order (each key once, with its final value).
     pub fn pending(&self) -> impl Iterator<Item = &Update> {
         self.pending.iter().map(|(u, _)| u)
@@ -149,9 +263,18 @@ impl<S: BatchSink> Batcher<S> {
         }
     }
 
-    /// Applies one update to the canonical map; a no-op is dropped and counted.
+    /// Applies one update to the canonical map; a no-op is dropped and counted, and so is an
+    /// update too large for any frame (see the module docs). Not bounded by
+    /// [`BatchLimits::max_bytes`]: drivers go through [`apply_event`](Self::apply_event).
     pub fn apply(&mut self, u: KvUpdate) {
         self.metrics.updates_total.inc();
+        let bound = entry_bound(&u);
+        if updates_frame_bound(bound) > MAX_SERVER_FRAME {
+            tracing::error!(key = %u.key, bytes = bound, max = MAX_SERVER_FRAME,
+                "update too large for any frame; refused, the key keeps its previous value");
+            self.metrics.updates_refused_oversized.inc();
+            return;
+        }
         let old = self.state.get(&u.key).cloned();
         let update_type = match (&u.value, &old) {
             (Some(v), Some(o)) if o.value == *v => return self.skip(&u.key),
@@ -196,10 +319,13 @@ impl<S: BatchSink> Batcher<S> {
             update_type,
         };
         self.mark_pending();
+        self.pending_bytes += bound;
         match self.pending_index.get(&update.key) {
             Some(&i) => {
                 // The key already changed in this batch: clients only need its final value.
                 let prev = &mut self.pending[i].0;
+                self.pending_bytes -=
+                    update_entry_bound(&prev.key, prev.value.as_deref(), &prev.revision);
                 let update_type = match (prev.update_type, update.update_type) {
                     (UpdateType::New, UpdateType::Updated) => UpdateType::New,
                     (_, t) => t,
@@ -235,7 +361,8 @@ impl<S: BatchSink> Batcher<S> {
 
     /// Whether the pending batch should close now.
     pub fn due(&self, now: Instant) -> bool {
-        self.pending.len() >= self.limits.max_updates
+        !self.held.is_empty()
+            || self.pending.len() >= self.limits.max_updates
             || self.status != self.sent_status
             || self
                 .pending_since
@@ -247,12 +374,17 @@ impl<S: BatchSink> Batcher<S> {
         self.pending_since.map(|(t, _)| t + self.limits.max_age)
     }
 
-    /// Closes the pending batch, encodes it once per syncer type and hands it to the sink.
+    /// Closes the pending batch, encodes it once per syncer type and hands it to the sink; then
+    /// takes what was held into the next batch. Encodes nothing while the sink has no room.
     pub fn flush(&mut self) -> FlushOutcome {
         let status_changed = self.status != self.sent_status;
         if self.pending.is_empty() && !status_changed {
             self.pending_since = None;
             return FlushOutcome::NothingPending;
+        }
+        if !self.sink.has_room() {
+            self.metrics.channel_full.inc();
+            return FlushOutcome::ChannelFull;
         }
         let seq = self.seq + 1;
         let received_at = self.pending_since.map_or_else(now_unix_nanos, |(_, n)| n);
@@ -270,14 +402,24 @@ impl<S: BatchSink> Batcher<S> {
             if for_type.is_empty() && status_change.is_none() {
                 continue;
             }
-            parts[t.index()] = Some(encode_batch_part(
+            let part = match encode_batch_part(
                 self.last_part_seq[t.index()] + 1,
                 seq,
                 received_at,
                 &for_type,
                 status_change,
                 &self.encode,
-            ));
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, syncer = t.as_str(), seq,
+                        "encoder refused a batch part");
+                    return FlushOutcome::EncodeFailed;
+                }
+            };
+            self.encode_work.parts += 1;
+            self.encode_work.bytes += part.encoded_bytes() as u64;
+            parts[t.index()] = Some(part);
         }
         let batch = Arc::new(DeltaBatch {
             seq,
@@ -338,15 +480,22 @@ impl<S: BatchSink> Batcher<S> {
         }
         self.pending.clear();
         self.pending_index.clear();
+        self.pending_bytes = 0;
         self.pending_since = None;
+        self.admit_held();
         FlushOutcome::Sent
     }
+}
+
+fn entry_bound(u: &KvUpdate) -> usize {
+    update_entry_bound(&u.key, u.value.as_deref(), &u.revision)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Digest;
+    use crate::proto::encode::WireVariant;
     use crate::proto::{decode_server_message, FrameDecoder, ServerMessage, MAX_SERVER_FRAME};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -370,6 +519,10 @@ mod tests {
             s.got.push(msg);
             Ok(())
         }
+
+        fn has_room(&self) -> bool {
+            !self.0.borrow().full
+        }
     }
 
     impl VecSink {
@@ -387,6 +540,7 @@ mod tests {
             BatchLimits {
                 max_updates,
                 max_age: Duration::from_secs(3600),
+                ..BatchLimits::default()
             },
             EncodeOptions::default(),
             sink.clone(),
@@ -440,6 +594,7 @@ mod tests {
             BatchLimits {
                 max_updates: 100,
                 max_age: Duration::from_secs(3600),
+                ..BatchLimits::default()
             },
             EncodeOptions::default(),
             CheckingSink {
@@ -548,6 +703,152 @@ mod tests {
                 assert_eq!(updates[0].value.as_deref(), Some(&b"2"[..]));
                 // New then Updated within one batch is still New to the clients.
                 assert_eq!(updates[0].update_type, UpdateType::New);
+            }
+            other => panic!("unexpected frames {other:?}"),
+        }
+    }
+
+    fn limited(sink: &VecSink, max_bytes: usize) -> (Batcher<VecSink>, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        let b = Batcher::new(
+            BatchLimits {
+                max_updates: 100,
+                max_age: Duration::from_secs(3600),
+                max_bytes,
+            },
+            EncodeOptions::default(),
+            sink.clone(),
+            m.clone(),
+            Arc::new(StatusBoard::new()),
+        );
+        (b, m)
+    }
+
+    /// `n` felix keys from `from` on, each with a 1 KiB value.
+    fn event(from: usize, n: usize) -> Vec<KvUpdate> {
+        (from..from + n)
+            .map(|i| {
+                KvUpdate::set(
+                    format!("/calico/v1/host/n1/workload/k8s/ns%2fp{i}/endpoint/eth0"),
+                    format!("{i:01024}").into_bytes(),
+                    "1",
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_channel_costs_no_encoding() {
+        let sink = VecSink::default();
+        sink.set_full(true);
+        let (mut b, m) = batcher(&sink, 1);
+        b.apply_event(event(0, 3));
+        for _ in 0..50 {
+            assert_eq!(b.flush(), FlushOutcome::ChannelFull);
+        }
+        assert_eq!(
+            b.encode_work(),
+            EncodeWork::default(),
+            "nothing encoded while full"
+        );
+        assert_eq!(m.channel_full.get(), 50);
+        sink.set_full(false);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        let got = sink.got();
+        let parts = got[0].batch.parts.iter().flatten().count() as u64;
+        assert_eq!(
+            b.encode_work(),
+            EncodeWork {
+                parts,
+                bytes: got[0].batch.encoded_bytes() as u64
+            },
+            "encoded once, exactly what was sent"
+        );
+    }
+
+    #[test]
+    fn merging_under_backpressure_stops_at_the_byte_limit() {
+        let sink = VecSink::default();
+        sink.set_full(true);
+        let max = 64 * 1024;
+        let (mut b, _) = limited(&sink, max);
+        let mut offered = 0;
+        while b.accepting() {
+            b.apply_event(event(offered * 10, 10));
+            offered += 1;
+            assert!(b.pending_bytes() <= max, "{} > {max}", b.pending_bytes());
+            assert_eq!(b.flush(), FlushOutcome::ChannelFull);
+            assert!(offered < 100, "the batcher never stopped taking events");
+        }
+        // The last event waits whole: none of its keys is in the map yet.
+        let taken = b.pending_len();
+        assert_eq!(taken, (offered - 1) * 10);
+        assert!(b.due(Instant::now()));
+        let held_key = &event((offered - 1) * 10, 1)[0].key;
+        assert!(b.state().get(held_key).is_none());
+        sink.set_full(false);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        // Once the batch has gone, the held event opens the next one.
+        assert!(b.accepting());
+        assert_eq!(b.pending_len(), 10);
+        assert!(b.state().get(held_key).is_some());
+        assert_eq!(sink.got()[0].batch.update_count, taken);
+    }
+
+    #[test]
+    fn an_event_above_the_limit_fills_batches_at_key_boundaries() {
+        let sink = VecSink::default();
+        let max = 64 * 1024;
+        let (mut b, _) = limited(&sink, max);
+        b.apply_event(event(0, 200));
+        assert!(!b.accepting());
+        let mut rounds = 0;
+        while !b.accepting() {
+            assert!(b.pending_bytes() <= max);
+            assert_eq!(b.flush(), FlushOutcome::Sent);
+            rounds += 1;
+        }
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        drop(b);
+        let got = sink.got();
+        assert_eq!(got.len(), rounds + 1);
+        assert!(got.len() >= 4, "{} batches", got.len());
+        let mut keys = 0;
+        let mut next = 1;
+        for m in got.iter() {
+            let p = m.batch.part(SyncerType::Felix).unwrap();
+            assert!(p.plain().len() <= updates_frame_bound(max));
+            match &decode_updates(p.frames(WireVariant::NativeCompressed).unwrap())[..] {
+                [ServerMessage::Updates {
+                    first_seq,
+                    last_seq,
+                    updates,
+                    ..
+                }] => {
+                    assert_eq!((*first_seq, *last_seq), (next, next));
+                    next += 1;
+                    keys += updates.len();
+                }
+                other => panic!("unexpected frames {other:?}"),
+            }
+        }
+        assert_eq!(keys, 200);
+    }
+
+    #[test]
+    fn an_update_too_large_for_any_frame_is_refused() {
+        let sink = VecSink::default();
+        let (mut b, m) = batcher(&sink, 100);
+        b.apply(KvUpdate::set(WEP, &b"small"[..], "1"));
+        b.apply(KvUpdate::set(WEP, vec![b'x'; MAX_SERVER_FRAME], "2"));
+        assert_eq!(m.updates_refused_oversized.get(), 1);
+        assert_eq!(b.state().get(WEP).unwrap().value, &b"small"[..]);
+        assert_eq!(b.flush(), FlushOutcome::Sent);
+        let got = sink.got();
+        let p = got[0].batch.part(SyncerType::Felix).unwrap();
+        match &decode_updates(p.plain())[..] {
+            [ServerMessage::Updates { updates, .. }] => {
+                assert_eq!(updates[0].value.as_deref(), Some(&b"small"[..]))
             }
             other => panic!("unexpected frames {other:?}"),
         }

@@ -7,7 +7,10 @@ pub mod k8s;
 pub mod sim;
 pub(crate) mod thread;
 
-pub use batcher::{BatchLimits, BatchSink, Batcher, FlushOutcome, ReactorSink};
+pub use batcher::{
+    BatchLimits, BatchSink, Batcher, EncodeWork, FlushOutcome, ReactorSink, DEFAULT_BATCH_BYTES,
+    MAX_BATCH_BYTES,
+};
 pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig, DriverConfig};
 
 // The batch types live in `crate::batch`, shared with the reactor; re-exported for the stage's

@@ -1372,6 +1372,7 @@ pub fn churn_batch(cfg: SimConfig, n: usize) -> Vec<crate::model::Update> {
         BatchLimits {
             max_updates: usize::MAX,
             max_age: std::time::Duration::MAX,
+            ..BatchLimits::default()
         },
         crate::proto::encode::EncodeOptions::default(),
         Discard,

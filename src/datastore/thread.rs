@@ -306,7 +306,8 @@ async fn run_pipeline(
                 driver_task = spawn_driver(&driver, dtx.clone(), &metrics, &board);
                 driver_running = true;
             }
-            ev = drx.recv() => {
+            // While part of an event waits for the open batch to close, the driver waits too.
+            ev = drx.recv(), if batcher.accepting() => {
                 // The pipeline holds a sender, so the channel never closes.
                 let Some(ev) = ev else { break };
                 let ev = match resync.as_mut() {
@@ -386,13 +387,12 @@ fn sweep<S: super::BatchSink>(
 
 /// Applies one driver event; returns whether the batch should close now. One `Updates` event
 /// is one object's keys (or one chunk of a list) and goes into one batch whole, so a client
-/// never sees half an object: the size limit is checked at event boundaries only.
+/// never sees half an object: the size limit is checked at event boundaries only, and only an
+/// event above the byte limit is split (`Batcher::apply_event`).
 fn apply_event<S: super::BatchSink>(batcher: &mut Batcher<S>, ev: DriverEvent) -> bool {
     match ev {
         DriverEvent::Updates(us) => {
-            for u in us {
-                batcher.apply(u);
-            }
+            batcher.apply_event(us);
             batcher.due(std::time::Instant::now())
         }
         DriverEvent::Status(s) => {
@@ -409,13 +409,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Flushes; returns false when the reactor is gone.
+/// Flushes (again, while a held event still fills whole batches); returns false when the
+/// datastore thread must stop.
 fn flush(
     batcher: &mut Batcher<ReactorSink>,
     retry_at: &mut Option<tokio::time::Instant>,
     retry: Duration,
 ) -> bool {
-    match batcher.flush() {
+    let mut outcome = batcher.flush();
+    while outcome == FlushOutcome::Sent && !batcher.accepting() {
+        outcome = batcher.flush();
+    }
+    match outcome {
         FlushOutcome::Sent | FlushOutcome::NothingPending => true,
         FlushOutcome::ChannelFull => {
             *retry_at = Some(tokio::time::Instant::now() + retry);
@@ -423,6 +428,10 @@ fn flush(
         }
         FlushOutcome::Disconnected => {
             info!("reactor has gone; datastore thread stopping");
+            false
+        }
+        FlushOutcome::EncodeFailed => {
+            error!("a batch could not be encoded; datastore thread stopping");
             false
         }
     }
@@ -492,6 +501,7 @@ mod tests {
             BatchLimits {
                 max_updates: 3,
                 max_age: Duration::from_secs(3600),
+                ..BatchLimits::default()
             },
             EncodeOptions::default(),
             &mut sink,

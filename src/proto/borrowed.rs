@@ -251,7 +251,7 @@ mod tests {
             compress_min_bytes: 0,
             snapshot_chunk_bytes: 300,
         };
-        let part = encode_batch_part(3, 4, 77, &refs, None, &opts);
+        let part = encode_batch_part(3, 4, 77, &refs, None, &opts).unwrap();
         let p = &part.plain()[FRAME_HEADER_LEN..];
         let ServerFrameRef::Updates {
             first_seq: 3,

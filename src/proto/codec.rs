@@ -52,6 +52,26 @@ pub enum ProtoError {
     NestedCompression,
 }
 
+/// Encodes a server→client message as one frame, refusing a payload above
+/// [`MAX_SERVER_FRAME`] (which no client accepts) with [`ProtoError::FrameTooLarge`]. The
+/// writer stops at the limit, so an oversized message costs no more memory than the limit.
+pub fn encode_server_frame<M: Encode>(msg: &M) -> Result<Bytes, ProtoError> {
+    let mut w = FrameWriter::with_capacity(256);
+    w.limit = MAX_SERVER_FRAME;
+    match bincode::encode_into_writer(msg, &mut w, config()) {
+        Ok(()) => Ok(w.finish()),
+        Err(_) if w.over_limit => Err(ProtoError::FrameTooLarge {
+            len: w.attempted,
+            max: MAX_SERVER_FRAME,
+        }),
+        Err(e) => {
+            // Only a bug in a manual `Encode` impl gets here; the codec tests exercise them.
+            debug_assert!(false, "encoding failed: {e}");
+            Ok(w.finish())
+        }
+    }
+}
+
 /// Encodes `msg` as one frame: the little-endian `u32` payload length, then the payload.
 pub fn encode_frame<M: Encode>(msg: &M) -> Bytes {
     let mut w = FrameWriter::with_capacity(256);
@@ -72,13 +92,23 @@ pub fn encode_payload<M: Encode>(msg: &M) -> Vec<u8> {
 /// fills the prefix in. One allocation per frame.
 pub struct FrameWriter {
     buf: BytesMut,
+    /// Payload bytes beyond which a write fails (`usize::MAX`: no limit).
+    limit: usize,
+    over_limit: bool,
+    /// Payload length the failed write would have reached.
+    attempted: usize,
 }
 
 impl FrameWriter {
     pub fn with_capacity(cap: usize) -> Self {
         let mut buf = BytesMut::with_capacity(cap + FRAME_HEADER_LEN);
         buf.put_u32_le(0);
-        FrameWriter { buf }
+        FrameWriter {
+            buf,
+            limit: usize::MAX,
+            over_limit: false,
+            attempted: 0,
+        }
     }
 
     pub fn payload_len(&self) -> usize {
@@ -94,6 +124,12 @@ impl FrameWriter {
 
 impl bincode::enc::write::Writer for FrameWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        let len = self.payload_len().saturating_add(bytes.len());
+        if len > self.limit {
+            self.over_limit = true;
+            self.attempted = len;
+            return Err(EncodeError::Other("frame over the size limit"));
+        }
         self.buf.extend_from_slice(bytes);
         Ok(())
     }
@@ -147,10 +183,27 @@ pub fn ping_frame(id: u64, sent_at: u64) -> Bytes {
 }
 
 /// Compresses a frame's payload with `codec` and wraps it in a `Compressed` frame. Returns `None`
-/// when that would not save bytes, so the caller keeps the plain frame.
+/// when that would not save bytes, or when the compressor fails, so the caller keeps the plain
+/// frame: a shared frame goes to every client of its kind, and a broken one would fail them all.
 pub fn compress_frame(frame: &Bytes, codec: Codec) -> Option<Bytes> {
-    let payload = &frame[FRAME_HEADER_LEN..];
-    let data = compress(codec, payload);
+    compress_frame_with(frame, codec, compress)
+}
+
+/// [`compress_frame`] with the compressor passed in: the seam through which tests make it fail.
+pub fn compress_frame_with(
+    frame: &Bytes,
+    codec: Codec,
+    compressor: impl FnOnce(Codec, &[u8]) -> std::io::Result<Vec<u8>>,
+) -> Option<Bytes> {
+    let payload = frame.get(FRAME_HEADER_LEN..)?;
+    let data = match compressor(codec, payload) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(?codec, error = %e, bytes = payload.len(),
+                "compression failed; sending the frame uncompressed");
+            return None;
+        }
+    };
     let len = u32::try_from(payload.len()).ok()?;
     // Variant tag, codec, varint length and the data's length prefix: a dozen bytes at most.
     if data.len() + 12 >= payload.len() {
@@ -183,13 +236,14 @@ impl Encode for CompressedRef<'_> {
 /// `docs/benchmarks-codecs-and-micro.md`.
 pub const ZSTD_LEVEL: i32 = 3;
 
-pub fn compress(codec: Codec, data: &[u8]) -> Vec<u8> {
+/// Compresses `data` in `codec`'s wire format (§6 of docs/protocol.md).
+pub fn compress(codec: Codec, data: &[u8]) -> std::io::Result<Vec<u8>> {
     match codec {
-        Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).unwrap_or_default(),
-        Codec::Lz4 => lz4_flex::block::compress(data),
+        Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL),
+        Codec::Lz4 => Ok(lz4_flex::block::compress(data)),
         Codec::Snappy => snap::raw::Encoder::new()
             .compress_vec(data)
-            .unwrap_or_default(),
+            .map_err(std::io::Error::other),
     }
 }
 
@@ -421,4 +475,68 @@ pub enum FeedError<E> {
     Frame(ProtoError),
     #[error("{0}")]
     Handler(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SyncStatus;
+
+    fn big_frame() -> Bytes {
+        encode_frame(&ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "x".repeat(4096),
+        })
+    }
+
+    #[test]
+    fn a_failed_compression_keeps_the_plain_frame() {
+        let frame = big_frame();
+        for codec in [Codec::Zstd, Codec::Lz4, Codec::Snappy] {
+            // The real compressor wraps the frame and round-trips.
+            let z = compress_frame(&frame, codec).unwrap();
+            assert!(z.len() < frame.len());
+            let got = decode_server_message(&z[FRAME_HEADER_LEN..], MAX_SERVER_FRAME).unwrap();
+            assert_eq!(
+                got,
+                decode_server_message(&frame[FRAME_HEADER_LEN..], MAX_SERVER_FRAME).unwrap()
+            );
+            // A failing one yields nothing to send, so the caller sends the plain frame; it
+            // used to yield a `Compressed` frame with empty data, which no client decodes.
+            let failed =
+                compress_frame_with(&frame, codec, |_, _| Err(std::io::Error::other("injected")));
+            assert_eq!(failed, None, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn server_frames_above_the_limit_are_refused() {
+        let ok = encode_server_frame(&ServerMessage::SyncStatus(SyncStatus::InSync)).unwrap();
+        assert_eq!(
+            ok,
+            encode_frame(&ServerMessage::SyncStatus(SyncStatus::InSync))
+        );
+        // A payload of exactly the limit passes; one byte more does not.
+        // Tag, reason, the string length as `fc` + u32, then the string.
+        let fits = MAX_SERVER_FRAME - 1 - 1 - 5;
+        let m = ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "g".repeat(fits),
+        };
+        assert_eq!(
+            encode_server_frame(&m).unwrap().len(),
+            MAX_SERVER_FRAME + FRAME_HEADER_LEN
+        );
+        let m = ServerMessage::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: "g".repeat(fits + 1),
+        };
+        assert!(matches!(
+            encode_server_frame(&m),
+            Err(ProtoError::FrameTooLarge {
+                max: MAX_SERVER_FRAME,
+                ..
+            })
+        ));
+    }
 }

@@ -149,6 +149,10 @@ fn concat(a: &Bytes, b: Option<&Bytes>) -> Bytes {
 }
 
 /// Encodes one syncer type's part of a batch. `updates` are already filtered to that type.
+///
+/// An `Updates` frame above [`MAX_SERVER_FRAME`] is refused ([`ProtoError::FrameTooLarge`]):
+/// the protocol promises no client ever receives one. The batcher keeps its batches below
+/// that by [`updates_frame_bound`], so the refusal is a last line, not the way batches are cut.
 pub fn encode_batch_part(
     first_seq: u64,
     last_seq: u64,
@@ -156,17 +160,17 @@ pub fn encode_batch_part(
     updates: &[&Update],
     status_change: Option<SyncStatus>,
     opts: &EncodeOptions,
-) -> EncodedPart {
+) -> Result<EncodedPart, ProtoError> {
     let status = status_change.map(sync_status_frame);
     let (plain, compressed) = if updates.is_empty() {
         (status.clone().unwrap_or_default(), None)
     } else {
-        let frame = encode_frame(&UpdatesRef {
+        let frame = encode_server_frame(&UpdatesRef {
             first_seq,
             last_seq,
             received_at,
             updates: UpdateSeq::Batch(updates),
-        });
+        })?;
         let compressed = match opts.codec {
             Some(c) if frame.len() - FRAME_HEADER_LEN >= opts.compress_min_bytes => {
                 compress_frame(&frame, c).map(|z| concat(&z, status.as_ref()))
@@ -183,12 +187,28 @@ pub fn encode_batch_part(
     typha::snappy::frame_chunks(&gob, &mut framed);
     variants[WireVariant::TyphaSnappy.index()] = Some(framed.freeze());
     variants[WireVariant::TyphaPlain.index()] = Some(gob);
-    EncodedPart {
+    Ok(EncodedPart {
         first_seq,
         last_seq,
         update_count: updates.len(),
         variants,
-    }
+    })
+}
+
+/// Fixed bytes of an `Updates` frame around its entries, at most: the length prefix, the tag,
+/// three u64 varints and the entry count (9 bytes each at most), plus a `SyncStatus` frame.
+pub const UPDATES_FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + 1 + 4 * 9 + FRAME_HEADER_LEN + 2;
+
+/// The most bytes `u` can take inside an `Updates` frame: its key, value and revision, three
+/// length varints (9 bytes each at most), the `Option` byte and the update type.
+pub fn update_entry_bound(key: &str, value: Option<&[u8]>, revision: &str) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + revision.len() + 3 * 9 + 2
+}
+
+/// An upper bound on the frames [`encode_batch_part`] writes for entries whose
+/// [`update_entry_bound`]s sum to `entries`: what a batch must stay under to be sendable.
+pub const fn updates_frame_bound(entries: usize) -> usize {
+    entries.saturating_add(UPDATES_FRAME_OVERHEAD)
 }
 
 /// Most updates in one Typha `MsgKVs`: Typha's `ServerMaxMessageSize` for streamed snapshots
@@ -430,6 +450,9 @@ pub fn encode_snapshot(
     };
     let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::new();
     let mut chunk_size = 0;
+    // Upper bound of the chunk's encoded entries: an entry that would take the chunk past
+    // `MAX_SERVER_FRAME` starts the next one, whatever the target.
+    let mut chunk_bound = 0;
     let flush = |chunk: &mut Vec<(&Key, &Arc<Entry>)>, out: &mut EncodedSnapshot| {
         if chunk.is_empty() {
             return;
@@ -453,11 +476,17 @@ pub fn encode_snapshot(
         }
         out.key_count += 1;
         out.digest.add(k, &e.value);
+        let bound = update_entry_bound(k, Some(&e.value), &e.revision);
+        if !chunk.is_empty() && updates_frame_bound(chunk_bound + bound) > MAX_SERVER_FRAME {
+            flush(&mut chunk, &mut out);
+            (chunk_size, chunk_bound) = (0, 0);
+        }
         chunk_size += estimate(k, e);
+        chunk_bound += bound;
         chunk.push((k, e));
         if chunk_size >= chunk_bytes {
             flush(&mut chunk, &mut out);
-            chunk_size = 0;
+            (chunk_size, chunk_bound) = (0, 0);
         }
     }
     flush(&mut chunk, &mut out);

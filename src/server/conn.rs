@@ -353,11 +353,6 @@ impl Outbox {
             *n = (*n).max(ring.last_seq() + 1);
         }
     }
-
-    /// Whether anything is queued besides what the ring holds.
-    pub fn has_private_output(&self) -> bool {
-        self.in_flight.is_some() || !self.control.is_empty() || self.snapshot.is_some()
-    }
 }
 
 fn complete(done: Completion, syncer: SyncerType, metrics: &Metrics, t: WriteTime) -> bool {

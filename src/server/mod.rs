@@ -238,6 +238,8 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     shutdown_now: Arc<AtomicBool>,
     shutting_down: bool,
+    /// Since when `accept` has been failing, and how often: logged once per change of state.
+    accept_failing: Option<(Instant, u64)>,
     /// Whom to let go, and when: rebalancing and gradual shutdown.
     shed: ShedPolicy,
     conns: Slab<Connection>,
@@ -318,7 +320,7 @@ impl Server {
         let tls = cfg
             .tls
             .clone()
-            .map(ServerTls::load)
+            .map(|s| ServerTls::load(s, metrics.tls_reloads.clone()))
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if tls.is_some() {
@@ -359,6 +361,7 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             shutdown_now: Arc::new(AtomicBool::new(false)),
             shutting_down: false,
+            accept_failing: None,
             shed: ShedPolicy::new(
                 ShedConfig {
                     drop_interval: cfg.drop_interval,
@@ -470,13 +473,28 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.on_accept(stream, peer),
+                Ok((stream, peer)) => {
+                    if let Some((since, failures)) = self.accept_failing.take() {
+                        info!(failures, after = ?since.elapsed(), "accept works again");
+                    }
+                    self.on_accept(stream, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: the pending connections stay in the backlog; retry
-                    // on the next tick rather than spin.
-                    warn!(error = %e, "accept failed; retrying on the next tick");
+                    // on the next tick rather than spin. Logged when it starts failing and when
+                    // it works again, not on every tick in between (at the descriptor limit
+                    // that would be ten lines a second for as long as it lasts).
+                    self.metrics.accept_errors.inc();
+                    match &mut self.accept_failing {
+                        Some((_, failures)) => *failures += 1,
+                        None => {
+                            warn!(error = %e,
+                                "accept failing; retrying every tick, logged again once it works");
+                            self.accept_failing = Some((Instant::now(), 1));
+                        }
+                    }
                     self.accept_retry = true;
                     return;
                 }
@@ -518,9 +536,8 @@ impl Server {
             .tls = session;
         self.metrics.connections_active.inc();
         debug!(%peer, conn = id, "accepted");
-        if self.shutting_down {
-            self.close_with_goodbye(slot, GoodbyeReason::Shutdown, "server shutting down", false);
-        } else if self.conns.len() > self.cfg.max_connections {
+        // (No shutdown case: `begin_shutdown` drops the listener, so nothing is accepted then.)
+        if self.conns.len() > self.cfg.max_connections {
             self.close_with_goodbye(
                 slot,
                 GoodbyeReason::ServerFull,
@@ -1294,7 +1311,7 @@ impl Server {
             self.accept_all();
         }
         if let Some(t) = &mut self.tls {
-            t.maybe_reload(now, &self.metrics);
+            t.take_reloaded();
         }
         let cfg = &self.cfg;
         for (slot, c) in self.conns.iter() {

@@ -248,10 +248,6 @@ impl SnapshotCache {
             !(stale && Arc::strong_count(&c.snap) == 1)
         });
     }
-
-    pub fn pending_count(&self) -> usize {
-        self.pending.values().map(Vec::len).sum()
-    }
 }
 
 impl Drop for SnapshotCache {

@@ -1,14 +1,16 @@
 //! TLS on the protocol port: the server's rustls configuration, its reload when the files
 //! change, and the per-connection read path.
 //!
-//! Everything runs on the reactor thread. A connection's `rustls::ServerConnection` sits
+//! Everything but the reload runs on the reactor thread. The files are re-read on a thread of
+//! their own (`typha-tls-reload`), which hands a new configuration over a channel that the
+//! reactor drains on its tick: a slow or stuck filesystem delays a certificate rotation, never a
+//! client. A connection's `rustls::ServerConnection` sits
 //! between the socket and the same frame decoder and `Outbox` a plain connection uses: the
 //! shared plaintext frames stay shared, and each client encrypts its own copy as it is written.
 //! The reactor (`server/mod.rs`) feeds plaintext to rustls only while rustls' outgoing buffer
 //! is below [`TLS_OUT_BUFFER`], so a multi-megabyte snapshot is never copied whole into one
 //! client's TLS buffer.
 
-use crate::metrics::Metrics;
 use crate::tls::{
     cert_key_error, parse_certs, parse_key, parse_roots, read_pem_file, Identity, TlsError,
 };
@@ -17,7 +19,7 @@ use rustls::server::WebPkiClientVerifier;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{error, info};
 
 /// Bound on one connection's encrypted-but-unsent bytes (rustls' own default, made explicit):
@@ -95,15 +97,78 @@ impl Material {
     }
 }
 
-/// The server's TLS state: the config new connections get, and the reload bookkeeping.
+/// The server's TLS state: the config new connections get, and the channel from the thread
+/// that reloads it.
 pub struct ServerTls {
     settings: TlsSettings,
     identity: Identity,
     config: Arc<rustls::ServerConfig>,
+    reloaded: crossbeam_channel::Receiver<Arc<rustls::ServerConfig>>,
+    /// Dropping it stops the reload thread at once (or, if it is stuck reading a file, as soon
+    /// as that read returns: it is not joined, so a hung filesystem cannot hang a shutdown).
+    _stop: crossbeam_channel::Sender<()>,
+}
+
+/// The reload thread's state.
+struct Reloader {
+    settings: TlsSettings,
     /// Fingerprint of the files last tried, whether that load worked or not: a bad file is
     /// reported once, not every interval, and tried again when it changes.
     tried: u64,
-    next_check: Instant,
+    reloads: prometheus::IntCounterVec,
+    out: crossbeam_channel::Sender<Arc<rustls::ServerConfig>>,
+}
+
+impl Reloader {
+    fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            stop.recv_timeout(self.settings.reload_interval)
+        {
+            if let Some(cfg) = self.check() {
+                if self.out.send(cfg).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Re-reads the files and, if they changed and load, returns the new config. A failed
+    /// load keeps the old config.
+    fn check(&mut self) -> Option<Arc<rustls::ServerConfig>> {
+        let material = match Material::read(&self.settings) {
+            Ok(m) => m,
+            Err(e) => {
+                // Mid-rotation a file can be briefly missing; say so once per distinct state.
+                let fp = u64::MAX;
+                if self.tried != fp {
+                    self.tried = fp;
+                    self.reloads.with_label_values(&["failure"]).inc();
+                    error!(error = %e, "TLS files unreadable; keeping the current certificates");
+                }
+                return None;
+            }
+        };
+        let fp = material.fingerprint();
+        if fp == self.tried {
+            return None;
+        }
+        self.tried = fp;
+        match material.build(&self.settings) {
+            Ok(cfg) => {
+                self.reloads.with_label_values(&["success"]).inc();
+                info!(
+                    cert = %self.settings.cert_file.display(),
+                    "TLS files changed; new connections use the new certificates"
+                );
+                Some(cfg)
+            }
+            Err(e) => {
+                self.reloads.with_label_values(&["failure"]).inc();
+                error!(error = %e, "TLS files changed but do not load; keeping the current certificates");
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -115,20 +180,36 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// Loads the files; any problem is a startup error.
-    pub fn load(settings: TlsSettings) -> Result<ServerTls, TlsError> {
+    /// Loads the files (any problem is a startup error) and starts the thread that re-reads
+    /// them every `reload_interval`, counting its results in `reloads` (by `result`).
+    pub fn load(
+        settings: TlsSettings,
+        reloads: prometheus::IntCounterVec,
+    ) -> Result<ServerTls, TlsError> {
         let identity = settings.identity();
         if !identity.is_set() {
             return Err(TlsError::NoIdentity);
         }
         let material = Material::read(&settings)?;
         let config = material.build(&settings)?;
-        Ok(ServerTls {
+        let (out, reloaded) = crossbeam_channel::unbounded();
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let reloader = Reloader {
+            settings: settings.clone(),
             tried: material.fingerprint(),
-            next_check: Instant::now() + settings.reload_interval,
+            reloads,
+            out,
+        };
+        std::thread::Builder::new()
+            .name("typha-tls-reload".into())
+            .spawn(move || reloader.run(stop_rx))
+            .map_err(|e| TlsError::Setup(format!("cannot start the TLS reload thread: {e}")))?;
+        Ok(ServerTls {
             settings,
             identity,
             config,
+            reloaded,
+            _stop: stop,
         })
     }
 
@@ -146,46 +227,17 @@ impl ServerTls {
         })
     }
 
-    /// On the reactor's tick: every `reload_interval`, re-reads the files and, if they
-    /// changed, builds a new config for new connections. Existing connections keep theirs. A
-    /// failed load keeps the old config.
-    pub fn maybe_reload(&mut self, now: Instant, metrics: &Metrics) {
-        if now < self.next_check {
-            return;
+    /// On the reactor's tick: takes the newest config the reload thread built, if any, for
+    /// new connections; existing connections keep theirs. Never touches the filesystem.
+    pub fn take_reloaded(&mut self) {
+        while let Ok(cfg) = self.reloaded.try_recv() {
+            self.config = cfg;
         }
-        self.next_check = now + self.settings.reload_interval;
-        let material = match Material::read(&self.settings) {
-            Ok(m) => m,
-            Err(e) => {
-                // Mid-rotation a file can be briefly missing; say so once per distinct state.
-                let fp = u64::MAX;
-                if self.tried != fp {
-                    self.tried = fp;
-                    metrics.tls_reloads.with_label_values(&["failure"]).inc();
-                    error!(error = %e, "TLS files unreadable; keeping the current certificates");
-                }
-                return;
-            }
-        };
-        let fp = material.fingerprint();
-        if fp == self.tried {
-            return;
-        }
-        self.tried = fp;
-        match material.build(&self.settings) {
-            Ok(cfg) => {
-                self.config = cfg;
-                metrics.tls_reloads.with_label_values(&["success"]).inc();
-                info!(
-                    cert = %self.settings.cert_file.display(),
-                    "TLS files changed; new connections use the new certificates"
-                );
-            }
-            Err(e) => {
-                metrics.tls_reloads.with_label_values(&["failure"]).inc();
-                error!(error = %e, "TLS files changed but do not load; keeping the current certificates");
-            }
-        }
+    }
+
+    /// The config new connections get now.
+    pub fn current_config(&self) -> &Arc<rustls::ServerConfig> {
+        &self.config
     }
 }
 
@@ -295,5 +347,92 @@ impl TlsSession {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    use std::time::Instant;
+
+    fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "test-ca");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn leaf(ca: &CertifiedIssuer<'static, KeyPair>) -> (String, String) {
+        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "typha");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, ca).unwrap().pem(), key.serialize_pem())
+    }
+
+    /// A certificate file that blocks its reader (a FIFO with no writer, as a hung network
+    /// volume would) holds up the reload thread only; the reactor's side returns at once, and
+    /// picks the new certificate up once the read completes.
+    #[test]
+    fn a_stuck_certificate_file_never_blocks_the_reactor() {
+        let dir = std::env::temp_dir().join(format!("typha-rs-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = ca();
+        let (cert, key) = leaf(&ca);
+        let settings = TlsSettings {
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+            ca_file: dir.join("ca.pem"),
+            client_cn: Some("felix".into()),
+            client_uri_san: None,
+            reload_interval: Duration::from_millis(20),
+        };
+        std::fs::write(&settings.cert_file, &cert).unwrap();
+        std::fs::write(&settings.key_file, &key).unwrap();
+        std::fs::write(&settings.ca_file, ca.pem()).unwrap();
+        let metrics = Metrics::new();
+        let mut tls = ServerTls::load(settings.clone(), metrics.tls_reloads.clone()).unwrap();
+        let first = tls.current_config().clone();
+
+        // Rotate: the new key is written, the new certificate sits behind a FIFO.
+        let (cert2, key2) = leaf(&ca);
+        std::fs::write(&settings.key_file, &key2).unwrap();
+        std::fs::remove_file(&settings.cert_file).unwrap();
+        let fifo = std::ffi::CString::new(settings.cert_file.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // Long enough for the reload thread to be stuck on it several intervals over.
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        for _ in 0..10 {
+            tls.take_reloaded();
+        }
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        assert!(Arc::ptr_eq(tls.current_config(), &first));
+        assert!(
+            tls.session().is_ok(),
+            "new connections still get the old config"
+        );
+
+        // The volume recovers: the read completes and the new config arrives.
+        let path = settings.cert_file.clone();
+        let writer = std::thread::spawn(move || std::fs::write(path, cert2).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::ptr_eq(tls.current_config(), &first) {
+            assert!(
+                Instant::now() < deadline,
+                "the new certificates never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            tls.take_reloaded();
+        }
+        writer.join().unwrap();
+        assert_eq!(metrics.tls_reloads.with_label_values(&["success"]).get(), 1);
+        drop(tls);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

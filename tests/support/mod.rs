@@ -67,6 +67,7 @@ impl Harness {
             BatchLimits {
                 max_updates: 50,
                 max_age: Duration::from_secs(3600),
+                ..BatchLimits::default()
             },
             encode,
             sink,

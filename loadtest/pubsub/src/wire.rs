@@ -750,6 +750,7 @@ mod tests {
         };
         let frame = |first, last, at| {
             encode_batch_part(first, last, at, &[&u], None, &opts)
+                .unwrap()
                 .plain()
                 .clone()
         };
