@@ -16,7 +16,9 @@ build: deps
 
 ## Everything CI checks: formatting, lints, every test. The Kubernetes datastore tests need a
 ## real kube-apiserver + etcd: `scripts/test-apiserver.sh install` installs Debian's packages and
-## builds kube-apiserver v1.20.2 once (about 4 minutes; cached under ~/.cache/typha-rs).
+## builds, once, the current kube-apiserver and kubectl from the k8s.io/kubernetes Go module and
+## kube-apiserver v1.20.2 from Debian's source (cached under ~/.cache/typha-rs; see
+## docs/test-apiserver.md for the times).
 test: deps apiserver benchdeps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

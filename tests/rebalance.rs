@@ -400,12 +400,12 @@ fn kube_client(rt: &tokio::runtime::Runtime, kubeconfig: &Path) -> kube::Client 
 }
 
 fn slices_api(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
-    // v1.20 serves EndpointSlices as v1beta1 only; the daemons find them through their
-    // v1 → v1beta1 fallback.
+    // discovery.k8s.io/v1, as every cluster Calico v3.32 supports serves them (the v1beta1
+    // fallback is covered against v1.20 in tests/k8s.rs).
     let ar = kube::discovery::ApiResource {
         group: "discovery.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "discovery.k8s.io/v1beta1".into(),
+        version: "v1".into(),
+        api_version: "discovery.k8s.io/v1".into(),
         kind: "EndpointSlice".into(),
         plural: "endpointslices".into(),
     };
@@ -416,7 +416,7 @@ fn slices_api(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
 /// EndpointSlice controller would write for a ready pod.
 fn slice_for(port: u16, i: usize) -> kube::api::DynamicObject {
     serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1beta1",
+        "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": format!("{SVC}-{i}"), "namespace": NS,
                      "labels": {"kubernetes.io/service-name": SVC}},
