@@ -743,7 +743,13 @@ fn server_dry_run_accepts_every_served_manifest() {
     for (file, list) in &by_file {
         std::fs::write(&tmp, to_yaml(list)).unwrap();
         let tmp_s = tmp.to_string_lossy();
-        let args = ["apply", "--dry-run=server", "--validate=strict", "-f", &tmp_s];
+        let args = [
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            &tmp_s,
+        ];
         match kubectl(&api, &args) {
             Ok(out) => {
                 let lines = out
@@ -788,7 +794,13 @@ fn server_dry_run_accepts_every_served_manifest() {
     std::fs::write(&tmp, to_yaml(&[gnp])).unwrap();
     let e = kubectl(
         &api,
-        &["apply", "--dry-run=server", "--validate=strict", "-f", &tmp.to_string_lossy()],
+        &[
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            &tmp.to_string_lossy(),
+        ],
     )
     .unwrap_err();
     assert!(e.contains("selctor"), "{e}");

@@ -197,7 +197,9 @@ impl Churn {
     fn wait_for_writes(&self, more: u64, timeout: Duration) {
         let want = self.ok() + more;
         wait_until(&format!("{more} more churn writes"), timeout, || {
-            (self.ok() >= want).then_some(()).ok_or(format!("{} of {want}", self.ok()))
+            (self.ok() >= want)
+                .then_some(())
+                .ok_or(format!("{} of {want}", self.ok()))
         });
     }
 
@@ -477,15 +479,20 @@ fn etcd_stopped_for_30_seconds_keeps_the_last_state_served_then_catches_up() {
 
     // Changes after the outage reach the clients.
     let kc = kube_client(&rt, &api.kubeconfig());
-    wait_until("the API server to write again", Duration::from_secs(60), || {
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": "after-etcd"}})).unwrap();
-        match rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns)) {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    });
+    wait_until(
+        "the API server to write again",
+        Duration::from_secs(60),
+        || {
+            let ns: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": "after-etcd"}})).unwrap();
+            match rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns))
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    );
     let pods: Api<Pod> = Api::namespaced(kc.clone(), NS);
     rt.block_on(pods.delete(
         "web-0",
@@ -496,9 +503,11 @@ fn etcd_stopped_for_30_seconds_keeps_the_last_state_served_then_catches_up() {
     ))
     .unwrap();
     for w in &watchers {
-        w.wait_for("the changes after the outage", Duration::from_secs(60), |v| {
-            v.keys.contains(&profile_key("after-etcd")) && !v.keys.contains(&wep_key("web-0"))
-        });
+        w.wait_for(
+            "the changes after the outage",
+            Duration::from_secs(60),
+            |v| v.keys.contains(&profile_key("after-etcd")) && !v.keys.contains(&wep_key("web-0")),
+        );
     }
     assert_converged(&api, &watchers);
     let now: Vec<Option<u64>> = watchers.iter().map(|w| w.view().connection).collect();
@@ -524,12 +533,14 @@ fn api_server_away_twice_the_liveness_timeout_fails_liveness_then_resyncs_only_t
     let down = Instant::now();
     // While it is away, one pod goes: the only difference the resync may send.
     etcd_delete_pod(&api, "web-0");
-    wait_until("/liveness to fail", Duration::from_secs(30), || {
-        match http_get(d.health, "/liveness", HTTP).unwrap() {
+    wait_until(
+        "/liveness to fail",
+        Duration::from_secs(30),
+        || match http_get(d.health, "/liveness", HTTP).unwrap() {
             (503, _) => Ok(()),
             (code, body) => Err(format!("{code} {body}")),
-        }
-    });
+        },
+    );
     let failed_after = down.elapsed();
     assert!(
         failed_after >= TIMEOUT - Duration::from_millis(750),
@@ -542,12 +553,14 @@ fn api_server_away_twice_the_liveness_timeout_fails_liveness_then_resyncs_only_t
         std::thread::sleep(rest);
     }
     run_ok(&api, "restart-apiserver");
-    wait_until("/liveness to recover", Duration::from_secs(30), || {
-        match http_get(d.health, "/liveness", HTTP).unwrap() {
+    wait_until(
+        "/liveness to recover",
+        Duration::from_secs(30),
+        || match http_get(d.health, "/liveness", HTTP).unwrap() {
             (200, _) => Ok(()),
             (code, body) => Err(format!("{code} {body}")),
-        }
-    });
+        },
+    );
     for w in &watchers {
         w.wait_for("web-0's deletion", Duration::from_secs(60), |v| {
             !v.keys.contains(&wep_key("web-0"))
@@ -651,9 +664,15 @@ fn stopped_clients_are_dropped_reconnect_and_converge_with_bounded_memory() {
     let watchers: Vec<Watcher> = (0..CLIENTS - STOPPED).map(|_| Watcher::start(&d)).collect();
     let stopped: Vec<ClientProcess> = (0..STOPPED).map(|_| ClientProcess::start(&d)).collect();
     for c in &stopped {
-        wait_until("the client process's snapshot", Duration::from_secs(60), || {
-            (c.snapshots().len() == 1).then_some(()).ok_or_else(String::new)
-        });
+        wait_until(
+            "the client process's snapshot",
+            Duration::from_secs(60),
+            || {
+                (c.snapshots().len() == 1)
+                    .then_some(())
+                    .ok_or_else(String::new)
+            },
+        );
     }
     let rss_before = vm_rss_kib(d.pid());
     let written_before = metric(&d, "typha_bytes_written_total");
@@ -688,9 +707,15 @@ fn stopped_clients_are_dropped_reconnect_and_converge_with_bounded_memory() {
         c.signal(libc::SIGCONT);
     }
     for c in &stopped {
-        wait_until("the client process to resync", Duration::from_secs(60), || {
-            (c.snapshots().len() >= 2).then_some(()).ok_or_else(String::new)
-        });
+        wait_until(
+            "the client process to resync",
+            Duration::from_secs(60),
+            || {
+                (c.snapshots().len() >= 2)
+                    .then_some(())
+                    .ok_or_else(String::new)
+            },
+        );
         let (seq, digest) = c.snapshots()[1].clone();
         let (code, body) = http_get(d.metrics, &format!("/digest?seq={seq}"), HTTP).unwrap();
         assert_eq!(code, 200, "{body}");

@@ -391,7 +391,11 @@ fn listen_field(line: &str, name: &str) -> SocketAddr {
 /// A test API server (`scripts/test-apiserver.sh start DIR RELEASE`, then `crds`) of `release`
 /// ("current" or "v1.20"), with `extra_args` appended to the kube-apiserver flags; stopped and
 /// its directory removed when the returned value drops. Panics with the script's output.
-pub fn start_apiserver(name: &str, release: &str, extra_args: &[&str]) -> typha::testing::ApiServer {
+pub fn start_apiserver(
+    name: &str,
+    release: &str,
+    extra_args: &[&str],
+) -> typha::testing::ApiServer {
     let dir = std::env::temp_dir().join(format!("typha-k8s-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
