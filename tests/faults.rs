@@ -529,8 +529,9 @@ fn api_server_away_twice_the_liveness_timeout_fails_liveness_then_resyncs_only_t
     let total_before = metric(&d, "typha_updates_total ");
     let skipped_before = metric(&d, "typha_updates_skipped ");
 
-    run_ok(&api, "stop-apiserver");
+    // The daemon's last answer from the API server is no earlier than this.
     let down = Instant::now();
+    run_ok(&api, "stop-apiserver");
     // While it is away, one pod goes: the only difference the resync may send.
     etcd_delete_pod(&api, "web-0");
     wait_until(
@@ -692,9 +693,14 @@ fn stopped_clients_are_dropped_reconnect_and_converge_with_bounded_memory() {
                 &d,
                 "typha_connections_dropped_by_reason_total{reason=\"write-timeout\"}",
             );
-            (dropped >= STOPPED as f64)
-                .then_some(())
-                .ok_or(format!("{dropped} dropped"))
+            (dropped >= STOPPED as f64).then_some(()).ok_or(format!(
+                "{dropped} dropped for the write timeout, {} in all; {} churn writes, {} failed; \
+                 {:.1} MiB written",
+                metric(&d, "typha_connections_dropped_by_reason_total"),
+                churn.ok(),
+                churn.failed.load(Ordering::Relaxed),
+                (metric(&d, "typha_bytes_written_total") - written_before) / 1048576.0
+            ))
         },
     );
     let (writes, _) = churn.stop();
