@@ -2,7 +2,7 @@
 //! test kube-apiserver and etcd (`scripts/test-apiserver.sh`), while the API server restarts
 //! mid-churn, etcd compacts away the history a watch resumes from (410), etcd stops for 30 s,
 //! the API server stays away for twice the liveness timeout, and a tenth of the clients stop
-//! reading past the write timeout.
+//! reading until the daemon drops them.
 //!
 //! Each test ends the same way: every client's map digest equals the digest of a fresh
 //! daemon's translation of what the API server then holds (a new `typha` process that listed
@@ -652,8 +652,8 @@ impl Drop for ClientProcess {
 #[test]
 fn stopped_clients_are_dropped_reconnect_and_converge_with_bounded_memory() {
     const PODS: usize = 4;
-    // About 240 KiB of poorly compressible labels per endpoint: a few dozen updates fill a
-    // stopped client's socket buffers.
+    // About 160 KB of poorly compressible labels per endpoint, so that megabytes flow to every
+    // client while some are stopped.
     const LABELS: usize = 2000;
     const CLIENTS: usize = 20;
     const STOPPED: usize = CLIENTS / 10;
