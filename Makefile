@@ -16,13 +16,15 @@ build: deps
 
 ## Everything CI checks: formatting, lints, every test. The Kubernetes datastore tests need a
 ## real kube-apiserver + etcd: `scripts/test-apiserver.sh install` installs Debian's packages and
-## builds kube-apiserver v1.20.2 once (about 4 minutes; cached under ~/.cache/typha-rs).
+## builds, once, the current kube-apiserver and kubectl from the k8s.io/kubernetes Go module and
+## kube-apiserver v1.20.2 from Debian's source (cached under ~/.cache/typha-rs; see
+## docs/test-apiserver.md for the times).
 test: deps apiserver benchdeps interop
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --workspace --all-targets --features typha/fault-injection -- -D warnings
+	$(CARGO) clippy -p typha --all-targets --features fault-injection -- -D warnings
 	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --features typha/fault-injection --test process_faults
+	$(CARGO) test -p typha --features fault-injection --test process_faults
 	$(CARGO) test --workspace --doc
 
 lint: deps

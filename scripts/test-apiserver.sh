@@ -1,33 +1,41 @@
 #!/usr/bin/env bash
-# A real Kubernetes API server (kube-apiserver v1.20.2 + etcd) on loopback, for tests.
+# A real Kubernetes API server (kube-apiserver + etcd) on loopback, for tests: a current release
+# (the default) built from the k8s.io/kubernetes Go module, and v1.20.2 for the few checks that
+# need an old cluster.
 #
-#   scripts/test-apiserver.sh install                 # apt packages + build kube-apiserver once (cached)
-#   scripts/test-apiserver.sh start DIR               # etcd + kube-apiserver on 127.0.0.1; writes DIR/env
-#   scripts/test-apiserver.sh crds DIR                # apply deploy/crds/ and wait until Established
-#   scripts/test-apiserver.sh rbac DIR                # apply deploy/rbac.yaml
-#   scripts/test-apiserver.sh restart-apiserver DIR   # restart only the API server (same flags, same port)
-#   scripts/test-apiserver.sh compact DIR             # compact etcd to its current revision
-#   scripts/test-apiserver.sh stop DIR                # stop both (by recorded pid)
+#   scripts/test-apiserver.sh install [current|v1.20|all] # apt packages + build the server(s) once (cached); default all
+#   scripts/test-apiserver.sh start DIR [current|v1.20]   # etcd + kube-apiserver on 127.0.0.1; writes DIR/env
+#   scripts/test-apiserver.sh crds DIR                    # apply deploy/crds/ and wait until Established
+#   scripts/test-apiserver.sh rbac DIR                    # apply deploy/rbac.yaml
+#   scripts/test-apiserver.sh restart-apiserver DIR       # restart only the API server (same flags, same port)
+#   scripts/test-apiserver.sh stop-apiserver DIR          # stop only the API server (restart-apiserver brings it back)
+#   scripts/test-apiserver.sh stop-etcd DIR               # stop only etcd
+#   scripts/test-apiserver.sh start-etcd DIR              # start etcd again (same port, same data)
+#   scripts/test-apiserver.sh compact DIR                 # compact etcd to its current revision
+#   scripts/test-apiserver.sh stop DIR                    # stop both (by recorded pid)
 #
 # Everything listens on 127.0.0.1 only. Generated keys, certificates and the admin token live
 # in DIR only (use a directory under /tmp), never in the repository. See docs/test-apiserver.md.
 set -euo pipefail
 
-K8S_VERSION=v1.20.2
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The current release: the version k8s.io/kubernetes is pinned to in the wrapper module.
+CURRENT_MODULE_DIR="$REPO_ROOT/scripts/kube-apiserver-build"
+CURRENT_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$CURRENT_MODULE_DIR/go.mod")"
+LEGACY_VERSION=v1.20.2
 CACHE_DIR="${TYPHA_CACHE_DIR:-$HOME/.cache/typha-rs}"
 BIN_DIR="$CACHE_DIR/bin"
 BUILD_DIR="$CACHE_DIR/build"
-APISERVER_BIN="${KUBE_APISERVER_BIN:-$BIN_DIR/kube-apiserver-$K8S_VERSION}"
-KUBECTL_CACHED="$BIN_DIR/kubectl-$K8S_VERSION"
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 READY_TIMEOUT="${TEST_APISERVER_READY_TIMEOUT:-60}"
 REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 DEB_SRC_FILE=/etc/apt/sources.list.d/typha-rs-deb-src
+# Debian's Go 1.19 (package golang-1.19-go): what the v1.20 source builds with.
+LEGACY_GO_BIN=/usr/lib/go-1.19/bin
 
 # Debian packages that `install` makes sure of. kubernetes-client (kubectl v1.20.2) is handled
 # separately: on some images /usr/bin/kubectl already belongs to another package.
-APT_PACKAGES=(etcd-server etcd-client golang-go rsync jq golang-github-modern-go-reflect2-dev
-  dpkg-dev openssl curl make xz-utils)
+APT_PACKAGES=(etcd-server etcd-client golang-1.19-go rsync jq golang-github-modern-go-reflect2-dev
+  dpkg-dev openssl curl make xz-utils time)
 
 log() { echo "test-apiserver: $*" >&2; }
 die() {
@@ -36,9 +44,32 @@ die() {
 }
 
 usage() {
-  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
+
+[[ "$CURRENT_VERSION" =~ ^v1\.[0-9]+\.[0-9]+$ ]] ||
+  die "cannot read the k8s.io/kubernetes version from $CURRENT_MODULE_DIR/go.mod"
+
+# The release a server name stands for: "current" (or its version) or "v1.20".
+release_of() {
+  case "${1:-current}" in
+    current | "$CURRENT_VERSION") echo "$CURRENT_VERSION" ;;
+    v1.20 | "$LEGACY_VERSION") echo "$LEGACY_VERSION" ;;
+    *) die "unknown server '$1': use current ($CURRENT_VERSION) or v1.20 ($LEGACY_VERSION)" ;;
+  esac
+}
+
+# KUBE_APISERVER_BIN replaces the current server's binary (not v1.20's).
+apiserver_bin() {
+  if [[ "$1" == "$CURRENT_VERSION" && -n "${KUBE_APISERVER_BIN:-}" ]]; then
+    echo "$KUBE_APISERVER_BIN"
+  else
+    echo "$BIN_DIR/kube-apiserver-$1"
+  fi
+}
+
+kubectl_cached() { echo "$BIN_DIR/kubectl-$1"; }
 
 as_root() {
   if [[ $EUID -eq 0 ]]; then
@@ -71,23 +102,27 @@ apt_install() {
   fi
 }
 
-apiserver_ok() {
-  [[ -x "$APISERVER_BIN" ]] && "$APISERVER_BIN" --version 2>/dev/null | grep -q "Kubernetes v1\.20\."
+# Does BIN report Kubernetes VERSION exactly?
+binary_is() {
+  [[ -x "$1" ]] && "$1" --version 2>/dev/null | grep -qx "Kubernetes $2"
 }
 
 kubectl_ok() {
-  [[ -x "$1" ]] && "$1" version --client --short 2>/dev/null | grep -q "v1\.20\."
+  [[ -x "$1" ]] && "$1" version --client -o json 2>/dev/null |
+    jq -e --arg v "$2" '.clientVersion.gitVersion == $v' >/dev/null 2>&1
 }
 
-# kubectl v1.20.2 from Debian's kubernetes-client, cached as $KUBECTL_CACHED.
-ensure_kubectl() {
-  kubectl_ok "$KUBECTL_CACHED" && return 0
+# kubectl v1.20.2 from Debian's kubernetes-client, cached as kubectl-v1.20.2.
+ensure_legacy_kubectl() {
+  local cached
+  cached="$(kubectl_cached "$LEGACY_VERSION")"
+  kubectl_ok "$cached" "$LEGACY_VERSION" && return 0
   mkdir -p "$BIN_DIR"
   local owner
   owner="$(dpkg-query -S /usr/bin/kubectl 2>/dev/null | cut -d: -f1 || true)"
   if [[ -z "$owner" || "$owner" == kubernetes-client ]]; then
     apt_install kubernetes-client
-    install -m 0755 /usr/bin/kubectl "$KUBECTL_CACHED"
+    install -m 0755 /usr/bin/kubectl "$cached"
   else
     # Installing kubernetes-client would fail on the file conflict; take kubectl out of the
     # package instead, without touching the installed one.
@@ -99,10 +134,60 @@ ensure_kubectl() {
       die "apt-get download kubernetes-client failed"
     }
     dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/x"
-    install -m 0755 "$tmp/x/usr/bin/kubectl" "$KUBECTL_CACHED"
+    install -m 0755 "$tmp/x/usr/bin/kubectl" "$cached"
     rm -rf "$tmp"
   fi
-  kubectl_ok "$KUBECTL_CACHED" || die "$KUBECTL_CACHED is not kubectl v1.20.x"
+  kubectl_ok "$cached" "$LEGACY_VERSION" || die "$cached is not kubectl $LEGACY_VERSION"
+}
+
+# The current release, kube-apiserver and kubectl, from the k8s.io/kubernetes module on the Go
+# module proxy. scripts/kube-apiserver-build/go.mod requires k8s.io/kubernetes and replaces each
+# k8s.io/* staging module it lists (./staging/... in its own go.mod, which a dependency's
+# replace cannot use) with the matching v0.x.y release; its go.sum pins every download, so the
+# checksum database is never consulted.
+build_current() {
+  local v="$CURRENT_VERSION" out="$BUILD_DIR/$CURRENT_VERSION" buildlog t0 t1 goversion
+  buildlog="$out/build.log"
+  mkdir -p "$out" "$BIN_DIR"
+  : >"$buildlog"
+  command -v go >/dev/null || die "no go on PATH: k8s.io/kubernetes $v needs Go $(awk '$1 == "go" {print $2}' "$CURRENT_MODULE_DIR/go.mod") or newer"
+  goversion="$(go env GOVERSION)"
+  log "building kube-apiserver and kubectl $v from the k8s.io/kubernetes module with $goversion; log: $buildlog"
+  local major minor ldflags="" pkg
+  major="${v#v}"
+  major="${major%%.*}"
+  minor="${v#v*.}"
+  minor="${minor%%.*}"
+  # Without these the binaries report v0.0.0, and clients that negotiate by version misbehave.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=archive -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
+  local timer=()
+  [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -v)
+  t0=$(date +%s)
+  local cmd
+  for cmd in kube-apiserver kubectl; do
+    # GOTOOLCHAIN=local: never download another toolchain; an older go fails here, saying so.
+    if ! (cd "$CURRENT_MODULE_DIR" && env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw" \
+      GOMODCACHE="$BUILD_DIR/gomodcache" GOCACHE="$BUILD_DIR/gocache" CGO_ENABLED=0 \
+      "${timer[@]}" go build -trimpath -ldflags "-s -w$ldflags" -o "$out/$cmd" \
+      "k8s.io/kubernetes/cmd/$cmd") >>"$buildlog" 2>&1; then
+      tail -n 30 "$buildlog" >&2
+      die "building $cmd $v failed (full log: $buildlog)"
+    fi
+  done
+  t1=$(date +%s)
+  install -m 0755 "$out/kubectl" "$(kubectl_cached "$v").tmp"
+  mv -f "$(kubectl_cached "$v").tmp" "$(kubectl_cached "$v")"
+  install -m 0755 "$out/kube-apiserver" "$BIN_DIR/kube-apiserver-$v.tmp"
+  mv -f "$BIN_DIR/kube-apiserver-$v.tmp" "$BIN_DIR/kube-apiserver-$v"
+  rm -f "$out/kubectl" "$out/kube-apiserver"
+  binary_is "$BIN_DIR/kube-apiserver-$v" "$v" || die "kube-apiserver --version does not report $v"
+  kubectl_ok "$(kubectl_cached "$v")" "$v" || die "kubectl version does not report $v"
+  echo "build-seconds: $((t1 - t0))" >>"$buildlog"
+  log "built kube-apiserver and kubectl $v in $((t1 - t0)) s ($(du -h "$BIN_DIR/kube-apiserver-$v" | cut -f1)) -> $BIN_DIR"
+  grep -h "Maximum resident set size" "$buildlog" | sed 's/^[[:space:]]*/test-apiserver: peak /' >&2 || true
 }
 
 # Make `apt-get source kubernetes` possible: add deb-src entries derived from the bookworm
@@ -152,12 +237,16 @@ ensure_deb_src() {
     die "apt-cache showsrc kubernetes finds nothing even with deb-src entries"
 }
 
-build_apiserver() {
-  local buildlog="$BUILD_DIR/build-kube-apiserver.log" t0 t1
+# v1.20.2 from Debian's kubernetes source package, with Debian's Go 1.19: the source predates
+# Go modules as the v1.37 tree uses them, and newer Go releases reject parts of it.
+build_legacy() {
+  local buildlog="$BUILD_DIR/build-kube-apiserver.log" t0 t1 bin
+  bin="$BIN_DIR/kube-apiserver-$LEGACY_VERSION"
   mkdir -p "$BUILD_DIR" "$BIN_DIR"
   : >"$buildlog"
   t0=$(date +%s)
-  log "building kube-apiserver $K8S_VERSION from Debian's kubernetes source package; log: $buildlog"
+  [[ -x "$LEGACY_GO_BIN/go" ]] || die "$LEGACY_GO_BIN/go missing (Debian package golang-1.19-go)"
+  log "building kube-apiserver $LEGACY_VERSION from Debian's kubernetes source package; log: $buildlog"
 
   ensure_deb_src
   local srcver upstream
@@ -166,8 +255,8 @@ build_apiserver() {
   upstream="${upstream%-*}"
   upstream="${upstream##*really}"
   [[ "$upstream" == 1.20.* ]] || die "Debian's kubernetes source is $srcver (upstream $upstream), not 1.20.x"
-  [[ "v$upstream" == "$K8S_VERSION" ]] ||
-    log "warning: source is $upstream but the binary is cached as $K8S_VERSION"
+  [[ "v$upstream" == "$LEGACY_VERSION" ]] ||
+    log "warning: source is $upstream but the binary is cached as $LEGACY_VERSION"
   log "source package: kubernetes $srcver (upstream $upstream)"
 
   local src
@@ -204,36 +293,58 @@ KUBE_GIT_MINOR='$minor'
 KUBE_GIT_TREE_STATE='archive'
 EOF
 
-  log "make WHAT=cmd/kube-apiserver (GOFLAGS=-mod=vendor GOPROXY=off; takes minutes)"
-  if ! (cd "$src" && env GOFLAGS=-mod=vendor GOPROXY=off GO111MODULE=on GOTOOLCHAIN=local \
+  log "make WHAT=cmd/kube-apiserver with $("$LEGACY_GO_BIN/go" version) (GOFLAGS=-mod=vendor GOPROXY=off; takes minutes)"
+  if ! (cd "$src" && env PATH="$LEGACY_GO_BIN:$PATH" GOFLAGS=-mod=vendor GOPROXY=off GO111MODULE=on GOTOOLCHAIN=local \
     KUBE_GIT_VERSION_FILE="$BUILD_DIR/version.env" make WHAT=cmd/kube-apiserver) >>"$buildlog" 2>&1; then
     tail -n 30 "$buildlog" >&2
     die "kube-apiserver build failed (full log: $buildlog)"
   fi
   local out
-  out="$src/_output/local/bin/linux/$(go env GOARCH)/kube-apiserver"
+  out="$src/_output/local/bin/linux/$("$LEGACY_GO_BIN/go" env GOARCH)/kube-apiserver"
   [[ -x "$out" ]] || out="$src/_output/bin/kube-apiserver"
   [[ -x "$out" ]] || die "build finished but no kube-apiserver binary under $src/_output (see $buildlog)"
-  install -m 0755 "$out" "$APISERVER_BIN.tmp"
-  mv -f "$APISERVER_BIN.tmp" "$APISERVER_BIN"
-  apiserver_ok || die "$APISERVER_BIN --version does not report Kubernetes v1.20.x"
+  install -m 0755 "$out" "$bin.tmp"
+  mv -f "$bin.tmp" "$bin"
+  binary_is "$bin" "$LEGACY_VERSION" || die "$bin --version does not report Kubernetes $LEGACY_VERSION"
   t1=$(date +%s)
   echo "build-seconds: $((t1 - t0))" >>"$buildlog"
-  log "built $("$APISERVER_BIN" --version) in $((t1 - t0)) s ($(du -h "$APISERVER_BIN" | cut -f1)) -> $APISERVER_BIN"
-  log "go: $(go version); reflect2: $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
+  log "built $("$bin" --version) in $((t1 - t0)) s ($(du -h "$bin" | cut -f1)) -> $bin"
+  log "reflect2: $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
+}
+
+install_current() {
+  if binary_is "$BIN_DIR/kube-apiserver-$CURRENT_VERSION" "$CURRENT_VERSION" &&
+    kubectl_ok "$(kubectl_cached "$CURRENT_VERSION")" "$CURRENT_VERSION"; then
+    log "cached: kube-apiserver and kubectl $CURRENT_VERSION in $BIN_DIR; skipping the build"
+  else
+    build_current
+  fi
+}
+
+install_legacy() {
+  ensure_legacy_kubectl
+  if binary_is "$BIN_DIR/kube-apiserver-$LEGACY_VERSION" "$LEGACY_VERSION"; then
+    log "cached: kube-apiserver $LEGACY_VERSION in $BIN_DIR; skipping the build"
+  else
+    build_legacy
+  fi
 }
 
 cmd_install() {
+  local which="${1:-all}"
   apt_install "${APT_PACKAGES[@]}"
-  ensure_kubectl
-  if apiserver_ok; then
-    log "cached: $APISERVER_BIN ($("$APISERVER_BIN" --version)); skipping the build"
-  else
-    build_apiserver
-  fi
+  case "$which" in
+    all) install_current && install_legacy ;;
+    current | "$CURRENT_VERSION") install_current ;;
+    v1.20 | "$LEGACY_VERSION") install_legacy ;;
+    *) die "install: unknown server '$which' (current, v1.20 or all)" ;;
+  esac
   log "etcd: $(etcd --version 2>/dev/null | head -n1)"
-  log "kubectl: $KUBECTL_CACHED ($("$KUBECTL_CACHED" version --client --short 2>/dev/null))"
-  log "kube-apiserver: $APISERVER_BIN ($("$APISERVER_BIN" --version))"
+  local v
+  for v in "$CURRENT_VERSION" "$LEGACY_VERSION"; do
+    binary_is "$BIN_DIR/kube-apiserver-$v" "$v" && log "kube-apiserver $v: $BIN_DIR/kube-apiserver-$v"
+    kubectl_ok "$(kubectl_cached "$v")" "$v" && log "kubectl $v: $(kubectl_cached "$v")"
+  done
   log "install: OK"
 }
 
@@ -241,14 +352,15 @@ cmd_install() {
 # start / stop / restart-apiserver / compact / crds / rbac
 # ---------------------------------------------------------------------------------------------
 
+# The kubectl that matches the server of DIR/env (its KUBECTL), else the cached one of the
+# current release.
 kubectl_bin() {
-  if kubectl_ok "$KUBECTL_CACHED"; then
-    echo "$KUBECTL_CACHED"
-  elif command -v kubectl >/dev/null; then
-    log "warning: $KUBECTL_CACHED missing (run install); using $(command -v kubectl)"
-    command -v kubectl
+  if [[ -n "${KUBECTL:-}" && -x "$KUBECTL" ]]; then
+    echo "$KUBECTL"
+  elif kubectl_ok "$(kubectl_cached "$CURRENT_VERSION")" "$CURRENT_VERSION"; then
+    kubectl_cached "$CURRENT_VERSION"
   else
-    die "no kubectl: run '$0 install'"
+    die "no kubectl $CURRENT_VERSION in $BIN_DIR: run '$0 install'"
   fi
 }
 
@@ -371,7 +483,8 @@ APISERVER_PORT=$APISERVER_PORT
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
 APISERVER_CA=$dir/ca.crt
-KUBECTL=$(kubectl_bin)
+APISERVER_VERSION=$RELEASE
+KUBECTL=$(kubectl_cached "$RELEASE")
 TEST_APISERVER_DIR=$dir
 EOF
   chmod 600 "$dir/env.tmp"
@@ -405,13 +518,36 @@ EOF
 }
 
 launch_apiserver() {
-  local dir="$1" args=() bin="$APISERVER_BIN"
+  local dir="$1" args=() bin
   mapfile -t args <"$dir/apiserver.args"
   # restart-apiserver runs the binary that start ran, even if KUBE_APISERVER_BIN is unset now.
-  [[ -f "$dir/apiserver.bin" ]] && bin="$(cat "$dir/apiserver.bin")"
+  bin="$(cat "$dir/apiserver.bin")"
   port_in_use "$APISERVER_PORT" && die "port 127.0.0.1:$APISERVER_PORT is already in use"
   setsid "$bin" "${args[@]}" </dev/null >>"$dir/apiserver.log" 2>&1 &
   APISERVER_PID=$!
+}
+
+launch_etcd() {
+  local dir="$1" args=()
+  mapfile -t args <"$dir/etcd.args"
+  port_in_use "$ETCD_PORT" && die "port 127.0.0.1:$ETCD_PORT is already in use"
+  setsid etcd "${args[@]}" </dev/null >>"$dir/etcd.log" 2>&1 &
+  ETCD_PID=$!
+}
+
+wait_etcd_healthy() {
+  local dir="$1" deadline=$((SECONDS + 30))
+  until curl -s --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; do
+    if ! pid_is "$ETCD_PID" etcd; then
+      tail -n 30 "$dir/etcd.log" >&2
+      die "etcd exited during startup (log: $dir/etcd.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$dir/etcd.log" >&2
+      die "etcd not healthy within 30 s (log: $dir/etcd.log)"
+    fi
+    sleep 0.2
+  done
 }
 
 wait_apiserver_ready() {
@@ -436,9 +572,13 @@ wait_apiserver_ready() {
 }
 
 cmd_start() {
-  local dir
+  local dir bin
   dir="$(resolve_dir "${1:-}")"
-  apiserver_ok || die "no kube-apiserver $K8S_VERSION at $APISERVER_BIN: run '$0 install' first"
+  RELEASE="$(release_of "${2:-current}")"
+  bin="$(apiserver_bin "$RELEASE")"
+  binary_is "$bin" "$RELEASE" || die "no kube-apiserver $RELEASE at $bin: run '$0 install' first"
+  kubectl_ok "$(kubectl_cached "$RELEASE")" "$RELEASE" ||
+    die "no kubectl $RELEASE in $BIN_DIR: run '$0 install' first"
   command -v etcd >/dev/null || die "no etcd: run '$0 install' first"
 
   APISERVER_PORT="" ETCD_PORT="" ETCD_PEER_PORT="" APISERVER_PID="" ETCD_PID=""
@@ -461,39 +601,31 @@ cmd_start() {
   # A failed start leaves nothing running.
   trap 'if [[ -z "${START_OK:-}" ]]; then stop_pid "${APISERVER_PID:-}" kube-apiserver; stop_pid "${ETCD_PID:-}" etcd; log "start failed; stopped what it had started"; fi' EXIT
 
-  # etcd: single member, loopback only.
+  # etcd: single member, loopback only. The arguments are kept for start-etcd.
   log "starting etcd on 127.0.0.1:$ETCD_PORT (peer $ETCD_PEER_PORT), data $dir/etcd"
-  setsid etcd --name typha-test --data-dir "$dir/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "typha-test=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster-state new --initial-cluster-token typha-test \
-    --logger zap --log-outputs stderr \
-    </dev/null >>"$dir/etcd.log" 2>&1 &
-  ETCD_PID=$!
+  cat >"$dir/etcd.args" <<EOF
+--name=typha-test
+--data-dir=$dir/etcd
+--listen-client-urls=http://127.0.0.1:$ETCD_PORT
+--advertise-client-urls=http://127.0.0.1:$ETCD_PORT
+--listen-peer-urls=http://127.0.0.1:$ETCD_PEER_PORT
+--initial-advertise-peer-urls=http://127.0.0.1:$ETCD_PEER_PORT
+--initial-cluster=typha-test=http://127.0.0.1:$ETCD_PEER_PORT
+--initial-cluster-state=new
+--initial-cluster-token=typha-test
+--logger=zap
+--log-outputs=stderr
+EOF
+  launch_etcd "$dir"
   APISERVER_PID=""
   write_env "$dir"
-  local deadline=$((SECONDS + 30))
-  until curl -s --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; do
-    if ! pid_is "$ETCD_PID" etcd; then
-      tail -n 30 "$dir/etcd.log" >&2
-      die "etcd exited during startup (log: $dir/etcd.log)"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 30 "$dir/etcd.log" >&2
-      die "etcd not healthy within 30 s (log: $dir/etcd.log)"
-    fi
-    sleep 0.2
-  done
+  wait_etcd_healthy "$dir"
 
   # kube-apiserver: flags explained in docs/test-apiserver.md.
   cat >"$dir/apiserver.args" <<EOF
 --bind-address=127.0.0.1
 --advertise-address=127.0.0.1
 --secure-port=$APISERVER_PORT
---insecure-port=0
 --tls-cert-file=$dir/apiserver.crt
 --tls-private-key-file=$dir/apiserver.key
 --token-auth-file=$dir/tokens.csv
@@ -507,11 +639,15 @@ cmd_start() {
 --etcd-servers=http://127.0.0.1:$ETCD_PORT
 --allow-privileged=true
 EOF
+  if [[ "$RELEASE" == "$LEGACY_VERSION" ]]; then
+    # Removed in 1.24; v1.20 would otherwise also serve plain HTTP on 127.0.0.1:8080.
+    echo "--insecure-port=0" >>"$dir/apiserver.args"
+  fi
   if [[ -n "${TEST_APISERVER_EXTRA_ARGS:-}" ]]; then
     tr ' ' '\n' <<<"$TEST_APISERVER_EXTRA_ARGS" | sed '/^$/d' >>"$dir/apiserver.args"
   fi
-  echo "$APISERVER_BIN" >"$dir/apiserver.bin"
-  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  echo "$bin" >"$dir/apiserver.bin"
+  log "starting kube-apiserver $RELEASE on https://127.0.0.1:$APISERVER_PORT"
   launch_apiserver "$dir"
   write_env "$dir"
   write_kubeconfig "$dir"
@@ -530,22 +666,59 @@ cmd_stop() {
   log "stopped (apiserver pid ${APISERVER_PID:-none}, etcd pid ${ETCD_PID:-none})"
 }
 
-cmd_restart_apiserver() {
+# Rewrites DIR/env keeping RELEASE (write_env needs it).
+rewrite_env() {
+  RELEASE="$APISERVER_VERSION"
+  write_env "$1"
+}
+
+cmd_stop_apiserver() {
   local dir
   dir="$(resolve_dir "${1:-}")"
   load_env "$dir"
-  pid_is "$ETCD_PID" etcd || die "etcd (pid $ETCD_PID) is not running: use '$0 start $dir'"
   stop_pid "$APISERVER_PID" kube-apiserver
   local deadline=$((SECONDS + 30))
   while port_in_use "$APISERVER_PORT"; do
     ((SECONDS < deadline)) || die "port $APISERVER_PORT still in use after stopping the API server"
     sleep 0.2
   done
+  echo "---- stopped $(date -Is) ----" >>"$dir/apiserver.log"
+  log "kube-apiserver stopped (pid $APISERVER_PID)"
+}
+
+cmd_restart_apiserver() {
+  local dir
+  dir="$(resolve_dir "${1:-}")"
+  load_env "$dir"
+  pid_is "$ETCD_PID" etcd || die "etcd (pid $ETCD_PID) is not running: use '$0 start $dir'"
+  cmd_stop_apiserver "$dir"
   echo "---- restart $(date -Is) ----" >>"$dir/apiserver.log"
   launch_apiserver "$dir"
-  write_env "$dir"
+  rewrite_env "$dir"
   wait_apiserver_ready "$dir"
   log "kube-apiserver restarted (pid $APISERVER_PID) on https://127.0.0.1:$APISERVER_PORT"
+}
+
+cmd_stop_etcd() {
+  local dir
+  dir="$(resolve_dir "${1:-}")"
+  load_env "$dir"
+  stop_pid "$ETCD_PID" etcd
+  echo "---- stopped $(date -Is) ----" >>"$dir/etcd.log"
+  log "etcd stopped (pid $ETCD_PID)"
+}
+
+cmd_start_etcd() {
+  local dir
+  dir="$(resolve_dir "${1:-}")"
+  load_env "$dir"
+  pid_is "$ETCD_PID" etcd && die "etcd (pid $ETCD_PID) is already running"
+  echo "---- start $(date -Is) ----" >>"$dir/etcd.log"
+  # The member exists now: its data directory, not the initial-cluster flags, says who it is.
+  launch_etcd "$dir"
+  rewrite_env "$dir"
+  wait_etcd_healthy "$dir"
+  log "etcd started (pid $ETCD_PID) on 127.0.0.1:$ETCD_PORT"
 }
 
 cmd_compact() {
@@ -589,10 +762,13 @@ main() {
   local cmd="${1:-}"
   shift || true
   case "$cmd" in
-    install) cmd_install ;;
+    install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     restart-apiserver) cmd_restart_apiserver "$@" ;;
+    stop-apiserver) cmd_stop_apiserver "$@" ;;
+    stop-etcd) cmd_stop_etcd "$@" ;;
+    start-etcd) cmd_start_etcd "$@" ;;
     compact) cmd_compact "$@" ;;
     crds) cmd_crds "$@" ;;
     rbac) cmd_rbac "$@" ;;

@@ -1,5 +1,7 @@
-//! The Kubernetes datastore against a real kube-apiserver v1.20.2 and etcd on loopback
-//! (`scripts/test-apiserver.sh`, which `make test` installs and builds once).
+//! The Kubernetes datastore against a real kube-apiserver and etcd on loopback
+//! (`scripts/test-apiserver.sh`, which `make test` installs and builds once): the current
+//! release, and v1.20 for the one behaviour only an old cluster shows (EndpointSlices served
+//! as `discovery.k8s.io/v1beta1` only).
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -12,6 +14,8 @@ use typha::client::{BlockingClient, ClientOptions};
 use typha::daemon::Daemon;
 use typha::model::{Digest, SyncerType};
 use typha::testing::{kubernetes_daemon_config, start_kubernetes_daemon, wait_ready, ApiServer};
+
+mod support;
 
 /// A real API server for one test (panics with the script's output if it cannot start).
 fn apiserver(name: &str) -> ApiServer {
@@ -598,12 +602,13 @@ fn every_sample_kind_is_created_updated_and_deleted_through_to_clients() {
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": "web", "namespace": "typha-test"},
                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "protocol": "TCP"}]}}),
-        // v1.20 serves EndpointSlices only as v1beta1: the driver's version fallback.
-        json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        // discovery.k8s.io/v1: the only version Calico v3.32 watches (1.21+ serve it).
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": "web-abc", "namespace": "typha-test",
                             "labels": {"kubernetes.io/service-name": "web"}},
                "addressType": "IPv4",
-               "endpoints": [{"addresses": ["192.168.1.0"], "conditions": {"ready": true}}],
+               "endpoints": [{"addresses": ["192.168.1.0"], "conditions": {"ready": true},
+                              "nodeName": "node-1"}],
                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                "metadata": {"name": "allow-web", "namespace": "typha-test"},
@@ -784,6 +789,54 @@ fn a_delete_while_no_watch_could_see_it_is_found_by_the_relist() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(restarts >= 1, "the pod watch relisted");
+    drop(c);
+    daemon.stop().unwrap();
+}
+
+/// On a cluster older than 1.21 EndpointSlices exist only as `discovery.k8s.io/v1beta1`: the
+/// driver falls back to that version, and the slice's translation reaches clients. This is
+/// the one check that needs the v1.20 server (docs/test-apiserver.md).
+#[test]
+fn endpoint_slices_are_read_as_v1beta1_where_v1_is_not_served() {
+    let api = support::start_apiserver("v1beta1-slices", "v1.20", &[]);
+    assert_eq!(api.env["APISERVER_VERSION"], "v1.20.2");
+    let rt = rt();
+    let kc = kube_client(&rt, &api.kubeconfig());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "typha-test"}})).unwrap();
+    rt.block_on(Api::<Namespace>::all(kc.clone()).create(&PostParams::default(), &ns))
+        .unwrap();
+    let slice: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "typha-test",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.168.1.0"], "conditions": {"ready": true},
+                       "topology": {"kubernetes.io/hostname": "node-1"}}],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    let spec = spec_of(&slice).expect("EndpointSlice is a watched kind");
+    rt.block_on(api_for(&kc, &spec, &slice).create(&PostParams::default(), &slice))
+        .unwrap();
+    let want = expected_keys(&rt, &kc, std::slice::from_ref(&slice));
+    assert!(
+        want.iter()
+            .any(|(k, _)| k.ends_with("/kubernetesendpointslices/typha-test/web-abc")),
+        "{want:?}"
+    );
+
+    let daemon = start_daemon(&api.kubeconfig());
+    wait_in_sync(&daemon);
+    let mut c = client(&daemon);
+    until(&mut c, "the v1beta1 slice's translation", |s| {
+        holds_exactly(s, &want)
+    });
+    rt.block_on(api_for(&kc, &spec, &slice).delete("web-abc", &now()))
+        .unwrap();
+    until(&mut c, "the slice's deletion", |s| {
+        want.iter().all(|(k, _)| s.get(k).is_none())
+    });
     drop(c);
     daemon.stop().unwrap();
 }

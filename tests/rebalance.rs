@@ -400,31 +400,39 @@ fn kube_client(rt: &tokio::runtime::Runtime, kubeconfig: &Path) -> kube::Client 
 }
 
 fn slices_api(client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
-    // v1.20 serves EndpointSlices as v1beta1 only; the daemons find them through their
-    // v1 → v1beta1 fallback.
+    // discovery.k8s.io/v1, as every cluster Calico v3.32 supports serves them (the v1beta1
+    // fallback is covered against v1.20 in tests/k8s.rs).
     let ar = kube::discovery::ApiResource {
         group: "discovery.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "discovery.k8s.io/v1beta1".into(),
+        version: "v1".into(),
+        api_version: "discovery.k8s.io/v1".into(),
         kind: "EndpointSlice".into(),
         plural: "endpointslices".into(),
     };
     kube::Api::namespaced_with(client.clone(), NS, &ar)
 }
 
-/// One slice per replica (they share an address, so each needs its own port), as the
-/// EndpointSlice controller would write for a ready pod.
+/// One slice per replica, as the EndpointSlice controller would write for a ready pod. The
+/// replicas listen on loopback, but a current API server refuses loopback addresses in
+/// `discovery.k8s.io/v1` slices, so each slice carries a documentation-range stand-in
+/// (192.0.2.0/24, RFC 5737: never routed) with the replica's own port. The daemons only count
+/// ready endpoints; the clients below connect to the loopback ports.
 fn slice_for(port: u16, i: usize) -> kube::api::DynamicObject {
     serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1beta1",
+        "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": format!("{SVC}-{i}"), "namespace": NS,
                      "labels": {"kubernetes.io/service-name": SVC}},
         "addressType": "IPv4",
         "ports": [{"name": "calico-typha", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]
+        "endpoints": [{"addresses": [stand_in(i).to_string()], "conditions": {"ready": true}}]
     }))
     .unwrap()
+}
+
+/// The address replica `i`'s slice names instead of 127.0.0.1.
+fn stand_in(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(192, 0, 2, 1 + i as u8)
 }
 
 fn client_count() -> usize {
@@ -467,7 +475,7 @@ fn replicas_keep_their_share_and_take_over_a_killed_ones_clients() {
                 .unwrap();
         }
     });
-    // The client library's Service discovery sees the three replicas.
+    // The client library's Service discovery sees the three replicas (by their stand-ins).
     let discovery = ServiceDiscovery {
         kubeconfig: Some(kubeconfig.clone()),
         namespace: NS.into(),
@@ -478,7 +486,8 @@ fn replicas_keep_their_share_and_take_over_a_killed_ones_clients() {
     found.sort();
     let mut want: Vec<SocketAddr> = ports
         .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .enumerate()
+        .map(|(i, p)| SocketAddr::from((stand_in(i), *p)))
         .collect();
     want.sort();
     assert_eq!(found, want);

@@ -386,3 +386,44 @@ fn listen_field(line: &str, name: &str) -> SocketAddr {
     let port: u16 = v.rsplit(':').next().unwrap().parse().unwrap();
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+// ---- test API servers of a chosen release --------------------------------------------------
+
+/// A test API server (`scripts/test-apiserver.sh start DIR RELEASE`, then `crds`) of `release`
+/// ("current" or "v1.20"), with `extra_args` appended to the kube-apiserver flags; stopped and
+/// its directory removed when the returned value drops. Panics with the script's output.
+pub fn start_apiserver(
+    name: &str,
+    release: &str,
+    extra_args: &[&str],
+) -> typha::testing::ApiServer {
+    let dir = std::env::temp_dir().join(format!("typha-k8s-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Guarded from here on, so a failed start still stops whatever it started.
+    let mut api = typha::testing::ApiServer {
+        dir,
+        env: std::collections::HashMap::new(),
+    };
+    let dir_s = api.dir.to_string_lossy().into_owned();
+    let out = Command::new("bash")
+        .arg(typha::testing::APISERVER_SCRIPT)
+        .args(["start", &dir_s, release])
+        .env("TEST_APISERVER_EXTRA_ARGS", extra_args.join(" "))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "test-apiserver.sh start {release} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.run("crds").unwrap_or_else(|e| panic!("{e}"));
+    api.env = std::fs::read_to_string(api.dir.join("env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    api
+}
