@@ -96,6 +96,34 @@ pub struct Config {
         default_value = "text"
     )]
     pub log_format: crate::logging::LogFormat,
+    /// Typha's log file. typha-rs logs to stderr only (what a container runtime collects);
+    /// `none`, as Calico's manifests and operator set, is Typha's meaning exactly. Any other
+    /// value is accepted with a startup warning that no file is written.
+    #[arg(
+        long = "log-file-path",
+        env = "TYPHA_LOGFILEPATH",
+        default_value = "none"
+    )]
+    pub log_file_path: String,
+    /// Typha's log level for the file; only meaningful with a log file (see above).
+    #[arg(
+        long = "log-severity-file",
+        env = "TYPHA_LOGSEVERITYFILE",
+        default_value = "none"
+    )]
+    pub log_severity_file: String,
+    /// Typha's log level for syslog. typha-rs has no syslog output: `none`, as the manifests
+    /// set, is Typha's meaning exactly; any other value gets a startup warning.
+    #[arg(
+        long = "log-severity-sys",
+        env = "TYPHA_LOGSEVERITYSYS",
+        default_value = "none"
+    )]
+    pub log_severity_sys: String,
+    /// Offer only FIPS-approved TLS algorithms (AES-GCM, NIST P-256/P-384), as the operator's
+    /// FIPS mode asks of Typha. The crypto module (ring) is not FIPS 140 validated.
+    #[arg(long = "fips-mode-enabled", env = "TYPHA_FIPSMODEENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fips_mode_enabled: bool,
 
     /// Kubernetes: kubeconfig file; unset means KUBECONFIG, ~/.kube/config, or the in-cluster
     /// service account, in that order.

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use typha::config::Config;
 use typha::daemon::{Daemon, DaemonConfig, DaemonError};
 use typha::logging::{LogFormat, LogGuard, LogSettings};
@@ -56,6 +56,24 @@ fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e).context("invalid configuration"),
     };
     let logs = init_logging(&cfg.log_severity_screen, cfg.log_format)?;
+    // Typha's settings for outputs typha-rs does not have: `none` (what Calico's manifests and
+    // operator set) means what it means to Typha; anything else is said once, not ignored.
+    if !cfg.log_file_path.eq_ignore_ascii_case("none") {
+        warn!(
+            path = %cfg.log_file_path,
+            "TYPHA_LOGFILEPATH is set but typha-rs writes no log file; logs go to stderr only"
+        );
+    }
+    if !cfg.log_severity_sys.eq_ignore_ascii_case("none") {
+        warn!(
+            level = %cfg.log_severity_sys,
+            "TYPHA_LOGSEVERITYSYS is set but typha-rs has no syslog output; logs go to stderr only"
+        );
+    }
+    if cfg.fips_mode_enabled {
+        typha::tls::enable_fips_mode();
+        info!("FIPS mode: TLS offers only AES-GCM suites and the P-256/P-384 groups");
+    }
     let daemon = Daemon::start(DaemonConfig {
         server: cfg.server_config()?,
         datastore: cfg.datastore_config()?,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const APISERVER_SCRIPT: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-apiserver.sh");
 
-/// etcd + kube-apiserver v1.20.2 on loopback in a private directory, with the Calico CRDs
+/// etcd + the current test kube-apiserver (v1.37.2) on loopback in a private directory, with the Calico CRDs
 /// applied; stopped (and the directory removed) on drop.
 pub struct ApiServer {
     pub dir: PathBuf,

@@ -53,12 +53,50 @@ pub enum TlsError {
     NoIdentity,
 }
 
-/// The `ring` provider (the one kube's rustls already uses), built once.
+static FIPS_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `TYPHA_FIPSMODEENABLED`: from now on, TLS configurations offer only FIPS-approved algorithms
+/// (AES-GCM suites, NIST P-256/P-384 key exchange), as Typha's FIPS build does. The `ring`
+/// module itself is not FIPS 140 validated; the operations guide says so.
+pub fn enable_fips_mode() {
+    FIPS_MODE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn fips_mode() -> bool {
+    FIPS_MODE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The `ring` provider (the one kube's rustls already uses), built once; restricted to the
+/// FIPS-approved algorithms in FIPS mode.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    static FIPS_PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    if fips_mode() {
+        return FIPS_PROVIDER
+            .get_or_init(|| Arc::new(fips_approved(rustls::crypto::ring::default_provider())))
+            .clone();
+    }
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
+}
+
+/// Keeps the AES-GCM cipher suites and the NIST curves: ChaCha20-Poly1305 and X25519 are not
+/// FIPS-approved.
+fn fips_approved(mut p: CryptoProvider) -> CryptoProvider {
+    use rustls::crypto::ring::{cipher_suite as cs, kx_group};
+    let suites = [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
+    p.cipher_suites
+        .retain(|s| suites.iter().any(|a| a.suite() == s.suite()));
+    p.kx_groups = vec![kx_group::SECP256R1, kx_group::SECP384R1];
+    p
 }
 
 /// Reads a whole PEM file, refusing one over [`MAX_PEM_FILE`].

@@ -1,4 +1,4 @@
-//! `typha-loadtest apiwatch` against a real kube-apiserver v1.20.2 on loopback
+//! `typha-loadtest apiwatch` against a real kube-apiserver (the current test release) on loopback
 //! (`scripts/test-apiserver.sh`).
 
 use serde_json::Value;

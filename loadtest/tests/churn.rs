@@ -1,4 +1,4 @@
-//! `typha-loadtest churn` against a real kube-apiserver v1.20.2 on loopback
+//! `typha-loadtest churn` against a real kube-apiserver (the current test release) on loopback
 //! (`scripts/test-apiserver.sh`), with typha daemons watching it.
 
 use k8s_openapi::api::core::v1::Namespace;
