@@ -294,6 +294,27 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fips_mode_keeps_only_approved_algorithms() {
+        let p = fips_approved(rustls::crypto::ring::default_provider());
+        let names: Vec<String> = p
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert!(!names.is_empty());
+        assert!(names.iter().all(|n| n.contains("GCM")), "{names:?}");
+        let groups: Vec<String> = p
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect();
+        assert_eq!(groups, ["secp256r1", "secp384r1"], "{groups:?}");
+        // Both TLS versions stay usable.
+        let all = rustls::crypto::ring::default_provider();
+        assert!(all.cipher_suites.len() > p.cipher_suites.len());
+    }
     use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 
     fn cert(cn: Option<&str>, uris: &[&str]) -> CertificateDer<'static> {

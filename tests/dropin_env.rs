@@ -34,7 +34,10 @@ const RENDERED: &[(&str, &str)] = &[
     ("TYPHA_SERVERKEYFILE", "<key>"),
     ("TYPHA_FIPSMODEENABLED", "true"),
     ("TYPHA_CLIENTCN", "typha-client"),
-    ("TYPHA_CLIENTURISAN", "spiffe://cluster.local/ns/calico-system/sa/calico-node"),
+    (
+        "TYPHA_CLIENTURISAN",
+        "spiffe://cluster.local/ns/calico-system/sa/calico-node",
+    ),
 ];
 
 #[test]
@@ -120,7 +123,9 @@ fn the_daemon_runs_on_the_rendered_environment() {
     plain
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    plain.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    plain
+        .write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
     let mut buf = [0u8; 64];
     let n = plain.read(&mut buf).unwrap_or(0);
     assert!(
