@@ -356,67 +356,78 @@ pub fn run_thread(
     lag_tx: Sender<Histogram<u64>>,
     seq_tx: Sender<u64>,
 ) -> io::Result<ThreadResult> {
-    let clients = plans
-        .into_iter()
-        .map(|plan| Client {
-            plan,
-            state: ConnState::Pending,
-            stream: None,
-            session: None,
-            tls: None,
-            tls_up: false,
-            connect_at: None,
-            established: false,
-            queued: false,
-            snapshot_done: false,
-            in_sync: false,
-            ever_in_sync: false,
-            throttled: false,
-            session_bytes: 0,
-            segment: None,
-            snap_seq: None,
-        })
-        .collect();
-    let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
-    let mut d = Driver {
-        cfg,
-        shared,
-        lag_tx,
-        poll: Poll::new()?,
-        clients,
-        ready: VecDeque::new(),
-        throttled: Vec::new(),
-        restarts: Vec::new(),
-        rng: Rng(seed),
-        seq_tx,
-        verify: Verify::default(),
-        chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
-        local: Local {
-            lag_us: new_histogram(),
-            steady_lag_us: new_histogram(),
-            interval_lag_us: new_histogram(),
-            sync_us: new_histogram(),
-            snapshots: 0,
-            snapshot_bytes: 0,
-            updates: 0,
-            update_frames: 0,
-            bytes: 0,
-            pings: 0,
-            published: (0, 0, 0),
-            drops: BTreeMap::new(),
-            failures: Vec::new(),
-            last_in_sync: None,
-            ds_lag_us: new_histogram(),
-            kills: 0,
-            restarts: 0,
-            tls_failures: 0,
-        },
-    };
+    let mut d = Driver::new(thread, plans, cfg, shared, lag_tx, seq_tx)?;
     d.run()?;
     Ok(d.finish())
 }
 
 impl Driver {
+    fn new(
+        thread: usize,
+        plans: Vec<ClientPlan>,
+        cfg: Arc<DriverConfig>,
+        shared: Arc<Shared>,
+        lag_tx: Sender<Histogram<u64>>,
+        seq_tx: Sender<u64>,
+    ) -> io::Result<Driver> {
+        let clients = plans
+            .into_iter()
+            .map(|plan| Client {
+                plan,
+                state: ConnState::Pending,
+                stream: None,
+                session: None,
+                tls: None,
+                tls_up: false,
+                connect_at: None,
+                established: false,
+                queued: false,
+                snapshot_done: false,
+                in_sync: false,
+                ever_in_sync: false,
+                throttled: false,
+                session_bytes: 0,
+                segment: None,
+                snap_seq: None,
+            })
+            .collect();
+        let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
+        Ok(Driver {
+            cfg,
+            shared,
+            lag_tx,
+            poll: Poll::new()?,
+            clients,
+            ready: VecDeque::new(),
+            throttled: Vec::new(),
+            restarts: Vec::new(),
+            rng: Rng(seed),
+            seq_tx,
+            verify: Verify::default(),
+            chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
+            local: Local {
+                lag_us: new_histogram(),
+                steady_lag_us: new_histogram(),
+                interval_lag_us: new_histogram(),
+                sync_us: new_histogram(),
+                snapshots: 0,
+                snapshot_bytes: 0,
+                updates: 0,
+                update_frames: 0,
+                bytes: 0,
+                pings: 0,
+                published: (0, 0, 0),
+                drops: BTreeMap::new(),
+                failures: Vec::new(),
+                last_in_sync: None,
+                ds_lag_us: new_histogram(),
+                kills: 0,
+                restarts: 0,
+                tls_failures: 0,
+            },
+        })
+    }
+
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; READ_BUF];
@@ -473,12 +484,7 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            for ev in events.iter() {
-                let i = ev.token().0;
-                if !self.clients[i].throttled {
-                    self.enqueue(i);
-                }
-            }
+            self.on_ready(events.iter().map(|ev| ev.token().0), &mut buf);
             self.release_throttled();
             // Serve the ready sockets round-robin, a bounded amount each, for a bounded time,
             // so that connects stay on schedule and one big snapshot does not starve the rest.
@@ -545,6 +551,15 @@ impl Driver {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes the sockets a poll reported ready.
+    fn on_ready(&mut self, ready: impl Iterator<Item = usize>, _buf: &mut [u8]) {
+        for i in ready {
+            if !self.clients[i].throttled {
+                self.enqueue(i);
             }
         }
     }
