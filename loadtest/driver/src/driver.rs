@@ -1,7 +1,8 @@
 //! One client thread: its own mio `Poll` over non-blocking sockets, one [`ClientSession`] per
 //! socket. It connects its clients on the ramp's schedule, writes what the sessions queue (the
 //! `Hello`, `Pong`s), reads until `WouldBlock` (round-robin, a bounded amount per socket per turn), feeds the sessions and records what their events
-//! say, until the deadline or a stop request.
+//! say, until the deadline or a stop request. A client still in its handshake skips the queue
+//! (`Driver::on_ready`), as an independent client would answer at once.
 
 use crate::session::{FelixSession, Protocol, Session, SessionEvent};
 use hdrhistogram::Histogram;
