@@ -1,7 +1,8 @@
 //! One client thread: its own mio `Poll` over non-blocking sockets, one [`ClientSession`] per
 //! socket. It connects its clients on the ramp's schedule, writes what the sessions queue (the
 //! `Hello`, `Pong`s), reads until `WouldBlock` (round-robin, a bounded amount per socket per turn), feeds the sessions and records what their events
-//! say, until the deadline or a stop request.
+//! say, until the deadline or a stop request. A client still in its handshake skips the queue
+//! (`Driver::on_ready`), as an independent client would answer at once.
 
 use crate::session::{FelixSession, Protocol, Session, SessionEvent};
 use hdrhistogram::Histogram;
@@ -356,67 +357,78 @@ pub fn run_thread(
     lag_tx: Sender<Histogram<u64>>,
     seq_tx: Sender<u64>,
 ) -> io::Result<ThreadResult> {
-    let clients = plans
-        .into_iter()
-        .map(|plan| Client {
-            plan,
-            state: ConnState::Pending,
-            stream: None,
-            session: None,
-            tls: None,
-            tls_up: false,
-            connect_at: None,
-            established: false,
-            queued: false,
-            snapshot_done: false,
-            in_sync: false,
-            ever_in_sync: false,
-            throttled: false,
-            session_bytes: 0,
-            segment: None,
-            snap_seq: None,
-        })
-        .collect();
-    let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
-    let mut d = Driver {
-        cfg,
-        shared,
-        lag_tx,
-        poll: Poll::new()?,
-        clients,
-        ready: VecDeque::new(),
-        throttled: Vec::new(),
-        restarts: Vec::new(),
-        rng: Rng(seed),
-        seq_tx,
-        verify: Verify::default(),
-        chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
-        local: Local {
-            lag_us: new_histogram(),
-            steady_lag_us: new_histogram(),
-            interval_lag_us: new_histogram(),
-            sync_us: new_histogram(),
-            snapshots: 0,
-            snapshot_bytes: 0,
-            updates: 0,
-            update_frames: 0,
-            bytes: 0,
-            pings: 0,
-            published: (0, 0, 0),
-            drops: BTreeMap::new(),
-            failures: Vec::new(),
-            last_in_sync: None,
-            ds_lag_us: new_histogram(),
-            kills: 0,
-            restarts: 0,
-            tls_failures: 0,
-        },
-    };
+    let mut d = Driver::new(thread, plans, cfg, shared, lag_tx, seq_tx)?;
     d.run()?;
     Ok(d.finish())
 }
 
 impl Driver {
+    fn new(
+        thread: usize,
+        plans: Vec<ClientPlan>,
+        cfg: Arc<DriverConfig>,
+        shared: Arc<Shared>,
+        lag_tx: Sender<Histogram<u64>>,
+        seq_tx: Sender<u64>,
+    ) -> io::Result<Driver> {
+        let clients = plans
+            .into_iter()
+            .map(|plan| Client {
+                plan,
+                state: ConnState::Pending,
+                stream: None,
+                session: None,
+                tls: None,
+                tls_up: false,
+                connect_at: None,
+                established: false,
+                queued: false,
+                snapshot_done: false,
+                in_sync: false,
+                ever_in_sync: false,
+                throttled: false,
+                session_bytes: 0,
+                segment: None,
+                snap_seq: None,
+            })
+            .collect();
+        let seed = typha::model::now_unix_nanos() ^ ((thread as u64 + 1) << 40) | 1;
+        Ok(Driver {
+            cfg,
+            shared,
+            lag_tx,
+            poll: Poll::new()?,
+            clients,
+            ready: VecDeque::new(),
+            throttled: Vec::new(),
+            restarts: Vec::new(),
+            rng: Rng(seed),
+            seq_tx,
+            verify: Verify::default(),
+            chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
+            local: Local {
+                lag_us: new_histogram(),
+                steady_lag_us: new_histogram(),
+                interval_lag_us: new_histogram(),
+                sync_us: new_histogram(),
+                snapshots: 0,
+                snapshot_bytes: 0,
+                updates: 0,
+                update_frames: 0,
+                bytes: 0,
+                pings: 0,
+                published: (0, 0, 0),
+                drops: BTreeMap::new(),
+                failures: Vec::new(),
+                last_in_sync: None,
+                ds_lag_us: new_histogram(),
+                kills: 0,
+                restarts: 0,
+                tls_failures: 0,
+            },
+        })
+    }
+
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; READ_BUF];
@@ -473,12 +485,7 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            for ev in events.iter() {
-                let i = ev.token().0;
-                if !self.clients[i].throttled {
-                    self.enqueue(i);
-                }
-            }
+            self.on_ready(events.iter().map(|ev| ev.token().0), &mut buf);
             self.release_throttled();
             // Serve the ready sockets round-robin, a bounded amount each, for a bounded time,
             // so that connects stay on schedule and one big snapshot does not starve the rest.
@@ -546,6 +553,42 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Takes the sockets a poll reported ready: a client in its handshake is served at once,
+    /// the others join the round-robin queue.
+    ///
+    /// Behind the queue a new client would wait for every client ahead of it to decode a turn
+    /// of its snapshot before its hello went out (or its ACK, in Typha's protocol): at 1,000
+    /// Felix-protocol clients, each decoding a whole snapshot of its own, that wait passed the
+    /// daemon's handshake timeout. An independent client answers at once, and what it reads
+    /// in its handshake is small, so serving it now keeps the harness from measuring itself.
+    fn on_ready(&mut self, ready: impl Iterator<Item = usize>, buf: &mut [u8]) {
+        for i in ready {
+            if self.clients[i].throttled {
+                continue;
+            }
+            if self.handshaking(i) {
+                if self.service(i, buf) {
+                    self.enqueue(i);
+                }
+            } else {
+                self.enqueue(i);
+            }
+        }
+    }
+
+    /// Client `i` is connecting, or connected with nothing received from the server yet (over
+    /// TLS: no plaintext yet, so the TLS handshake counts too). What it reads first is the
+    /// handshake's answer: native, the `ServerHello` and the start of the snapshot; Typha's,
+    /// `MsgServerHello` and the decoder restart to ACK (the snapshot waits for the ACK).
+    fn handshaking(&self, i: usize) -> bool {
+        let c = &self.clients[i];
+        match c.state {
+            ConnState::Connecting => true,
+            ConnState::Open => c.session.as_ref().is_some_and(|s| s.bytes_received() == 0),
+            ConnState::Pending | ConnState::Closed => false,
         }
     }
 
@@ -1283,5 +1326,109 @@ fn set_linger_zero(s: &TcpStream) {
             (&l as *const libc::linger).cast(),
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use typha::proto::typha::{
+        decode_all_client_messages, encode_decoder_restart, encode_server_hello, server_preamble,
+        ClientMessage, DecoderRestart, ServerHello, COMPRESSION_SNAPPY,
+    };
+
+    /// Reads from the daemon's side of a connection until `want` client messages decode from
+    /// everything read, or the read timeout says nothing more came.
+    fn read_messages(
+        s: &mut std::net::TcpStream,
+        got: &mut Vec<u8>,
+        want: usize,
+    ) -> Vec<ClientMessage> {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(msgs) = decode_all_client_messages(got) {
+                if msgs.len() >= want {
+                    return msgs;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) => panic!("client closed"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("no message {want} from the client within 3 s: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_in_its_handshake_is_served_before_the_ready_queue() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let now = Instant::now();
+        let cfg = Arc::new(DriverConfig {
+            addr: listener.local_addr().unwrap(),
+            syncer: SyncerType::Felix,
+            codecs: Vec::new(),
+            start: now,
+            deadline: now + Duration::from_secs(60),
+            slow_bytes_per_sec: 0,
+            kills_per_sec: 0.0,
+            restart_delay: Duration::ZERO,
+            threads: 1,
+            tls: None,
+            protocol: Protocol::Typha,
+        });
+        let plans = (0..2)
+            .map(|idx| ClientPlan {
+                idx,
+                offset: Duration::ZERO,
+                role: Role::DigestOnly,
+            })
+            .collect();
+        let (lag_tx, _lag_rx) = std::sync::mpsc::channel();
+        let (seq_tx, _seq_rx) = std::sync::mpsc::channel();
+        let mut d =
+            Driver::new(0, plans, cfg, Arc::new(Shared::default()), lag_tx, seq_tx).unwrap();
+        let mut buf = vec![0u8; READ_BUF];
+        // Client 0 waits in the ready queue, as a client with a snapshot to decode would.
+        d.connect(0);
+        let _s0 = listener.accept().unwrap().0;
+        d.enqueue(0);
+        d.connect(1);
+        let mut s1 = listener.accept().unwrap().0;
+
+        // Its connect reported: the hello goes out now, not after client 0's turn.
+        d.on_ready(std::iter::once(1), &mut buf);
+        let mut got = Vec::new();
+        match read_messages(&mut s1, &mut got, 1).as_slice() {
+            [ClientMessage::Hello(h)] => assert_eq!(h.hostname, "typha-loadtest-1"),
+            other => panic!("{other:?}"),
+        }
+        // The server's hello and decoder restart: ACKed at once too.
+        let mut reply = server_preamble().to_vec();
+        reply.extend_from_slice(&encode_server_hello(&ServerHello {
+            version: "test".into(),
+            syncer_type: "felix".into(),
+            supports_node_resource_updates: true,
+            server_conn_id: 1,
+        }));
+        reply.extend_from_slice(&encode_decoder_restart(&DecoderRestart {
+            message: "enable compression".into(),
+            compression: COMPRESSION_SNAPPY.into(),
+        }));
+        s1.write_all(&reply).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut events = Events::with_capacity(16);
+        while d.clients[1].session_bytes == 0 && Instant::now() < deadline {
+            d.poll
+                .poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            let tokens: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+            d.on_ready(tokens.into_iter(), &mut buf);
+        }
+        let msgs = read_messages(&mut s1, &mut got, 2);
+        assert!(matches!(msgs[1], ClientMessage::Ack), "{msgs:?}");
+        // Client 0 kept its place; client 1 never joined the queue.
+        assert_eq!(d.ready, VecDeque::from([0]));
     }
 }
