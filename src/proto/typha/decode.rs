@@ -45,6 +45,15 @@ struct Types {
     journal: Vec<i64>,
 }
 
+/// Where a message field goes, by its Go type: `Ctx::read_message`'s field table.
+enum Field<T> {
+    Str(fn(&mut T) -> &mut String),
+    Bool(fn(&mut T) -> &mut bool),
+    U64(fn(&mut T) -> &mut u64),
+    Strings(fn(&mut T) -> &mut Vec<String>),
+    Time(fn(&mut T) -> &mut GoTime),
+}
+
 impl Types {
     fn define(&mut self, id: i64, wt: WireType) -> Result<()> {
         if id < FIRST_USER_ID || self.map.contains_key(&id) {
@@ -335,64 +344,89 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    fn client_hello(&mut self, r: &mut Reader<'_>, id: i64) -> Result<ClientHello> {
-        let mut h = ClientHello::default();
-        self.read_struct(r, id, "MsgClientHello", 0, |c, r, name, fid| {
-            match name {
-                "Hostname" => h.hostname = c.read_string(r, fid, "Hostname")?,
-                "Info" => h.info = c.read_string(r, fid, "Info")?,
-                "Version" => h.version = c.read_string(r, fid, "Version")?,
-                "SyncerType" => h.syncer_type = c.read_string(r, fid, "SyncerType")?,
-                "SupportsDecoderRestart" => {
-                    h.supports_decoder_restart = c.read_bool(r, fid, "SupportsDecoderRestart")?
-                }
-                "SupportedCompressionAlgorithms" => {
-                    h.supported_compression =
-                        c.read_string_slice(r, fid, "SupportedCompressionAlgorithms")?
-                }
-                "SupportsModernPolicyKeys" => {
-                    h.supports_modern_policy_keys =
-                        c.read_bool(r, fid, "SupportsModernPolicyKeys")?
-                }
-                "ClientConnID" => h.client_conn_id = c.read_u64(r, fid, "ClientConnID")?,
-                _ => return Ok(false),
+    /// Reads a message struct whose fields are all listed in `fields` (Go name, where it goes);
+    /// fields not listed are skipped, as Go's decoder ignores fields the receiver lacks.
+    fn read_message<T: Default>(
+        &mut self,
+        r: &mut Reader<'_>,
+        id: i64,
+        what: &'static str,
+        fields: &[(&'static str, Field<T>)],
+    ) -> Result<T> {
+        let mut out = T::default();
+        self.read_struct(r, id, what, 0, |c, r, name, fid| {
+            let Some((field, to)) = fields.iter().find(|(n, _)| *n == name) else {
+                return Ok(false);
+            };
+            match to {
+                Field::Str(at) => *at(&mut out) = c.read_string(r, fid, field)?,
+                Field::Bool(at) => *at(&mut out) = c.read_bool(r, fid, field)?,
+                Field::U64(at) => *at(&mut out) = c.read_u64(r, fid, field)?,
+                Field::Strings(at) => *at(&mut out) = c.read_string_slice(r, fid, field)?,
+                Field::Time(at) => *at(&mut out) = c.read_time(r, fid, field)?,
             }
             Ok(true)
         })?;
-        Ok(h)
+        Ok(out)
+    }
+
+    fn client_hello(&mut self, r: &mut Reader<'_>, id: i64) -> Result<ClientHello> {
+        use Field::*;
+        self.read_message(
+            r,
+            id,
+            "MsgClientHello",
+            &[
+                ("Hostname", Str(|h: &mut ClientHello| &mut h.hostname)),
+                ("Info", Str(|h| &mut h.info)),
+                ("Version", Str(|h| &mut h.version)),
+                ("SyncerType", Str(|h| &mut h.syncer_type)),
+                (
+                    "SupportsDecoderRestart",
+                    Bool(|h| &mut h.supports_decoder_restart),
+                ),
+                (
+                    "SupportedCompressionAlgorithms",
+                    Strings(|h| &mut h.supported_compression),
+                ),
+                (
+                    "SupportsModernPolicyKeys",
+                    Bool(|h| &mut h.supports_modern_policy_keys),
+                ),
+                ("ClientConnID", U64(|h| &mut h.client_conn_id)),
+            ],
+        )
     }
 
     fn server_hello(&mut self, r: &mut Reader<'_>, id: i64) -> Result<ServerHello> {
-        let mut h = ServerHello::default();
-        self.read_struct(r, id, "MsgServerHello", 0, |c, r, name, fid| {
-            match name {
-                "Version" => h.version = c.read_string(r, fid, "Version")?,
-                "SyncerType" => h.syncer_type = c.read_string(r, fid, "SyncerType")?,
-                "SupportsNodeResourceUpdates" => {
-                    h.supports_node_resource_updates =
-                        c.read_bool(r, fid, "SupportsNodeResourceUpdates")?
-                }
-                "ServerConnID" => h.server_conn_id = c.read_u64(r, fid, "ServerConnID")?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        })?;
-        Ok(h)
+        use Field::*;
+        self.read_message(
+            r,
+            id,
+            "MsgServerHello",
+            &[
+                ("Version", Str(|h: &mut ServerHello| &mut h.version)),
+                ("SyncerType", Str(|h| &mut h.syncer_type)),
+                (
+                    "SupportsNodeResourceUpdates",
+                    Bool(|h| &mut h.supports_node_resource_updates),
+                ),
+                ("ServerConnID", U64(|h| &mut h.server_conn_id)),
+            ],
+        )
     }
 
     fn decoder_restart(&mut self, r: &mut Reader<'_>, id: i64) -> Result<DecoderRestart> {
-        let mut m = DecoderRestart::default();
-        self.read_struct(r, id, "MsgDecoderRestart", 0, |c, r, name, fid| {
-            match name {
-                "Message" => m.message = c.read_string(r, fid, "Message")?,
-                "CompressionAlgorithm" => {
-                    m.compression = c.read_string(r, fid, "CompressionAlgorithm")?
-                }
-                _ => return Ok(false),
-            }
-            Ok(true)
-        })?;
-        Ok(m)
+        use Field::*;
+        self.read_message(
+            r,
+            id,
+            "MsgDecoderRestart",
+            &[
+                ("Message", Str(|m: &mut DecoderRestart| &mut m.message)),
+                ("CompressionAlgorithm", Str(|m| &mut m.compression)),
+            ],
+        )
     }
 
     fn sync_status(&mut self, r: &mut Reader<'_>, id: i64) -> Result<u8> {
@@ -408,28 +442,25 @@ impl<'a> Ctx<'a> {
     }
 
     fn ping(&mut self, r: &mut Reader<'_>, id: i64) -> Result<Ping> {
-        let mut p = Ping::default();
-        self.read_struct(r, id, "MsgPing", 0, |c, r, name, fid| {
-            if name != "Timestamp" {
-                return Ok(false);
-            }
-            p.timestamp = c.read_time(r, fid, "Timestamp")?;
-            Ok(true)
-        })?;
-        Ok(p)
+        self.read_message(
+            r,
+            id,
+            "MsgPing",
+            &[("Timestamp", Field::Time(|p: &mut Ping| &mut p.timestamp))],
+        )
     }
 
     fn pong(&mut self, r: &mut Reader<'_>, id: i64) -> Result<Pong> {
-        let mut p = Pong::default();
-        self.read_struct(r, id, "MsgPong", 0, |c, r, name, fid| {
-            match name {
-                "PingTimestamp" => p.ping_timestamp = c.read_time(r, fid, "PingTimestamp")?,
-                "PongTimestamp" => p.pong_timestamp = c.read_time(r, fid, "PongTimestamp")?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        })?;
-        Ok(p)
+        use Field::*;
+        self.read_message(
+            r,
+            id,
+            "MsgPong",
+            &[
+                ("PingTimestamp", Time(|p: &mut Pong| &mut p.ping_timestamp)),
+                ("PongTimestamp", Time(|p| &mut p.pong_timestamp)),
+            ],
+        )
     }
 
     fn ack(&mut self, r: &mut Reader<'_>, id: i64) -> Result<()> {
