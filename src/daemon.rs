@@ -116,10 +116,14 @@ impl Daemon {
             requested: Arc::new(AtomicBool::new(false)),
         };
         let (exit_watch, exits) = ExitWatch::new();
+        let sink = crate::datastore::ReactorSink {
+            tx,
+            waker: server.waker(),
+            legacy: server.legacy_key_demand(),
+        };
         let datastore = spawn_datastore_thread(
             cfg.datastore,
-            tx,
-            server.waker(),
+            sink,
             metrics.clone(),
             status.clone(),
             &exit_watch,

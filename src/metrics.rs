@@ -24,6 +24,8 @@ pub struct Metrics {
     pub connections_dropped: IntCounter,
     pub connections_dropped_by_reason: IntCounterVec,
     pub connections_by_syncer: IntGaugeVec,
+    pub legacy_key_clients: IntGauge,
+    pub legacy_key_parts: IntCounter,
     pub connections_target: IntGauge,
     pub rebalance_replicas: IntGauge,
     pub rebalance_nodes: IntGauge,
@@ -156,6 +158,16 @@ impl Metrics {
                 "typha_connections_dropped_by_reason_total",
                 "Connections closed, by reason.",
                 &["reason"],
+            ),
+            legacy_key_clients: gauge(
+                &r,
+                "typha_legacy_policy_key_clients",
+                "Typha-protocol clients (Felix v3.31 and older) served policy keys in the v3.31 form.",
+            ),
+            legacy_key_parts: counter(
+                &r,
+                "typha_legacy_policy_key_parts_encoded_total",
+                "Batch parts also encoded in the legacy (v3.31 policy key) variants, which happens only while a legacy client is connected.",
             ),
             connections_by_syncer: gauge_vec(
                 &r,

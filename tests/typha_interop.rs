@@ -283,13 +283,12 @@ fn modern_policy_keys(l: &Value) -> u64 {
     c[POLICY].as_u64().unwrap() - c[TIER].as_u64().unwrap() - c[PROFILE].as_u64().unwrap()
 }
 
-/// A Felix that predates `SupportsModernPolicyKeys` (and decoder restart) is served, not
-/// refused as Typha v3.32 does: with no policies its map is the daemon's exactly; with
+/// A Felix that predates `SupportsModernPolicyKeys` (v3.31 and older) is served, not refused
+/// as Typha v3.32 does, on both paths: with no policies its map is the daemon's exactly; with
 /// policies it holds as many keys, and every policy in the v3.31 form
-/// `/calico/v1/policy/tier/<tier>/policy/<name>`.
+/// `/calico/v1/policy/tier/<tier>/policy/<name>` (the Go client itself fails on any policy key
+/// in another form).
 #[test]
-#[ignore = "needs the session's v3.31 policy-key variant (issue 10 §3); until then the daemon \
-            refuses legacy hellos as Typha v3.32 does"]
 fn legacy_felix_on_go_gob_is_served() {
     let Some(bins) = interop_bins("legacy_felix_on_go_gob_is_served") else {
         return;
@@ -303,6 +302,9 @@ fn legacy_felix_on_go_gob_is_served() {
         "0",
     ]);
     for l in quiet_run(&d, &bins, 2, &["-legacy"]) {
+        assert_eq!(l["restarts"], 2, "{l}");
+    }
+    for l in quiet_run(&d, &bins, 2, &["-legacy", "-no-restart"]) {
         assert_eq!(l["restarts"], 0, "{l}");
     }
     drop(d);
@@ -316,7 +318,7 @@ fn legacy_felix_on_go_gob_is_served() {
         "0",
     ]);
     let prefixes = format!("{POLICY},{TIER},{PROFILE}");
-    let run = |legacy: bool| {
+    let run = |extra: &[&str]| {
         let mut args = vec![
             "-clients",
             "1",
@@ -324,30 +326,36 @@ fn legacy_felix_on_go_gob_is_served() {
             "-count-prefixes",
             &prefixes,
         ];
-        if legacy {
-            args.push("-legacy");
-        }
+        args.extend_from_slice(extra);
         let (status, lines) =
             GobClients::start(&bins, d.protocol, &args).wait_exit(Duration::from_secs(120));
-        assert!(status.success(), "legacy={legacy}: {lines:?}");
+        assert!(status.success(), "{extra:?}: {lines:?}");
         lines.into_iter().find(|l| l["event"] == "in-sync").unwrap()
     };
-    let modern = run(false);
-    let legacy = run(true);
+    let modern = run(&[]);
     let (_, keys, digest) = daemon_felix(d.metrics, None).unwrap();
     assert_eq!(modern["digest"], digest);
     let policies = modern_policy_keys(&modern);
     assert!(policies > 0, "the sim made policies: {modern}");
-    assert_eq!(legacy["keys"], keys, "one key per key: {legacy}");
+    let mut legacy_digests = Vec::new();
+    for extra in [&["-legacy"][..], &["-legacy", "-no-restart"]] {
+        let legacy = run(extra);
+        assert_eq!(legacy["keys"], keys, "one key per key: {legacy}");
+        assert_eq!(
+            modern_policy_keys(&legacy),
+            0,
+            "no modern policy key: {legacy}"
+        );
+        assert_eq!(
+            legacy["prefix_counts"][TIER].as_u64().unwrap(),
+            modern["prefix_counts"][TIER].as_u64().unwrap() + policies,
+            "every policy under its tier: {legacy}"
+        );
+        legacy_digests.push(legacy["digest"].clone());
+    }
     assert_eq!(
-        modern_policy_keys(&legacy),
-        0,
-        "no modern policy key: {legacy}"
-    );
-    assert_eq!(
-        legacy["prefix_counts"][TIER].as_u64().unwrap(),
-        modern["prefix_counts"][TIER].as_u64().unwrap() + policies,
-        "every policy under its tier: {legacy}"
+        legacy_digests[0], legacy_digests[1],
+        "both paths give the same v3.31 map"
     );
 }
 

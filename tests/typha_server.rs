@@ -270,7 +270,7 @@ fn native_and_typha_clients_share_the_port() {
 }
 
 #[test]
-fn unknown_syncer_legacy_hello_and_garbage_close_only_that_connection() {
+fn unknown_syncer_and_garbage_close_only_that_connection() {
     let mut m = Model::start(test_config());
     m.populate(50);
     let mut good = Felix::connect(m.h.addr, felix("good"));
@@ -282,14 +282,6 @@ fn unknown_syncer_legacy_hello_and_garbage_close_only_that_connection() {
     );
     bad.until_closed();
     assert!(bad.hello.is_none());
-
-    // A Felix of v3.31 or older: refused, as Typha v3.32 does (serving it the old policy key
-    // form is not built).
-    let mut cfg = felix("old");
-    cfg.hello.supports_modern_policy_keys = false;
-    let mut old = Felix::connect(m.h.addr, cfg);
-    old.until_closed();
-    assert!(old.hello.is_none());
 
     for garbage in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"\x16\x03\x01\x02\x00"] {
         let mut s = TcpStream::connect(m.h.addr).unwrap();
@@ -303,7 +295,6 @@ fn unknown_syncer_legacy_hello_and_garbage_close_only_that_connection() {
         h.dropped("unknown-protocol") == 2
     });
     assert!(m.h.dropped("protocol-error") >= 1);
-    assert!(m.h.dropped("unsupported-version") >= 1);
 
     m.set(&wep(3), b"{\"after\":1}");
     m.h.flush();
@@ -349,6 +340,244 @@ fn deltas_are_byte_identical_on_every_connection() {
         "snappy clients that joined at different times got different delta bytes"
     );
     m.h.stop();
+}
+
+// ---- Felix v3.31 and older: policy keys in the v3.31 form --------------------------------------
+
+/// A policy in the v3.32 form and the key a v3.31 Felix must get it under.
+struct Policy {
+    key: &'static str,
+    legacy_key: &'static str,
+    tier: &'static str,
+}
+
+const POLICIES: [Policy; 6] = [
+    Policy {
+        key: "/calico/v1/policy/GlobalNetworkPolicy//security.block",
+        legacy_key: "/calico/v1/policy/tier/security/policy/security.block",
+        tier: "security",
+    },
+    Policy {
+        key: "/calico/v1/policy/NetworkPolicy/shop/allow-web",
+        legacy_key: "/calico/v1/policy/tier/default/policy/shop%2fallow-web",
+        tier: "default",
+    },
+    Policy {
+        key: "/calico/v1/policy/KubernetesNetworkPolicy/shop/deny-all",
+        legacy_key: "/calico/v1/policy/tier/default/policy/shop%2fknp.default.deny-all",
+        tier: "default",
+    },
+    Policy {
+        key: "/calico/v1/policy/StagedNetworkPolicy/shop/try",
+        legacy_key: "/calico/v1/policy/tier/default/policy/shop%2fstaged:try",
+        tier: "default",
+    },
+    Policy {
+        key: "/calico/v1/policy/StagedGlobalNetworkPolicy//audit",
+        legacy_key: "/calico/v1/policy/tier/security/policy/staged:audit",
+        tier: "security",
+    },
+    Policy {
+        key: "/calico/v1/policy/KubernetesClusterNetworkPolicy//guardrails",
+        legacy_key: "/calico/v1/policy/tier/kube-admin/policy/kcnp.guardrails",
+        tier: "kube-admin",
+    },
+];
+
+fn policy_value(tier: &str, round: usize) -> Vec<u8> {
+    format!(r#"{{"tier":"{tier}","order":{round},"selector":"all()"}}"#).into_bytes()
+}
+
+/// The harness' state twice: as a modern client must hold it, and as a v3.31 Felix must.
+struct TwoForms {
+    m: Model,
+    legacy: BTreeMap<String, Vec<u8>>,
+}
+
+impl TwoForms {
+    fn start() -> TwoForms {
+        let mut t = TwoForms {
+            m: Model::start(test_config()),
+            legacy: BTreeMap::new(),
+        };
+        for i in 0..200 {
+            t.set_plain(&wep(i), format!("{{\"ep\":{i}}}").as_bytes());
+        }
+        t.set_plain(
+            "/calico/v1/policy/tier/security/metadata",
+            b"{\"order\":10}",
+        );
+        for p in &POLICIES {
+            t.set_policy(p, p.tier, 0);
+        }
+        t.m.h.flush();
+        t.m.h.status(SyncStatus::InSync);
+        t
+    }
+
+    fn set_plain(&mut self, k: &str, v: &[u8]) {
+        self.m.set(k, v);
+        self.legacy.insert(k.into(), v.into());
+    }
+
+    fn set_policy(&mut self, p: &Policy, tier: &str, round: usize) {
+        let v = policy_value(tier, round);
+        self.m.set(p.key, &v);
+        self.legacy.insert(p.legacy_key.into(), v);
+    }
+
+    fn delete_policy(&mut self, p: &Policy) {
+        self.m.delete(p.key);
+        self.legacy.remove(p.legacy_key);
+    }
+
+    fn legacy_parts(&self) -> u64 {
+        self.m.h.metrics.legacy_key_parts.get()
+    }
+
+    fn legacy_clients(&self) -> i64 {
+        self.m.h.metrics.legacy_key_clients.get()
+    }
+}
+
+fn legacy_felix(hostname: &str) -> FelixClientConfig {
+    let mut cfg = felix(hostname);
+    cfg.hello.supports_modern_policy_keys = false;
+    cfg
+}
+
+fn converge_legacy(f: &mut Felix, t: &TwoForms) {
+    f.run_until("the published state in the v3.31 form", |f| {
+        f.status == Some(IN_SYNC) && f.kvs == t.legacy
+    });
+}
+
+/// A Felix without `SupportsModernPolicyKeys` is served, on both paths, with every policy
+/// under `/calico/v1/policy/tier/<tier>/policy/<name>`, including deletions (whose value is
+/// gone: the tier comes from the value the client held) and a policy moved to another tier
+/// (deleted under the old key, created under the new). The legacy variant is encoded only
+/// while such a client is connected.
+#[test]
+fn legacy_felix_gets_v3_31_policy_keys_only_while_connected() {
+    let mut t = TwoForms::start();
+    let mut modern = Felix::connect(t.m.h.addr, felix("modern"));
+    converge(&mut modern, &t.m);
+    t.set_policy(&POLICIES[0], "security", 1);
+    t.m.h.flush();
+    converge(&mut modern, &t.m);
+    assert_eq!(t.legacy_parts(), 0, "nothing encoded for nobody");
+
+    let mut a = Felix::connect(t.m.h.addr, legacy_felix("old-a"));
+    let mut b = {
+        let mut cfg = legacy_felix("old-b");
+        cfg.hello.supports_decoder_restart = false;
+        Felix::connect(t.m.h.addr, cfg)
+    };
+    converge_legacy(&mut a, &t);
+    converge_legacy(&mut b, &t);
+    assert_eq!(a.restarts.len(), 2, "path A");
+    assert!(b.restarts.is_empty(), "path B");
+    assert_eq!(a.hello.as_ref().unwrap().syncer_type, "felix");
+    assert_eq!(t.legacy_clients(), 2);
+
+    // Updates, a deletion, a tier move, and an update holding no policy key.
+    t.set_policy(&POLICIES[1], "default", 2);
+    t.delete_policy(&POLICIES[2]);
+    t.m.h.flush();
+    t.m.set(POLICIES[3].key, &policy_value("team", 3));
+    t.legacy.remove(POLICIES[3].legacy_key);
+    t.legacy.insert(
+        "/calico/v1/policy/tier/team/policy/shop%2fstaged:try".into(),
+        policy_value("team", 3),
+    );
+    t.m.h.flush();
+    t.set_plain(&wep(5), b"{\"ep\":5,\"v\":1}");
+    t.m.h.flush();
+    converge_legacy(&mut a, &t);
+    converge_legacy(&mut b, &t);
+    converge(&mut modern, &t.m);
+    let moved: Vec<&(String, u8)> = a
+        .seen
+        .iter()
+        .filter(|(k, _)| k.ends_with("shop%2fstaged:try"))
+        .collect();
+    assert_eq!(
+        moved[moved.len() - 2..],
+        [
+            &(
+                "/calico/v1/policy/tier/default/policy/shop%2fstaged:try".to_string(),
+                UPDATE_TYPE_DELETED
+            ),
+            &(
+                "/calico/v1/policy/tier/team/policy/shop%2fstaged:try".to_string(),
+                UPDATE_TYPE_NEW
+            )
+        ]
+    );
+    assert!(t.legacy_parts() >= 3, "each batch encoded for them");
+
+    // The last legacy client leaves: the variant is no longer encoded.
+    drop(a);
+    drop(b);
+    t.m.h.wait_for("the legacy clients to be gone", |h| {
+        h.metrics.legacy_key_clients.get() == 0
+    });
+    let before = t.legacy_parts();
+    for round in 4..8 {
+        t.set_policy(&POLICIES[0], "security", round);
+        t.m.h.flush();
+    }
+    converge(&mut modern, &t.m);
+    assert_eq!(t.legacy_parts(), before, "not encoded once they left");
+
+    // A legacy client coming back gets it again, from a fresh snapshot.
+    let mut c = Felix::connect(t.m.h.addr, legacy_felix("old-c"));
+    converge_legacy(&mut c, &t);
+    t.delete_policy(&POLICIES[5]);
+    t.m.h.flush();
+    converge_legacy(&mut c, &t);
+    assert!(t.legacy_parts() > before);
+    t.m.h.stop();
+}
+
+/// Two legacy clients that joined at different times receive byte-identical bytes after
+/// their handshakes: the legacy variant is shared like the modern one.
+#[test]
+fn legacy_deltas_are_byte_identical_on_every_legacy_connection() {
+    let mut t = TwoForms::start();
+    let mut a = Felix::connect(t.m.h.addr, legacy_felix("old-a"));
+    converge_legacy(&mut a, &t);
+    t.set_policy(&POLICIES[4], "security", 1);
+    t.m.h.flush();
+    converge_legacy(&mut a, &t);
+    let mut b = Felix::connect(t.m.h.addr, legacy_felix("old-b"));
+    converge_legacy(&mut b, &t);
+    let mut modern = Felix::connect(t.m.h.addr, felix("modern"));
+    converge(&mut modern, &t.m);
+    let (oa, ob, om) = (a.raw.len(), b.raw.len(), modern.raw.len());
+    for round in 0..20 {
+        let p = &POLICIES[round % POLICIES.len()];
+        t.set_policy(p, p.tier, round + 2);
+        t.set_plain(&wep(round), format!("{{\"round\":{round}}}").as_bytes());
+        t.m.h.flush();
+    }
+    t.delete_policy(&POLICIES[1]);
+    t.m.h.flush();
+    converge_legacy(&mut a, &t);
+    converge_legacy(&mut b, &t);
+    converge(&mut modern, &t.m);
+    assert!(a.raw.len() > oa);
+    assert_eq!(
+        a.raw[oa..],
+        b.raw[ob..],
+        "legacy clients that joined at different times got different delta bytes"
+    );
+    assert_ne!(
+        a.raw[oa..],
+        modern.raw[om..],
+        "the legacy bytes are their own variant"
+    );
+    t.m.h.stop();
 }
 
 #[test]

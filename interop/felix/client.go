@@ -34,8 +34,9 @@ type Options struct {
 	// NoRestart clears SupportsDecoderRestart (and so the compression list): the server must
 	// stream the snapshot on the plain stream.
 	NoRestart bool
-	// Legacy hellos as a Felix from before v3.32 would: no decoder restart and no
-	// SupportsModernPolicyKeys.
+	// Legacy hellos as a Felix from before v3.32 would: no SupportsModernPolicyKeys. Such a
+	// client must then receive every policy key in the v3.31 form; any other policy key ends
+	// the connection with an error.
 	Legacy       bool
 	ClientConnID uint64
 	ReadTimeout  time.Duration
@@ -149,7 +150,7 @@ func (c *Client) Run(addr string) error {
 	c.enc = gob.NewEncoder(conn)
 	c.dec = gob.NewDecoder(c.r)
 
-	restart := !c.opts.NoRestart && !c.opts.Legacy
+	restart := !c.opts.NoRestart
 	var algs []syncproto.CompressionAlgorithm
 	if restart {
 		algs = []syncproto.CompressionAlgorithm{syncproto.CompressionSnappy}
@@ -277,11 +278,34 @@ func (c *Client) apply(m syncproto.MsgKVs) error {
 				return fmt.Errorf("update of %q: Revision holds %T, Typha sends a string", kv.Key, kv.Revision)
 			}
 		}
+		if c.opts.Legacy && !IsLegacyPolicyPath(kv.Key) {
+			return fmt.Errorf("key %q sent to a client without SupportsModernPolicyKeys is not in the v3.31 form", kv.Key)
+		}
 		c.stats.Updates++
 		c.stats.ByType[kv.UpdateType]++
 		c.kv.Set(kv.Key, kv.Value)
 	}
 	return nil
+}
+
+// IsLegacyPolicyPath reports whether a key a v3.31 Felix parses is acceptable: a key outside
+// /calico/v1/policy/, or one of the v3.31 forms under it: a tier's metadata, a policy under its
+// tier (one escaped name segment), a profile's rules or labels.
+func IsLegacyPolicyPath(key string) bool {
+	rest, ok := strings.CutPrefix(key, "/calico/v1/policy/")
+	if !ok {
+		return true
+	}
+	parts := strings.Split(rest, "/")
+	switch {
+	case len(parts) == 3 && parts[0] == "tier" && parts[1] != "" && parts[2] == "metadata":
+		return true
+	case len(parts) == 4 && parts[0] == "tier" && parts[1] != "" && parts[2] == "policy" && parts[3] != "":
+		return true
+	case len(parts) == 3 && parts[0] == "profile" && parts[1] != "" && (parts[2] == "rules" || parts[2] == "labels"):
+		return true
+	}
+	return false
 }
 
 func (c *Client) send(msg any) error {

@@ -147,6 +147,22 @@ func TestClientFollowsBothPaths(t *testing.T) {
 	}
 }
 
+func TestLegacyPolicyPaths(t *testing.T) {
+	for key, want := range map[string]bool{
+		"/calico/v1/policy/tier/default/policy/shop%2fknp.default.deny": true,
+		"/calico/v1/policy/tier/default/metadata":                       true,
+		"/calico/v1/policy/profile/kns.shop/rules":                      true,
+		"/calico/v1/host/n1/config/Foo":                                 true,
+		"/calico/v1/policy/GlobalNetworkPolicy//p":                      false,
+		"/calico/v1/policy/NetworkPolicy/shop/p":                        false,
+		"/calico/v1/policy/tier/default/policy/shop/p":                  false,
+	} {
+		if got := IsLegacyPolicyPath(key); got != want {
+			t.Errorf("%s: got %v, want %v", key, got, want)
+		}
+	}
+}
+
 func TestRefusalIsReported(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

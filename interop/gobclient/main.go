@@ -100,7 +100,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:5473", "Typha address host:port")
 	n := flag.Int("clients", 1, "number of connections in this process")
 	syncer := flag.String("syncer", "felix", "syncer type to ask for")
-	legacy := flag.Bool("legacy", false, "hello as an old Felix: SupportsDecoderRestart=false, SupportsModernPolicyKeys=false")
+	legacy := flag.Bool("legacy", false, "hello as an old Felix (v3.31 and older): SupportsModernPolicyKeys=false; fail on any policy key not in the v3.31 form")
 	noRestart := flag.Bool("no-restart", false, "SupportsDecoderRestart=false (streamed snapshot, no compression)")
 	hostname := flag.String("hostname", "interop-node", "hostname prefix (client i sends <prefix>-<i>)")
 	printInSync := flag.Bool("print-digest-after-insync", false, "print each client's digest when it first reaches InSync")

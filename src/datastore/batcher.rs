@@ -20,14 +20,15 @@
 //! refused outright: logged, counted in `typha_updates_refused_oversized_total`, and the key keeps
 //! its previous value; sending it would fail every client of its syncer type.
 
-use super::{BatchMessage, DeltaBatch};
+use super::{BatchMessage, DeltaBatch, LegacyKeyDemand};
 use crate::metrics::{key_kind, Metrics};
 use crate::model::{
     now_unix_nanos, Entry, Key, KvUpdate, StateMap, SyncStatus, SyncerType, SyncerTypeSet, Update,
     UpdateType,
 };
 use crate::proto::encode::{
-    encode_batch_part, update_entry_bound, updates_frame_bound, EncodeOptions, EncodedPart,
+    encode_batch_part_with_legacy, update_entry_bound, updates_frame_bound, EncodeOptions,
+    EncodedPart,
 };
 use crate::proto::MAX_SERVER_FRAME;
 use crate::status::{DigestRecord, StatusBoard, ViewDigest};
@@ -101,12 +102,20 @@ pub trait BatchSink {
     fn has_room(&self) -> bool {
         true
     }
+
+    /// Whether batch `seq` must also be encoded in the legacy (v3.31 policy key) Typha
+    /// variants: whether the reactor has a client that needs them.
+    fn encode_legacy(&self, _seq: u64) -> bool {
+        false
+    }
 }
 
 /// The reactor's end: a bounded crossbeam channel, woken through a `mio::Waker`.
 pub struct ReactorSink {
     pub tx: Sender<BatchMessage>,
     pub waker: Arc<mio::Waker>,
+    /// The reactor's count of legacy clients ([`crate::server::Server::legacy_key_demand`]).
+    pub legacy: Arc<LegacyKeyDemand>,
 }
 
 impl BatchSink for ReactorSink {
@@ -121,10 +130,17 @@ impl BatchSink for ReactorSink {
     fn has_room(&self) -> bool {
         !self.tx.is_full()
     }
+
+    fn encode_legacy(&self, seq: u64) -> bool {
+        self.legacy.encode_legacy(seq)
+    }
 }
 
 pub struct Batcher<S: BatchSink> {
     state: StateMap,
+    /// The map as of the last batch sent: what every client holds before the pending batch.
+    /// A deletion's policy tier for a v3.31 client comes from here.
+    sent_state: StateMap,
     seq: u64,
     status: SyncStatus,
     /// Status as of the last sent batch.
@@ -158,6 +174,7 @@ impl<S: BatchSink> Batcher<S> {
     ) -> Self {
         let b = Batcher {
             state: StateMap::new(),
+            sent_state: StateMap::new(),
             seq: 0,
             status: SyncStatus::WaitingForDatastore,
             sent_status: SyncStatus::WaitingForDatastore,
@@ -389,6 +406,7 @@ impl<S: BatchSink> Batcher<S> {
         let seq = self.seq + 1;
         let received_at = self.pending_since.map_or_else(now_unix_nanos, |(_, n)| n);
         let status_change = status_changed.then_some(self.status);
+        let legacy_from = self.sink.encode_legacy(seq).then_some(&self.sent_state);
         let mut parts: [Option<EncodedPart>; SyncerType::COUNT] = Default::default();
         let mut for_type: Vec<&Update> = Vec::with_capacity(self.pending.len());
         for t in SyncerType::ALL {
@@ -402,13 +420,14 @@ impl<S: BatchSink> Batcher<S> {
             if for_type.is_empty() && status_change.is_none() {
                 continue;
             }
-            let part = match encode_batch_part(
+            let part = match encode_batch_part_with_legacy(
                 self.last_part_seq[t.index()] + 1,
                 seq,
                 received_at,
                 &for_type,
                 status_change,
                 &self.encode,
+                legacy_from,
             ) {
                 Ok(p) => p,
                 Err(e) => {
@@ -418,6 +437,9 @@ impl<S: BatchSink> Batcher<S> {
                 }
             };
             self.encode_work.parts += 1;
+            if legacy_from.is_some() {
+                self.metrics.legacy_key_parts.inc();
+            }
             self.encode_work.bytes += part.encoded_bytes() as u64;
             parts[t.index()] = Some(part);
         }
@@ -449,6 +471,7 @@ impl<S: BatchSink> Batcher<S> {
         }
         self.seq = seq;
         self.sent_status = self.status;
+        self.sent_state = self.state.clone();
         // Only `Updates` frames carry sequence numbers; a status-only part must not move the
         // chain, or the next `Updates` would look like it skipped a sequence.
         for t in SyncerType::ALL {

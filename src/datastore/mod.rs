@@ -15,7 +15,7 @@ pub use thread::{spawn_datastore_thread, DatastoreHandle, DatastoreThreadConfig,
 
 // The batch types live in `crate::batch`, shared with the reactor; re-exported for the stage's
 // users (sinks, tests) that name them beside the batcher.
-pub use crate::batch::{BatchMessage, DeltaBatch};
+pub use crate::batch::{BatchMessage, DeltaBatch, LegacyKeyDemand};
 
 use crate::model::{KvUpdate, SyncStatus};
 use tokio::sync::mpsc;

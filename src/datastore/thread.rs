@@ -10,14 +10,13 @@
 //! not passed on to clients that were already in sync (status never goes backwards).
 
 use super::batcher::{BatchLimits, Batcher, FlushOutcome, ReactorSink};
-use super::{k8s, sim, BatchMessage, DriverEvent};
+use super::{k8s, sim, DriverEvent};
 use crate::http::{self, Endpoints, HttpContext};
 use crate::metrics::Metrics;
 use crate::model::{Key, KvUpdate, StateMap, SyncStatus};
 use crate::proto::encode::EncodeOptions;
 use crate::status::StatusBoard;
 use crate::supervise::{panic_message, Backoff, ExitWatch, Recoverable};
-use crossbeam_channel::Sender;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,8 +93,7 @@ fn bind_http(addr: Option<SocketAddr>) -> std::io::Result<Option<std::net::TcpLi
 /// reported here and the bound addresses are known.
 pub fn spawn_datastore_thread(
     cfg: DatastoreThreadConfig,
-    tx: Sender<BatchMessage>,
-    waker: Arc<mio::Waker>,
+    sink: ReactorSink,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
     exits: &ExitWatch,
@@ -154,7 +152,6 @@ pub fn spawn_datastore_thread(
         .spawn(move || {
             let _exit_guard = exit_guard;
             runtime.block_on(async move {
-                let sink = ReactorSink { tx, waker };
                 let batcher =
                     Batcher::new(cfg.limits, cfg.encode, sink, metrics.clone(), board.clone());
                 run_pipeline(cfg.driver, batcher, board, metrics, stop_rx, beat_every).await;

@@ -45,15 +45,22 @@ pub enum WireVariant {
     TyphaSnappy,
     /// Typha's gob protocol on the client's first, uncompressed gob stream.
     TyphaPlain,
+    /// `TyphaSnappy` with policy keys in the v3.31 form ([`typha::legacy_keys`]), for a Felix
+    /// that predates `SupportsModernPolicyKeys`. Encoded only while such a client is connected.
+    TyphaSnappyLegacy,
+    /// `TyphaPlain` with policy keys in the v3.31 form; as `TyphaSnappyLegacy`.
+    TyphaPlainLegacy,
 }
 
 impl WireVariant {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 6;
     pub const ALL: [WireVariant; WireVariant::COUNT] = [
         WireVariant::NativePlain,
         WireVariant::NativeCompressed,
         WireVariant::TyphaSnappy,
         WireVariant::TyphaPlain,
+        WireVariant::TyphaSnappyLegacy,
+        WireVariant::TyphaPlainLegacy,
     ];
 
     pub fn index(self) -> usize {
@@ -66,6 +73,44 @@ impl WireVariant {
             WireVariant::NativeCompressed => "native-compressed",
             WireVariant::TyphaSnappy => "typha-snappy",
             WireVariant::TyphaPlain => "typha-plain",
+            WireVariant::TyphaSnappyLegacy => "typha-snappy-v3.31-keys",
+            WireVariant::TyphaPlainLegacy => "typha-plain-v3.31-keys",
+        }
+    }
+
+    /// The Typha variant: snappy (after a decoder restart) or plain, with policy keys in the
+    /// v3.31 form or not.
+    pub fn typha(snappy: bool, legacy_keys: bool) -> WireVariant {
+        match (snappy, legacy_keys) {
+            (true, false) => WireVariant::TyphaSnappy,
+            (false, false) => WireVariant::TyphaPlain,
+            (true, true) => WireVariant::TyphaSnappyLegacy,
+            (false, true) => WireVariant::TyphaPlainLegacy,
+        }
+    }
+
+    /// Whether the Typha messages of this variant are snappy chunks.
+    pub fn is_snappy(self) -> bool {
+        matches!(
+            self,
+            WireVariant::TyphaSnappy | WireVariant::TyphaSnappyLegacy
+        )
+    }
+
+    /// Whether policy keys go out in the v3.31 form.
+    pub fn legacy_keys(self) -> bool {
+        matches!(
+            self,
+            WireVariant::TyphaSnappyLegacy | WireVariant::TyphaPlainLegacy
+        )
+    }
+
+    /// Which policy-key form a client of this variant gets (logged per connection).
+    pub fn key_form(self) -> &'static str {
+        if self.legacy_keys() {
+            "v3.31"
+        } else {
+            "v3.32"
         }
     }
 
@@ -73,7 +118,10 @@ impl WireVariant {
     pub fn protocol(self) -> &'static str {
         match self {
             WireVariant::NativePlain | WireVariant::NativeCompressed => "native",
-            WireVariant::TyphaSnappy | WireVariant::TyphaPlain => "typha",
+            WireVariant::TyphaSnappy
+            | WireVariant::TyphaPlain
+            | WireVariant::TyphaSnappyLegacy
+            | WireVariant::TyphaPlainLegacy => "typha",
         }
     }
 
@@ -92,6 +140,15 @@ impl WireVariant {
             _ => None,
         }
     }
+
+    /// The variant with modern policy keys that a legacy variant is encoded from.
+    fn modern_keys(self) -> WireVariant {
+        match self {
+            WireVariant::TyphaSnappyLegacy => WireVariant::TyphaSnappy,
+            WireVariant::TyphaPlainLegacy => WireVariant::TyphaPlain,
+            v => v,
+        }
+    }
 }
 
 /// One syncer type's share of a batch: the frames every client of that type receives for it,
@@ -105,13 +162,20 @@ pub struct EncodedPart {
     pub update_count: usize,
     /// Indexed by [`WireVariant::index`]. Native: `Updates` (when there are updates) then
     /// `SyncStatus` (when the status changed); `NativeCompressed` is set only when compressing
-    /// the `Updates` frame saved bytes.
+    /// the `Updates` frame saved bytes. The legacy variants are set only when the part holds
+    /// a policy key and a legacy client was connected when it was encoded.
     pub variants: [Option<Bytes>; WireVariant::COUNT],
+    /// The part was encoded for legacy clients too and holds no policy key, so the legacy
+    /// variants are the modern Typha bytes (shared, not copied).
+    pub legacy_same_as_modern: bool,
 }
 
 impl EncodedPart {
     /// The bytes for a client served in `variant`; `None` if this part was not encoded in it.
     pub fn frames(&self, variant: WireVariant) -> Option<&Bytes> {
+        if variant.legacy_keys() && self.legacy_same_as_modern {
+            return self.variants[variant.modern_keys().index()].as_ref();
+        }
         self.variants[variant.index()]
             .as_ref()
             .or_else(|| self.variants[variant.fallback()?.index()].as_ref())
@@ -161,6 +225,29 @@ pub fn encode_batch_part(
     status_change: Option<SyncStatus>,
     opts: &EncodeOptions,
 ) -> Result<EncodedPart, ProtoError> {
+    encode_batch_part_with_legacy(
+        first_seq,
+        last_seq,
+        received_at,
+        updates,
+        status_change,
+        opts,
+        None,
+    )
+}
+
+/// [`encode_batch_part`], plus the legacy Typha variants when `legacy_from` is set (while a
+/// v3.31 Felix is connected): the map as of the previous batch, what every client holds before
+/// this part, from which a deletion's policy tier is taken.
+pub fn encode_batch_part_with_legacy(
+    first_seq: u64,
+    last_seq: u64,
+    received_at: u64,
+    updates: &[&Update],
+    status_change: Option<SyncStatus>,
+    opts: &EncodeOptions,
+    legacy_from: Option<&StateMap>,
+) -> Result<EncodedPart, ProtoError> {
     let status = status_change.map(sync_status_frame);
     let (plain, compressed) = if updates.is_empty() {
         (status.clone().unwrap_or_default(), None)
@@ -182,17 +269,77 @@ pub fn encode_batch_part(
     let mut variants: [Option<Bytes>; WireVariant::COUNT] = Default::default();
     variants[WireVariant::NativePlain.index()] = Some(plain);
     variants[WireVariant::NativeCompressed.index()] = compressed;
-    let gob = typha_delta_gob(updates, status_change);
-    let mut framed = BytesMut::with_capacity(gob.len() / 2 + 64);
-    typha::snappy::frame_chunks(&gob, &mut framed);
-    variants[WireVariant::TyphaSnappy.index()] = Some(framed.freeze());
+    let gob = typha_delta_gob(updates.iter().map(|u| typha_update(u)), status_change);
+    variants[WireVariant::TyphaSnappy.index()] = Some(snappy_framed(&gob));
     variants[WireVariant::TyphaPlain.index()] = Some(gob);
+    let mut legacy_same_as_modern = false;
+    if let Some(before) = legacy_from {
+        match legacy_delta_gob(updates, status_change, before) {
+            Some(gob) => {
+                variants[WireVariant::TyphaSnappyLegacy.index()] = Some(snappy_framed(&gob));
+                variants[WireVariant::TyphaPlainLegacy.index()] = Some(gob);
+            }
+            None => legacy_same_as_modern = true,
+        }
+    }
     Ok(EncodedPart {
         first_seq,
         last_seq,
         update_count: updates.len(),
         variants,
+        legacy_same_as_modern,
     })
+}
+
+fn snappy_framed(gob: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(gob.len() / 2 + 64);
+    typha::snappy::frame_chunks(gob, &mut framed);
+    framed.freeze()
+}
+
+/// The Typha delta for a v3.31 Felix, or `None` when no update holds a policy key (the modern
+/// bytes serve it as they are). `before` gives the value each client holds for a key.
+fn legacy_delta_gob(
+    updates: &[&Update],
+    status_change: Option<SyncStatus>,
+    before: &StateMap,
+) -> Option<Bytes> {
+    use typha::legacy_keys::{is_modern_policy_key, legacy_update, LegacyUpdate};
+    if !updates.iter().any(|u| is_modern_policy_key(&u.key)) {
+        return None;
+    }
+    // Owned keys first, then references into them: a moved policy becomes two updates.
+    let mut translated: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(updates.len());
+    for u in updates {
+        let previous = before.get(u.key.as_ref()).map(|e| &e.value[..]);
+        translated.push(match legacy_update(&u.key, u.value.as_deref(), previous) {
+            LegacyUpdate::Unchanged => (None, None),
+            LegacyUpdate::Rekeyed { key } => (None, Some(key)),
+            LegacyUpdate::Moved { removed, key } => (Some(removed), Some(key)),
+        });
+    }
+    let mut out: Vec<typha::SerializedUpdateRef<'_>> = Vec::with_capacity(updates.len());
+    for (u, (removed, key)) in updates.iter().zip(&translated) {
+        if let Some(removed) = removed {
+            out.push(typha::SerializedUpdateRef {
+                key: removed,
+                value: None,
+                revision: &u.revision,
+                v3_resource_version: "",
+                ttl_nanos: 0,
+                update_type: typha::UPDATE_TYPE_DELETED,
+            });
+        }
+        let mut t = typha_update(u);
+        if let Some(key) = key {
+            t.key = key;
+            if removed.is_some() {
+                t.update_type = typha::UPDATE_TYPE_NEW;
+            }
+        }
+        out.push(t);
+    }
+    Some(typha_delta_gob(out.into_iter(), status_change))
 }
 
 /// Fixed bytes of an `Updates` frame around its entries, at most: the length prefix, the tag,
@@ -222,10 +369,21 @@ pub const TYPHA_SNAPSHOT_END_RESTART: &str = "End of compressed snapshot.";
 /// The gob messages of one Typha delta: `MsgKVs` of the updates (at most
 /// [`TYPHA_KVS_PER_MESSAGE`] each), then `MsgSyncStatus` when the status changed. No preamble:
 /// these use the fixed type ids every Typha stream of ours opens with.
-fn typha_delta_gob(updates: &[&Update], status_change: Option<SyncStatus>) -> Bytes {
+fn typha_delta_gob<'a>(
+    updates: impl Iterator<Item = typha::SerializedUpdateRef<'a>>,
+    status_change: Option<SyncStatus>,
+) -> Bytes {
     let mut out = BytesMut::new();
-    for chunk in updates.chunks(TYPHA_KVS_PER_MESSAGE) {
-        typha::encode_kvs_into(&mut out, chunk.iter().map(|u| typha_update(u)));
+    let mut chunk = Vec::with_capacity(TYPHA_KVS_PER_MESSAGE);
+    for u in updates {
+        chunk.push(u);
+        if chunk.len() == TYPHA_KVS_PER_MESSAGE {
+            typha::encode_kvs_into(&mut out, chunk.iter().cloned());
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        typha::encode_kvs_into(&mut out, chunk.iter().cloned());
     }
     if let Some(status) = status_change {
         out.extend_from_slice(&typha::encode_sync_status(status as u8));
@@ -259,10 +417,25 @@ fn typha_update(u: &Update) -> typha::SerializedUpdateRef<'_> {
     }
 }
 
-/// One snapshot entry as Typha serialises it: always `KVNew`.
-fn typha_snapshot_entry<'a>(k: &'a Key, e: &'a Entry) -> typha::SerializedUpdateRef<'a> {
+/// The snapshot entries of `chunk`, each under the key its client is sent.
+fn typha_snapshot_entries<'a>(
+    chunk: &'a [(&'a Key, Option<String>, &'a Arc<Entry>)],
+) -> Vec<typha::SerializedUpdateRef<'a>> {
+    chunk
+        .iter()
+        .map(|(k, l, e)| typha_snapshot_entry(k, l.as_deref().unwrap_or(k), e))
+        .collect()
+}
+
+/// One snapshot entry as Typha serialises it: always `KVNew`. `key` is the entry's key as the
+/// client is sent it (a policy key in the v3.31 form for a legacy client).
+fn typha_snapshot_entry<'a>(
+    k: &'a Key,
+    key: &'a str,
+    e: &'a Entry,
+) -> typha::SerializedUpdateRef<'a> {
     typha::SerializedUpdateRef {
-        key: k,
+        key,
         value: Some(&e.value),
         revision: &e.revision,
         v3_resource_version: v3_resource_version(k, &e.revision),
@@ -282,13 +455,12 @@ pub fn typha_ping(timestamp: typha::GoTime, variant: WireVariant) -> Bytes {
 }
 
 fn typha_message(gob: Bytes, variant: WireVariant) -> Bytes {
-    match variant {
-        WireVariant::TyphaSnappy => {
-            let mut out = BytesMut::with_capacity(gob.len() + 16);
-            typha::snappy::frame_chunks(&gob, &mut out);
-            out.freeze()
-        }
-        _ => gob,
+    if variant.is_snappy() {
+        let mut out = BytesMut::with_capacity(gob.len() + 16);
+        typha::snappy::frame_chunks(&gob, &mut out);
+        out.freeze()
+    } else {
+        gob
     }
 }
 
@@ -301,6 +473,8 @@ fn typha_message(gob: Bytes, variant: WireVariant) -> Bytes {
 /// - `TyphaPlain`: `MsgKVs` of up to 100 updates on the client's first gob stream (whose
 ///   preamble went out before the `ServerHello`), then `MsgSyncStatus` unless the status is
 ///   `WaitForDatastore`, as Typha sends it after a streamed snapshot.
+/// - `TyphaSnappyLegacy` / `TyphaPlainLegacy`: the same, with each policy key in the v3.31 form
+///   ([`typha::legacy_keys`]).
 pub fn encode_typha_snapshot(
     state: &StateMap,
     seq: u64,
@@ -321,7 +495,8 @@ pub fn encode_typha_snapshot(
         status,
         live_prefix: None,
     };
-    let binary = variant == WireVariant::TyphaSnappy;
+    let binary = variant.is_snappy();
+    let legacy = variant.legacy_keys();
     let per_message = if binary {
         TYPHA_BINARY_SNAPSHOT_KVS_PER_MESSAGE
     } else {
@@ -331,7 +506,16 @@ pub fn encode_typha_snapshot(
     if binary {
         gob.extend_from_slice(&typha::server_preamble());
     }
-    let mut chunk: Vec<(&Key, &Arc<Entry>)> = Vec::with_capacity(per_message);
+    // Each entry with the key its client is sent: the v3.31 form of a policy key for a legacy
+    // client, which reads the tier from the value (a snapshot has no deletions).
+    let mut chunk: Vec<(&Key, Option<String>, &Arc<Entry>)> = Vec::with_capacity(per_message);
+    let sent_key = |k: &Key, e: &Entry| {
+        if legacy {
+            typha::legacy_keys::legacy_policy_key(k, Some(&e.value), None)
+        } else {
+            None
+        }
+    };
     let mut frames = Vec::new();
     // Each message is framed on its own (snappy chunks are independent), so a frame is a
     // whole number of messages and the outbox can write the snapshot frame by frame.
@@ -360,21 +544,15 @@ pub fn encode_typha_snapshot(
         }
         out.key_count += 1;
         out.digest.add(k, &e.value);
-        chunk.push((k, e));
+        chunk.push((k, sent_key(k, e), e));
         if chunk.len() == per_message {
-            typha::encode_kvs_into(
-                &mut gob,
-                chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
-            );
+            typha::encode_kvs_into(&mut gob, typha_snapshot_entries(&chunk));
             chunk.clear();
             emit(&mut gob, &mut frames, &mut out);
         }
     }
     if !chunk.is_empty() {
-        typha::encode_kvs_into(
-            &mut gob,
-            chunk.iter().map(|(k, e)| typha_snapshot_entry(k, e)),
-        );
+        typha::encode_kvs_into(&mut gob, typha_snapshot_entries(&chunk));
     }
     if binary {
         gob.extend_from_slice(&typha::encode_decoder_restart(&typha::DecoderRestart {
@@ -392,7 +570,7 @@ pub fn encode_typha_snapshot(
         // frame decodes on any connection.
         prefix.extend_from_slice(&typha::server_preamble_snappy());
         if status != SyncStatus::WaitingForDatastore {
-            prefix.extend_from_slice(&typha_sync_status(status, WireVariant::TyphaSnappy));
+            prefix.extend_from_slice(&typha_sync_status(status, variant));
         }
         out.live_prefix = Some(prefix.freeze());
     }

@@ -117,6 +117,10 @@ pub struct Connection {
     pub next_ping: Instant,
     /// Last time bytes were written or the output was found empty.
     pub last_progress: Instant,
+    /// A legacy (v3.31 policy key) client, counted in the server's `LegacyKeyDemand`: its
+    /// snapshot must be at this sequence number or later (every later batch carries its
+    /// variant). `None` for every other client.
+    pub legacy_snapshot_from: Option<u64>,
 }
 
 impl Connection {
@@ -144,6 +148,7 @@ impl Connection {
             last_pong: now,
             next_ping: now,
             last_progress: now,
+            legacy_snapshot_from: None,
         }
     }
 

@@ -28,7 +28,7 @@ pub use session::{
 pub use snapshot::{Lookup, SnapshotCache, SnapshotKey, Waiter};
 pub use tls::{ServerTls, TlsRead, TlsSession, TlsSettings, TLS_OUT_BUFFER};
 
-use crate::batch::BatchMessage;
+use crate::batch::{BatchMessage, LegacyKeyDemand};
 use crate::metrics::Metrics;
 use crate::model::{now_unix_nanos, StateMap, SyncStatus};
 use crate::proto::{self, Codec, GoodbyeReason};
@@ -250,6 +250,12 @@ pub struct Server {
     state: StateMap,
     status: SyncStatus,
     cache: SnapshotCache,
+    /// Legacy (v3.31 policy key) clients, counted for the batcher, which encodes the legacy
+    /// variants only while there is one.
+    legacy: Arc<LegacyKeyDemand>,
+    /// Legacy clients whose snapshot waits for the first batch encoded for them
+    /// (slot, connection id).
+    legacy_waiting: Vec<(usize, u64)>,
     cfg: ServerConfig,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
@@ -379,6 +385,8 @@ impl Server {
             state: StateMap::new(),
             status: SyncStatus::WaitingForDatastore,
             cache,
+            legacy: Arc::new(LegacyKeyDemand::default()),
+            legacy_waiting: Vec::new(),
             metrics,
             board,
             dirty: Vec::with_capacity(1024),
@@ -402,6 +410,11 @@ impl Server {
 
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
+    }
+
+    /// The count of legacy clients, for the batcher ([`crate::datastore::ReactorSink`]).
+    pub fn legacy_key_demand(&self) -> Arc<LegacyKeyDemand> {
+        self.legacy.clone()
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -731,6 +744,11 @@ impl Server {
     }
 
     fn on_accepted(&mut self, slot: usize, a: Accepted, now: Instant) {
+        if a.variant.legacy_keys() {
+            let from = self.legacy.register();
+            self.conns[slot].legacy_snapshot_from = Some(from);
+            self.metrics.legacy_key_clients.inc();
+        }
         let c = &mut self.conns[slot];
         c.out.syncer = a.syncer;
         c.out.variant = a.variant;
@@ -748,6 +766,7 @@ impl Server {
             client_info = %a.client_info,
             protocol = c.session.protocol(),
             variant = a.variant.as_str(),
+            policy_keys = a.variant.key_form(),
             "client connected"
         );
         self.enter_phase(slot, Phase::Snapshot);
@@ -757,6 +776,12 @@ impl Server {
 
     fn request_snapshot(&mut self, slot: usize) {
         let c = &self.conns[slot];
+        let min_seq = c.legacy_snapshot_from.unwrap_or(0);
+        if self.ring.last_seq() < min_seq {
+            // Batches up to `min_seq` lack the legacy variant: start after them.
+            self.legacy_waiting.push((slot, c.id));
+            return;
+        }
         let key = (c.out.syncer, c.out.variant);
         let waiter = Waiter {
             slot,
@@ -764,7 +789,7 @@ impl Server {
         };
         if let Lookup::Ready(snap) =
             self.cache
-                .request(key, waiter, &self.ring, &self.state, self.status)
+                .request(key, waiter, min_seq, &self.ring, &self.state, self.status)
         {
             self.assign_snapshot(slot, snap);
         }
@@ -788,6 +813,7 @@ impl Server {
                 return;
             }
             self.after_batches();
+            self.release_legacy_waiting();
             if got < slice {
                 return;
             }
@@ -843,16 +869,29 @@ impl Server {
         self.apply_actions();
     }
 
+    /// Requests the snapshots of legacy clients whose first legacy batch has arrived.
+    fn release_legacy_waiting(&mut self) {
+        if self.legacy_waiting.is_empty() {
+            return;
+        }
+        for (slot, id) in std::mem::take(&mut self.legacy_waiting) {
+            if self.conns.get(slot).is_some_and(|c| c.id == id) {
+                self.request_snapshot(slot);
+            }
+        }
+    }
+
     fn drain_snapshots(&mut self) {
         while let Some((snap, waiters)) = self.cache.poll_finished() {
             for w in waiters {
-                let ok = self.conns.get(w.slot).is_some_and(|c| {
+                let Some(c) = self.conns.get(w.slot).filter(|c| {
                     c.id == w.conn_id && c.phase() == Phase::Snapshot && c.out.next_seq.is_none()
-                });
-                if !ok {
+                }) else {
                     continue;
-                }
-                if self.ring.holds_from(snap.seq + 1) {
+                };
+                // A legacy encode that began before this client's first legacy batch is too old.
+                let new_enough = snap.seq >= c.legacy_snapshot_from.unwrap_or(0);
+                if new_enough && self.ring.holds_from(snap.seq + 1) {
                     self.assign_snapshot(w.slot, snap.clone());
                 } else {
                     // The ring moved on while this one was being built: build a newer one.
@@ -1198,6 +1237,15 @@ impl Server {
         }
         let mut c = self.conns.remove(slot);
         let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.legacy_snapshot_from.is_some() {
+            self.metrics.legacy_key_clients.dec();
+            if self.legacy.unregister() == 0 {
+                // No one takes the legacy variants: the batcher stops encoding them and their
+                // cached snapshots go (ring batches that carry them age out with the ring).
+                self.cache.forget_legacy();
+                info!("last client with v3.31 policy keys left; legacy variants no longer encoded");
+            }
+        }
         self.metrics.connections_active.dec();
         self.board
             .set_connections(self.conns.len(), self.cfg.max_connections);

@@ -33,8 +33,9 @@
 //!                                               (path B: streamed snapshot, then the stream)
 //! ```
 //!
-//! - `AwaitHello`: the loop's handshake timeout runs. An unknown syncer type, a client without
-//!   modern policy keys, or any other message closes the connection (Typha has no goodbye).
+//! - `AwaitHello`: the loop's handshake timeout runs. An unknown syncer type or any other
+//!   message closes the connection (Typha has no goodbye). A client without modern policy keys
+//!   (Felix v3.31 and older) is served the legacy variant of its path, with v3.31 policy keys.
 //!   The reply is the gob preamble and `MsgServerHello`, plus (path A)
 //!   `MsgDecoderRestart{snappy}`; nothing more is written until the ACK.
 //! - `AwaitRestartAck` (path A): the snapshot is written once the ACK arrives. It ends with its
@@ -241,9 +242,11 @@ impl Session {
             }
             Session::Typha(s) => {
                 s.last_ping = Some((pings.id, pings.typha_time));
-                match s.variant {
-                    WireVariant::TyphaSnappy => pings.typha_snappy.clone(),
-                    _ => pings.typha_plain.clone(),
+                // A ping holds no key: legacy clients take the same bytes.
+                if s.variant.is_snappy() {
+                    pings.typha_snappy.clone()
+                } else {
+                    pings.typha_plain.clone()
                 }
             }
             // Never asked: `can_ping` is false.
@@ -504,17 +507,9 @@ impl TyphaSession {
                 text: format!("unknown syncer type {:?}", truncate(&h.syncer_type, 64)),
             };
         };
-        if !h.supports_modern_policy_keys {
-            // Typha v3.32 refuses these too; serving them the v3.31 key form is not built yet.
-            return SessionEvent::Refuse {
-                reason: GoodbyeReason::UnsupportedVersion,
-                text: format!(
-                    "client {:?} ({}) lacks SupportsModernPolicyKeys",
-                    truncate(&h.hostname, 64),
-                    truncate(&h.version, 64)
-                ),
-            };
-        }
+        // Typha v3.32 refuses a client without modern policy keys (Felix v3.31 and older);
+        // we serve it the v3.31 key form, a variant of its own.
+        let legacy_keys = !h.supports_modern_policy_keys;
         let snappy = h.supports_decoder_restart
             && h.supported_compression
                 .iter()
@@ -533,11 +528,10 @@ impl TyphaSession {
                 compression: typha::COMPRESSION_SNAPPY.into(),
             }));
             self.state = TyphaState::AwaitRestartAck;
-            self.variant = WireVariant::TyphaSnappy;
         } else {
             self.state = TyphaState::Live;
-            self.variant = WireVariant::TyphaPlain;
         }
+        self.variant = WireVariant::typha(snappy, legacy_keys);
         SessionEvent::Accepted(Accepted {
             syncer,
             variant: self.variant,
@@ -667,5 +661,38 @@ mod tests {
         let mut events = Vec::new();
         assert!(!s.feed(b"GET / HTTP/1.1\r\n", ctx, &mut events));
         assert!(matches!(&events[..], [SessionEvent::Unrecognised { .. }]));
+    }
+
+    #[test]
+    fn a_hello_without_modern_policy_keys_takes_the_legacy_variant_of_its_path() {
+        let ctx = SessionContext {
+            server_id: "s",
+            conn_id: 1,
+            typha_conn_id: 1,
+            max_frame: 64 * 1024,
+            codec: None,
+        };
+        for (modern, restart, want) in [
+            (true, true, WireVariant::TyphaSnappy),
+            (true, false, WireVariant::TyphaPlain),
+            (false, true, WireVariant::TyphaSnappyLegacy),
+            (false, false, WireVariant::TyphaPlainLegacy),
+        ] {
+            let mut cfg = typha::FelixClientConfig::felix("n", "felix", 1);
+            cfg.hello.supports_modern_policy_keys = modern;
+            cfg.hello.supports_decoder_restart = restart;
+            let mut hello = bytes::BytesMut::new();
+            typha::ClientEncoder::new().encode_hello(&cfg.hello, &mut hello);
+            let mut s = Session::detecting();
+            let mut events = Vec::new();
+            assert!(s.feed(&hello, ctx, &mut events));
+            match &events[..] {
+                [SessionEvent::Accepted(a)] => {
+                    assert_eq!(a.variant, want);
+                    assert_eq!(a.hold_snapshot, restart, "{want:?}");
+                }
+                other => panic!("modern={modern} restart={restart}: {other:?}"),
+            }
+        }
     }
 }

@@ -64,7 +64,10 @@ fn encode_job(job: &SnapshotJob) -> EncodedSnapshot {
             snap.variant = WireVariant::NativeCompressed;
             snap
         }
-        WireVariant::TyphaSnappy | WireVariant::TyphaPlain => {
+        WireVariant::TyphaSnappy
+        | WireVariant::TyphaPlain
+        | WireVariant::TyphaSnappyLegacy
+        | WireVariant::TyphaPlainLegacy => {
             encode_typha_snapshot(&job.state, job.seq, job.status, job.syncer, job.variant)
         }
     }
@@ -157,18 +160,22 @@ impl SnapshotCache {
     }
 
     /// Serves a snapshot for `key` now, or registers `waiter` for the one being built. A new
-    /// encode starts from `state` (the map as of the ring's newest sequence) when needed.
+    /// encode starts from `state` (the map as of the ring's newest sequence) when needed. A
+    /// cached snapshot older than `min_seq` is not served (a legacy client's batches start
+    /// later; the caller checks a finished encode the same way).
     pub fn request(
         &mut self,
         key: SnapshotKey,
         waiter: Waiter,
+        min_seq: u64,
         ring: &Ring,
         state: &StateMap,
         status: SyncStatus,
     ) -> Lookup {
         if let Some(c) = self.cached.get(&key) {
             let current = c.snap.seq == ring.last_seq();
-            if ring.holds_from(c.snap.seq + 1)
+            if c.snap.seq >= min_seq
+                && ring.holds_from(c.snap.seq + 1)
                 && (current || c.built_at.elapsed() <= self.reuse_window)
             {
                 self.metrics
@@ -238,6 +245,12 @@ impl SnapshotCache {
         );
         let waiters = self.pending.remove(&key).unwrap_or_default();
         Some((snap, waiters))
+    }
+
+    /// Drops the cached legacy-variant snapshots: the last client that took them left. A client
+    /// still writing one keeps its own reference.
+    pub fn forget_legacy(&mut self) {
+        self.cached.retain(|key, _| !key.1.legacy_keys());
     }
 
     /// Releases cached snapshots that are stale and no client is still writing.

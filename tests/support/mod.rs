@@ -61,6 +61,7 @@ impl Harness {
         let sink = ReactorSink {
             tx,
             waker: server.waker(),
+            legacy: server.legacy_key_demand(),
         };
         let reactor = std::thread::spawn(move || server.run());
         let batcher = Batcher::new(

@@ -15,6 +15,7 @@
 mod client;
 mod decode;
 mod error;
+pub mod legacy_keys;
 pub mod messages;
 pub mod server;
 mod session;
