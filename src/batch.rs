@@ -105,3 +105,30 @@ impl LegacyKeyDemand {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LegacyKeyDemand;
+
+    #[test]
+    fn legacy_demand_hands_over_at_the_last_sequence_encoded_without() {
+        let d = LegacyKeyDemand::default();
+        assert!(!d.encode_legacy(1));
+        assert!(!d.encode_legacy(2));
+        // Batch 2 went out without the variant: a client arriving now starts after it.
+        assert_eq!(d.register(), 2);
+        assert!(d.encode_legacy(3));
+        // A second client while encoding is on: the handover point does not move.
+        assert_eq!(d.register(), 2);
+        assert_eq!(d.clients(), 2);
+        assert_eq!(d.unregister(), 1);
+        assert!(d.encode_legacy(4));
+        assert_eq!(d.unregister(), 0);
+        assert!(!d.encode_legacy(5));
+        // Retried sequence numbers (a full channel) never move the mark back.
+        assert!(!d.encode_legacy(4));
+        assert_eq!(d.register(), 5);
+        assert_eq!(d.unregister(), 0);
+        assert_eq!(d.unregister(), 0, "an extra unregister does not underflow");
+    }
+}
