@@ -181,8 +181,10 @@ def main():
              "FelixConfiguration"]
     for r in roots:
         g.struct(r)
-    kstructs, kaliases = parse([os.path.join(k8s, "core/v1/types.go"),
-                                os.path.join(k8s, "discovery/v1/types.go")])
+    # discovery/v1 first: on a name both packages declare (EndpointPort), the first parse wins,
+    # and the only root using such a name is EndpointSlice.
+    kstructs, kaliases = parse([os.path.join(k8s, "discovery/v1/types.go"),
+                                os.path.join(k8s, "core/v1/types.go")])
     gk = Gen(kstructs, kaliases, "")
     gk.done = {}
     for r in ["Service", "EndpointSlice"]:

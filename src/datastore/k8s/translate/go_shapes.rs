@@ -3117,19 +3117,19 @@ pub(crate) mod k8s {
         Field {
             name: "name",
             shape: &Shape::Any,
-            omit: Omit::IfZero,
+            omit: Omit::IfNull,
+            zero: None,
+        },
+        Field {
+            name: "protocol",
+            shape: &Shape::Any,
+            omit: Omit::IfNull,
             zero: None,
         },
         Field {
             name: "port",
             shape: &Shape::Any,
-            omit: Omit::Never,
-            zero: Some(r#"0"#),
-        },
-        Field {
-            name: "protocol",
-            shape: &Shape::Any,
-            omit: Omit::IfZero,
+            omit: Omit::IfNull,
             zero: None,
         },
         Field {
