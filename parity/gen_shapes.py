@@ -96,6 +96,9 @@ class Gen:
             return "&Shape::Any", ('""' if t == "string" else "false" if t == "bool" else "0"), "zero"
         if t in ("metav1.Duration",):
             return "&Shape::Duration", '"0s"', "never"
+        if t in ("numorstring.ASNumber",):
+            # Read from a number or a string, written as a number.
+            return "&Shape::AsNumber", "0", "zero"
         if t in ("metav1.Time", "metav1.MicroTime"):
             return "&Shape::Any", "null", "never"
         if t in ("metav1.ObjectMeta", "ObjectMeta"):

@@ -36,6 +36,9 @@ pub(crate) enum Shape {
     Map(&'static Shape),
     /// `metav1.Duration`: a string in Go's `Duration.String()` form.
     Duration,
+    /// `numorstring.ASNumber`: read from a number or a string (`"64512"`, dotted `"1.10"`),
+    /// written as the uint32 it holds.
+    AsNumber,
 }
 
 /// When an `omitempty` member is left out.
@@ -224,6 +227,12 @@ fn write(out: &mut String, v: &Value, shape: &Shape) {
             }
             out.push('}');
         }
+        (Shape::AsNumber, Value::String(s)) => match as_number(s) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => write_str(out, s),
+        },
         (Shape::Duration, Value::String(s)) => match parse_go_duration(s) {
             Some((neg, nanos)) => write_str(out, &go_duration_string(neg, nanos)),
             None => write_str(out, s),
@@ -297,6 +306,20 @@ fn write_number(out: &mut String, n: &serde_json::Number) {
             let _ = write!(out, "{n}");
         }
     }
+}
+
+/// `numorstring.ASNumberFromString`: a decimal uint32, or `<high>.<low>` with two decimal
+/// uint16 halves (asdot notation).
+fn as_number(s: &str) -> Option<u32> {
+    let decimal = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
+    if decimal(s) {
+        return s.parse().ok();
+    }
+    let (high, low) = s.split_once('.')?;
+    if !decimal(high) || !decimal(low) {
+        return None;
+    }
+    Some((u32::from(high.parse::<u16>().ok()?) << 16) + u32::from(low.parse::<u16>().ok()?))
 }
 
 /// A float64 exactly as Go's `encoding/json` writes it (`floatEncoder`):
@@ -439,6 +462,26 @@ mod tests {
         // JSON integers stay as written (an int field's value); JSON floats get Go's form.
         let v: Value = serde_json::from_str("[1e21, 1e-7, 1.0e2, 12345678901234567890]").unwrap();
         assert_eq!(go(v, &Shape::Any), "[1e+21,1e-7,100,12345678901234567890]");
+    }
+
+    #[test]
+    fn as_numbers_are_written_as_numbers() {
+        static PEER: Shape = Shape::Struct(&[f("asNumber", &Shape::AsNumber, Omit::IfNull)]);
+        for (input, want) in [
+            (json!(64512), "64512"),
+            (json!("64512"), "64512"),
+            (json!("1.10"), "65546"),
+            (json!("65535.65535"), "4294967295"),
+            (json!("4294967295"), "4294967295"),
+            // Not an AS number (Go's decoder would refuse the object): left as it is.
+            (json!("+1"), r#""+1""#),
+            (json!("1.65536"), r#""1.65536""#),
+        ] {
+            assert_eq!(
+                go(json!({ "asNumber": input }), &PEER),
+                format!(r#"{{"asNumber":{want}}}"#)
+            );
+        }
     }
 
     #[test]
