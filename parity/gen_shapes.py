@@ -96,6 +96,9 @@ class Gen:
             return "&Shape::Any", ('""' if t == "string" else "false" if t == "bool" else "0"), "zero"
         if t in ("metav1.Duration",):
             return "&Shape::Duration", '"0s"', "never"
+        if t in ("numorstring.ASNumber",):
+            # Read from a number or a string, written as a number.
+            return "&Shape::AsNumber", "0", "zero"
         if t in ("metav1.Time", "metav1.MicroTime"):
             return "&Shape::Any", "null", "never"
         if t in ("metav1.ObjectMeta", "ObjectMeta"):
@@ -181,8 +184,10 @@ def main():
              "FelixConfiguration"]
     for r in roots:
         g.struct(r)
-    kstructs, kaliases = parse([os.path.join(k8s, "core/v1/types.go"),
-                                os.path.join(k8s, "discovery/v1/types.go")])
+    # discovery/v1 first: on a name both packages declare (EndpointPort), the first parse wins,
+    # and the only root using such a name is EndpointSlice.
+    kstructs, kaliases = parse([os.path.join(k8s, "discovery/v1/types.go"),
+                                os.path.join(k8s, "core/v1/types.go")])
     gk = Gen(kstructs, kaliases, "")
     gk.done = {}
     for r in ["Service", "EndpointSlice"]:

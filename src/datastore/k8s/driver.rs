@@ -1138,6 +1138,42 @@ mod tests {
         assert_eq!(values_of(&back), vec![(KEY.to_string(), true)]);
     }
 
+    /// The v3 validator on a raw v3 value: a BGPPeer that gains a nodeSelector next to its
+    /// node fails `validateBGPPeerSpec`, so its key is deleted, and it returns once fixed.
+    #[test]
+    fn a_raw_v3_object_failing_validation_is_sent_as_missing() {
+        const KEY: &str = "/calico/resources/v3/projectcalico.org/bgppeers/tor";
+        let peer = |spec: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": "BGPPeer",
+                "metadata": {"name": "tor", "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d", "resourceVersion": "5"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let mut s = kind_state("bgppeer");
+        let ok = s.apply(&peer(
+            serde_json::json!({"node": "n1", "peerIP": "192.0.2.1", "asNumber": 64512}),
+        ));
+        assert_eq!(values_of(&ok), vec![(KEY.to_string(), true)]);
+        let bad = s.apply(&peer(
+            serde_json::json!({"node": "n1", "nodeSelector": "all()", "peerIP": "192.0.2.1", "asNumber": 64512}),
+        ));
+        assert_eq!(values_of(&bad), vec![(KEY.to_string(), false)]);
+        assert_eq!(
+            s.metrics
+                .validation_failures
+                .with_label_values(&["bgppeer"])
+                .get(),
+            1
+        );
+        let back = s.apply(&peer(
+            serde_json::json!({"nodeSelector": "all()", "peerIP": "192.0.2.1", "asNumber": 64512}),
+        ));
+        assert_eq!(values_of(&back), vec![(KEY.to_string(), true)]);
+    }
+
     fn values_of(us: &[KvUpdate]) -> Vec<(String, bool)> {
         us.iter()
             .map(|u| (u.key.to_string(), u.value.is_some()))

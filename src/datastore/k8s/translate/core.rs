@@ -136,7 +136,9 @@ pub(super) fn annotations_of(obj: &Value) -> Result<BTreeMap<String, String>, Tr
 }
 
 /// A float as Go's `encoding/json` writes it: integral values without a fraction (`1000`, not
-/// `1000.0`). Exponent forms for very large or small values are not reproduced.
+/// `1000.0`) even through a plain serde_json serializer; every other value (and integral ones
+/// from 9e15 on, where Go writes rounded digits) goes to `serialize_f64`, which
+/// `gojson::serialize` writes in Go's form (`gojson::go_float64`: `1e+21`, `1e-7`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct GoFloat(pub f64);
 

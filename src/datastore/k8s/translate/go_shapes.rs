@@ -8,7 +8,7 @@ use super::gojson::{Field, Omit, Shape, OBJECT_META};
 pub(crate) static NODE_BGP_SPEC: Shape = Shape::Struct(&[
     Field {
         name: "asNumber",
-        shape: &Shape::Any,
+        shape: &Shape::AsNumber,
         omit: Omit::IfNull,
         zero: None,
     },
@@ -652,7 +652,7 @@ pub(crate) static BGP_CONFIGURATION_SPEC: Shape = Shape::Struct(&[
     },
     Field {
         name: "asNumber",
-        shape: &Shape::Any,
+        shape: &Shape::AsNumber,
         omit: Omit::IfNull,
         zero: None,
     },
@@ -802,13 +802,13 @@ pub(crate) static BGP_PEER_SPEC: Shape = Shape::Struct(&[
     },
     Field {
         name: "asNumber",
-        shape: &Shape::Any,
+        shape: &Shape::AsNumber,
         omit: Omit::IfZero,
         zero: None,
     },
     Field {
         name: "localASNumber",
-        shape: &Shape::Any,
+        shape: &Shape::AsNumber,
         omit: Omit::IfNull,
         zero: None,
     },
@@ -950,7 +950,7 @@ pub(crate) static BGP_FILTER_ADD_COMMUNITY: Shape = Shape::Struct(&[Field {
 
 pub(crate) static BGP_FILTER_PREPEND_AS_PATH: Shape = Shape::Struct(&[Field {
     name: "prefix",
-    shape: &Shape::List(&Shape::Any),
+    shape: &Shape::List(&Shape::AsNumber),
     omit: Omit::Never,
     zero: Some(r#"null"#),
 }]);
@@ -1028,7 +1028,7 @@ pub(crate) static BGP_FILTER_RULE_V4: Shape = Shape::Struct(&[
     },
     Field {
         name: "asPathPrefix",
-        shape: &Shape::List(&Shape::Any),
+        shape: &Shape::List(&Shape::AsNumber),
         omit: Omit::IfEmpty,
         zero: None,
     },
@@ -1112,7 +1112,7 @@ pub(crate) static BGP_FILTER_RULE_V6: Shape = Shape::Struct(&[
     },
     Field {
         name: "asPathPrefix",
-        shape: &Shape::List(&Shape::Any),
+        shape: &Shape::List(&Shape::AsNumber),
         omit: Omit::IfEmpty,
         zero: None,
     },
@@ -3117,19 +3117,19 @@ pub(crate) mod k8s {
         Field {
             name: "name",
             shape: &Shape::Any,
-            omit: Omit::IfZero,
+            omit: Omit::IfNull,
+            zero: None,
+        },
+        Field {
+            name: "protocol",
+            shape: &Shape::Any,
+            omit: Omit::IfNull,
             zero: None,
         },
         Field {
             name: "port",
             shape: &Shape::Any,
-            omit: Omit::Never,
-            zero: Some(r#"0"#),
-        },
-        Field {
-            name: "protocol",
-            shape: &Shape::Any,
-            omit: Omit::IfZero,
+            omit: Omit::IfNull,
             zero: None,
         },
         Field {

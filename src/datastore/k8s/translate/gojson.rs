@@ -13,7 +13,8 @@
 //! * map keys are sorted (Go sorts them; `serde_json::Map` is a sorted map here);
 //! * in strings, `<`, `>`, `&`, U+2028 and U+2029 are escaped as `\u003c`, `\u003e`, `\u0026`,
 //!   `\u2028`, `\u2029` (Go's HTML-safe default);
-//! * floats use Go's forms (`1e+21`, `1e-7`), integers are written as they are.
+//! * floats use Go's forms ([`go_float64`]: `0.000001`, `1e-7`, `1e+21`), integers are written
+//!   as they are.
 //!
 //! A [`Shape`] carries one struct's declarations; `go_shapes.rs` holds the tables, generated
 //! from the Go sources by `parity/gen_shapes.py`.
@@ -35,6 +36,9 @@ pub(crate) enum Shape {
     Map(&'static Shape),
     /// `metav1.Duration`: a string in Go's `Duration.String()` form.
     Duration,
+    /// `numorstring.ASNumber`: read from a number or a string (`"64512"`, dotted `"1.10"`),
+    /// written as the uint32 it holds.
+    AsNumber,
 }
 
 /// When an `omitempty` member is left out.
@@ -128,7 +132,12 @@ pub(crate) fn to_bytes(v: &Value, shape: &Shape) -> Bytes {
 /// order) with Go's HTML-safe string escaping. The characters escaped can only occur inside
 /// JSON strings, so escaping them in serde's output is exact.
 pub(crate) fn serialize<T: serde::Serialize>(v: &T) -> Bytes {
-    let Ok(text) = serde_json::to_string(v) else {
+    let mut buf = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, GoFloats);
+    if v.serialize(&mut ser).is_err() {
+        return Bytes::new();
+    }
+    let Ok(text) = String::from_utf8(buf) else {
         return Bytes::new();
     };
     if !text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
@@ -218,6 +227,12 @@ fn write(out: &mut String, v: &Value, shape: &Shape) {
             }
             out.push('}');
         }
+        (Shape::AsNumber, Value::String(s)) => match as_number(s) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => write_str(out, s),
+        },
         (Shape::Duration, Value::String(s)) => match parse_go_duration(s) {
             Some((neg, nanos)) => write_str(out, &go_duration_string(neg, nanos)),
             None => write_str(out, s),
@@ -282,29 +297,71 @@ fn write_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Integers as they are; floats as Go's `encoding/json` writes a float64: the shortest
-/// representation, in exponent form below 1e-6 or from 1e21 on, with `e-07` shortened to
-/// `e-7` and a `+` on positive exponents.
+/// Integers as they are (the Go type is not known here, and an integer is written the same for
+/// an int field and, below 2^53, for a float64 one); floats as [`go_float64`].
 fn write_number(out: &mut String, n: &serde_json::Number) {
-    if n.is_i64() || n.is_u64() {
-        let _ = write!(out, "{n}");
-        return;
+    match n.as_f64() {
+        Some(f) if !(n.is_i64() || n.is_u64()) => out.push_str(&go_float64(f)),
+        _ => {
+            let _ = write!(out, "{n}");
+        }
     }
-    let Some(f) = n.as_f64() else {
-        let _ = write!(out, "{n}");
-        return;
-    };
+}
+
+/// `numorstring.ASNumberFromString`: a decimal uint32, or `<high>.<low>` with two decimal
+/// uint16 halves (asdot notation).
+fn as_number(s: &str) -> Option<u32> {
+    let decimal = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
+    if decimal(s) {
+        return s.parse().ok();
+    }
+    let (high, low) = s.split_once('.')?;
+    if !decimal(high) || !decimal(low) {
+        return None;
+    }
+    Some((u32::from(high.parse::<u16>().ok()?) << 16) + u32::from(low.parse::<u16>().ok()?))
+}
+
+/// A float64 exactly as Go's `encoding/json` writes it (`floatEncoder`):
+/// `strconv.FormatFloat(f, 'f', -1, 64)` (the shortest digits that read back as `f`, no
+/// exponent) when `1e-6 <= |f| < 1e21` or `f` is zero (`-0` keeps its sign), otherwise the
+/// `'e'` form of the same digits with Go's exponent (`e+21`, `e+100`, `e-10`) and a
+/// one-digit negative exponent shortened (`e-07` written `e-7`). Go refuses NaN and the
+/// infinities; JSON cannot carry them, so they are written as `null` should one appear.
+pub(crate) fn go_float64(f: f64) -> String {
+    if !f.is_finite() {
+        return "null".to_string();
+    }
     let abs = f.abs();
     if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        // Rust's `{:e}` has the same shortest digits as Go's `-1` precision.
         let e = format!("{f:e}");
-        match e.split_once('e') {
-            Some((mant, exp)) if !exp.starts_with('-') => {
-                let _ = write!(out, "{mant}e+{exp}");
-            }
-            _ => out.push_str(&e),
+        let (mant, exp) = e.split_once('e').unwrap_or((e.as_str(), "0"));
+        let exp: i32 = exp.parse().unwrap_or(0);
+        if exp < 0 {
+            format!("{mant}e-{}", -exp)
+        } else {
+            format!("{mant}e+{exp:02}")
         }
     } else {
-        let _ = write!(out, "{f}");
+        // Rust's `Display` is the shortest round-trip form and never uses an exponent.
+        format!("{f}")
+    }
+}
+
+/// serde_json's compact output with floats in Go's form ([`go_float64`]) instead of ryu's
+/// (`1e21`, `1e16` where Go writes `1e+21`, `10000000000000000`).
+struct GoFloats;
+
+impl serde_json::ser::Formatter for GoFloats {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
+        w.write_all(go_float64(v).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f32) -> std::io::Result<()> {
+        // No struct Typha marshals has a float32; widening keeps the value, not Go's 32-bit
+        // shortest digits, so say so rather than guess.
+        w.write_all(go_float64(f64::from(v)).as_bytes())
     }
 }
 
@@ -353,6 +410,78 @@ mod tests {
             go(json!([1, -2, 1.5, 1e21, 1e-7, 0.000001]), &Shape::Any),
             "[1,-2,1.5,1e+21,1e-7,0.000001]"
         );
+    }
+
+    /// Expected strings are Go 1.25's `json.Marshal(float64)` output for the same values.
+    #[test]
+    fn floats_as_go_encoding_json_writes_a_float64() {
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (1000.0, "1000"),
+            (-3.0, "-3"),
+            (100.5, "100.5"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e20, "100000000000000000000"),
+            (999_999_999_999_999_999_999.0, "1e+21"),
+            (1e21, "1e+21"),
+            (1e100, "1e+100"),
+            (1.797_693_134_862_315_7e308, "1.7976931348623157e+308"),
+            (1e-6, "0.000001"),
+            (0.000_001_234, "0.000001234"),
+            (1e-7, "1e-7"),
+            (-1.5e-10, "-1.5e-10"),
+            (5e-324, "5e-324"),
+            (1e16, "10000000000000000"),
+            // Integers past 2^53 are written with the float64's shortest digits, zero-padded.
+            (9_007_199_254_740_993.0, "9007199254740992"),
+            (9_223_372_036_854_775_807.0, "9223372036854776000"),
+            (1.234_567_890_123_456_8e23, "1.2345678901234569e+23"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(go_float64(*f), *want, "{f:e}");
+        }
+    }
+
+    #[test]
+    fn floats_in_serialized_structs_and_json_values_take_go_form() {
+        #[derive(serde::Serialize)]
+        struct P {
+            order: f64,
+            small: f64,
+            n: u64,
+        }
+        assert_eq!(
+            serialize(&P {
+                order: 1e21,
+                small: 1e-7,
+                n: 9_223_372_036_854_775_807
+            }),
+            Bytes::from_static(br#"{"order":1e+21,"small":1e-7,"n":9223372036854775807}"#)
+        );
+        // JSON integers stay as written (an int field's value); JSON floats get Go's form.
+        let v: Value = serde_json::from_str("[1e21, 1e-7, 1.0e2, 12345678901234567890]").unwrap();
+        assert_eq!(go(v, &Shape::Any), "[1e+21,1e-7,100,12345678901234567890]");
+    }
+
+    #[test]
+    fn as_numbers_are_written_as_numbers() {
+        static PEER: Shape = Shape::Struct(&[f("asNumber", &Shape::AsNumber, Omit::IfNull)]);
+        for (input, want) in [
+            (json!(64512), "64512"),
+            (json!("64512"), "64512"),
+            (json!("1.10"), "65546"),
+            (json!("65535.65535"), "4294967295"),
+            (json!("4294967295"), "4294967295"),
+            // Not an AS number (Go's decoder would refuse the object): left as it is.
+            (json!("+1"), r#""+1""#),
+            (json!("1.65536"), r#""1.65536""#),
+        ] {
+            assert_eq!(
+                go(json!({ "asNumber": input }), &PEER),
+                format!(r#"{{"asNumber":{want}}}"#)
+            );
+        }
     }
 
     #[test]
