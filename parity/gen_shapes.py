@@ -76,6 +76,7 @@ class Gen:
     def __init__(self, structs, aliases, prefix):
         self.structs, self.aliases, self.prefix = structs, aliases, prefix
         self.out, self.done = [], {}
+        self.external = {}
 
     def shape(self, t):
         """A Rust expression for the shape of Go type t, and its zero JSON (None: not emitted)."""
@@ -103,6 +104,17 @@ class Gen:
             return "&Shape::Any", "null", "never"
         if t in ("metav1.ObjectMeta", "ObjectMeta"):
             return "&OBJECT_META", None, "never"
+        if "." in t and t.split(".")[0] in self.external:
+            # A Kubernetes struct inside a Calico type (k8sv1.SecretKeySelector): Go writes it
+            # by its own declaration, so it gets a shape too (with the structs it inlines).
+            table = self.external[t.split(".")[0]]
+            base = t.split(".")[-1]
+            pending = [base]
+            while pending:
+                b = pending.pop()
+                if b in table and b not in self.structs:
+                    self.structs[b] = table[b]
+                    pending.extend(f[1].lstrip("*") for f in table[b] if f[4])
         base = t.split(".")[-1] if t.startswith(self.prefix) else t
         if base in self.structs:
             name = self.struct(base)
@@ -180,7 +192,10 @@ def main():
     print("#![allow(clippy::all, dead_code)]")
     print("use super::gojson::{Field, Omit, Shape, OBJECT_META};\n")
     g = Gen(structs, aliases, "")
+    core, _ = parse([os.path.join(k8s, "core/v1/types.go")])
+    g.external = {"k8sv1": core}
     roots = ["Node", "LiveMigration", "Profile", "BGPConfiguration", "BGPPeer", "BGPFilter", "CalicoNodeStatus",
+             "ClusterInformation",
              "FelixConfiguration"]
     for r in roots:
         g.struct(r)

@@ -63,6 +63,7 @@ impl SyncerType {
                     Some(rest) => [
                         "nodes/",
                         "profiles/",
+                        "clusterinformations/",
                         "felixconfigurations/",
                         "bgpconfigurations/",
                         "bgppeers/",
@@ -155,6 +156,12 @@ mod tests {
         assert!(f.wants("/calico/v1/policy/NetworkPolicy/default/p"));
         assert!(f.wants("/calico/resources/v3/projectcalico.org/nodes/n1"));
         assert!(f.wants("/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26"));
+        // A ClusterInformation not named `default` reaches felix clients as raw v3, as
+        // calico-typha v3.32.1 sends it.
+        assert!(f.wants("/calico/resources/v3/projectcalico.org/clusterinformations/x"));
+        assert!(
+            !SyncerType::Bgp.wants("/calico/resources/v3/projectcalico.org/clusterinformations/x")
+        );
         assert!(!f.wants("/calico/resources/v3/projectcalico.org/bgpfilters/x"));
         assert!(!f.wants("/calico/ipam/v2/host/n1/ipv4/block/10.0.0.0-26"));
         assert!(!f.wants("/calico/resources/v3/projectcalico.org/caliconodestatuses/n1"));

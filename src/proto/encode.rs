@@ -392,9 +392,13 @@ fn typha_delta_gob<'a>(
 }
 
 /// Typha's `V3ResourceVersion`: the revision, for keys of v3 resources (whose JSON value carries
-/// no resourceVersion of its own); empty otherwise.
+/// no resourceVersion of its own); empty otherwise, and empty for profiles too: Calico's
+/// profile conversion leaves the v3 Profile's resourceVersion unset (calico-typha v3.32.1 sends
+/// `""` for every profile in a snapshot).
 fn v3_resource_version<'a>(key: &str, revision: &'a str) -> &'a str {
-    if key.starts_with("/calico/resources/v3/") {
+    if key.starts_with("/calico/resources/v3/")
+        && !key.starts_with("/calico/resources/v3/projectcalico.org/profiles/")
+    {
         revision
     } else {
         ""

@@ -727,6 +727,33 @@ fn lock(state: &Mutex<KindState>) -> std::sync::MutexGuard<'_, KindState> {
 /// otherwise): a bad object is re-validated on every change and every relist.
 const INVALID_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The revision the keys of `obj` carry: its resourceVersion, except for the objects Calico
+/// merges into profiles. Calico's profile client keeps one revision for the pair of watches,
+/// `<Namespace RV>/<ServiceAccount RV>`, and a profile made from one of them carries that
+/// side's half: `<rv>/` for a Namespace, `/<rv>` for a ServiceAccount (as calico-typha
+/// v3.32.1 sends them, seen side by side).
+fn kv_revision(kind: &str, obj: &DynamicObject) -> String {
+    let rv = obj.metadata.resource_version.as_deref().unwrap_or("");
+    match kind {
+        "namespace" => format!("{rv}/"),
+        "serviceaccount" => format!("/{rv}"),
+        _ => rv.to_owned(),
+    }
+}
+
+/// Objects Calico's list leaves out although its watch passes them on: a block affinity
+/// marked `spec.deleted: "true"` (`ipam_affinity_v1.go`, `List`). A list, and so a relist,
+/// drops it, while a watch event that marks it deleted reaches the clients as an update (seen
+/// side by side with calico-typha v3.32.1: its bgp syncer snapshot lacks such an affinity).
+fn hidden_from_list(kind: &str, obj: &DynamicObject) -> bool {
+    kind == "blockaffinity"
+        && match obj.data.pointer("/spec/deleted") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s == "true",
+            _ => false,
+        }
+}
+
 fn object_id(obj: &DynamicObject) -> String {
     match &obj.metadata.namespace {
         Some(ns) => format!("{ns}/{}", obj.metadata.name.as_deref().unwrap_or("")),
@@ -771,7 +798,7 @@ impl KindState {
             t.ids.insert(id.clone());
             t.publish();
         }
-        let rev = obj.metadata.resource_version.clone().unwrap_or_default();
+        let rev = kv_revision(self.spec.name, obj);
         let kvs = match serde_json::to_value(obj) {
             Ok(v) => match (self.spec.translate)(&v) {
                 Ok(kvs) => kvs,
@@ -959,6 +986,10 @@ async fn watch_kind(ctx: WatchContext) -> WatchEnd {
             }
             Ok(Event::InitApply(obj)) => {
                 metrics.datastore_events.with_label_values(&label).inc();
+                if hidden_from_list(spec.name, &obj) {
+                    // Left out of `seen`, so the end of the list deletes what it yielded.
+                    continue;
+                }
                 seen.insert(object_id(&obj));
                 let out = lock(&state).apply(&obj);
                 out
@@ -990,7 +1021,7 @@ async fn watch_kind(ctx: WatchContext) -> WatchEnd {
             }
             Ok(Event::Delete(obj)) => {
                 metrics.datastore_events.with_label_values(&label).inc();
-                let rev = obj.metadata.resource_version.clone().unwrap_or_default();
+                let rev = kv_revision(spec.name, &obj);
                 let out = lock(&state).delete(&object_id(&obj), &rev);
                 out
             }
@@ -1402,5 +1433,56 @@ mod tests {
         let names: HashSet<_> = watched_kinds().iter().map(|k| k.name).collect();
         assert_eq!(names.len(), watched_kinds().len(), "kind labels are unique");
         assert!(SyncerType::Felix.wants("/calico/v1/policy/profile/kns.default/rules"));
+    }
+
+    /// Calico's profile revisions, as calico-typha v3.32.1 sent them side by side: a
+    /// Namespace's profile keys carry `<rv>/`, a ServiceAccount's `/<rv>`, other kinds the
+    /// plain resourceVersion.
+    #[test]
+    fn profile_keys_carry_calicos_split_revision() {
+        let obj = |kind: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": kind,
+                "metadata": {"name": "shop", "namespace": "shop", "resourceVersion": "300",
+                             "uid": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"},
+            }))
+            .unwrap()
+        };
+        let mut ns = kind_state("namespace");
+        let ups = ns.apply(&obj("Namespace"));
+        assert!(!ups.is_empty());
+        assert!(ups.iter().all(|u| u.revision == "300/"), "{ups:?}");
+        let mut sa = kind_state("serviceaccount");
+        let ups = sa.apply(&obj("ServiceAccount"));
+        assert!(!ups.is_empty());
+        assert!(ups.iter().all(|u| u.revision == "/300"), "{ups:?}");
+        assert_eq!(
+            kv_revision("ippool", &ippool("p", "10.0.0.0/16", true)),
+            "5"
+        );
+    }
+
+    /// A block affinity marked deleted is left out of a list (Calico's `List` filter) but an
+    /// update that marks it deleted is passed on, as calico-typha v3.32.1 does.
+    #[test]
+    fn deleted_block_affinities_are_hidden_from_lists_only() {
+        let affinity = |deleted: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
+                "metadata": {"name": "a", "resourceVersion": "7"},
+                "spec": {"node": "n", "cidr": "10.0.0.0/26", "state": "pendingDeletion",
+                         "deleted": deleted},
+            }))
+            .unwrap()
+        };
+        assert!(hidden_from_list("blockaffinity", &affinity("true".into())));
+        assert!(hidden_from_list("blockaffinity", &affinity(true.into())));
+        assert!(!hidden_from_list(
+            "blockaffinity",
+            &affinity("false".into())
+        ));
+        assert!(!hidden_from_list("ippool", &affinity("true".into())));
+        let mut st = kind_state("blockaffinity");
+        assert_eq!(st.apply(&affinity("true".into())).len(), 1);
     }
 }

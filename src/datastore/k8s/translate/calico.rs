@@ -19,15 +19,32 @@ use std::collections::BTreeMap;
 // ClusterInformation
 // ---------------------------------------------------------------------------------------------
 
-/// Translates the ClusterInformation `default` into the GlobalConfig keys
-/// `/calico/v1/config/{ClusterGUID, ClusterType, CalicoVersion, Variant}` (raw strings, each
-/// only when set) and `/calico/v1/Ready` (raw `true` / `false` from `spec.datastoreReady`, only
-/// when set). Any other name yields nothing. Config annotations are ignored, as in Calico.
+/// Translates a ClusterInformation as v3.32.1's shared config processor
+/// (`updateprocessors/configurationprocessor.go`) does for each name:
+/// * `default`: the GlobalConfig keys `/calico/v1/config/{ClusterGUID, ClusterType,
+///   CalicoVersion, Variant}` (raw strings, each only when set) and `/calico/v1/Ready` (raw
+///   `true` / `false` from `spec.datastoreReady`, only when set);
+/// * `node.<n>`: the same fields as HostConfig keys `/calico/v1/host/<n>/config/<Name>`, but no
+///   ready flag (the processor has no per-node key for `DatastoreReady`);
+/// * any other name: the raw v3 `/calico/resources/v3/projectcalico.org/clusterinformations/<name>`,
+///   as the processor passes through every name it does not recognise (seen side by side with
+///   calico-typha v3.32.1: a stray `leftover` object reached its clients).
+///
+/// Config annotations are ignored, as in Calico.
 pub fn translate_cluster_information(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "ClusterInformation")?;
-    if meta.key_name != "default" {
-        return Ok(Vec::new());
-    }
+    let prefix = if meta.key_name == "default" {
+        "/calico/v1/config/".to_string()
+    } else if let Some(node) = meta.key_name.strip_prefix("node.") {
+        format!("/calico/v1/host/{node}/config/")
+    } else {
+        return Ok(vec![raw_v3_resource(
+            "ClusterInformation",
+            "clusterinformations",
+            obj,
+            &go_shapes::CLUSTER_INFORMATION,
+        )?]);
+    };
     let mut out = Vec::new();
     for (field, config) in [
         ("/spec/clusterGUID", "ClusterGUID"),
@@ -35,16 +52,20 @@ pub fn translate_cluster_information(obj: &Value) -> Result<Vec<Kv>, TranslateEr
         ("/spec/calicoVersion", "CalicoVersion"),
     ] {
         if let Some(v) = nonempty_at(obj, field) {
-            out.push((format!("/calico/v1/config/{config}"), raw(v)));
+            out.push((format!("{prefix}{config}"), raw(v)));
         }
     }
     match obj.pointer("/spec/datastoreReady") {
         None | Some(Value::Null) => {}
-        Some(Value::Bool(b)) => out.push(("/calico/v1/Ready".to_string(), raw(&b.to_string()))),
+        Some(Value::Bool(b)) => {
+            if meta.key_name == "default" {
+                out.push(("/calico/v1/Ready".to_string(), raw(&b.to_string())));
+            }
+        }
         Some(_) => return Err(invalid("spec.datastoreReady", "not a boolean")),
     }
     if let Some(v) = nonempty_at(obj, "/spec/variant") {
-        out.push(("/calico/v1/config/Variant".to_string(), raw(v)));
+        out.push((format!("{prefix}Variant"), raw(v)));
     }
     Ok(out)
 }
@@ -1468,12 +1489,30 @@ mod tests {
                 ("/calico/v1/config/Variant", "Calico"),
             ])
         );
+        let other = translate(
+            translate_cluster_information,
+            "clusterinformation/not-ready-other.yaml",
+        );
+        assert_eq!(other.len(), 1);
         assert_eq!(
-            translate(
-                translate_cluster_information,
-                "clusterinformation/not-ready-other.yaml"
-            ),
-            vec![]
+            other[0].0,
+            "/calico/resources/v3/projectcalico.org/clusterinformations/leftover"
+        );
+        let mut per_node = fixture("clusterinformation/default.yaml");
+        per_node["metadata"]["name"] = serde_json::json!("node.worker-1");
+        let keys: Vec<String> = translate_cluster_information(&per_node)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "/calico/v1/host/worker-1/config/ClusterGUID",
+                "/calico/v1/host/worker-1/config/ClusterType",
+                "/calico/v1/host/worker-1/config/CalicoVersion",
+                "/calico/v1/host/worker-1/config/Variant",
+            ]
         );
         let mut ci = fixture("clusterinformation/default.yaml");
         ci["spec"] = serde_json::json!({ "datastoreReady": false });
@@ -1559,7 +1598,8 @@ mod tests {
                 concat!(
                     r#"{"kind":"FelixConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"gpu-nodes","#,
                     r#""uid":"78b43cd2-5a96-4711-9765-ad23cb478f05","creationTimestamp":"2026-03-07T10:00:00Z","#,
-                    r#""labels":{"purpose":"gpu"}},"spec":{"nodeSelector":"gpu == 'true'","bpfEnabled":true,"#,
+                    r#""labels":{"purpose":"gpu"},"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"apiVersion\":\"crd.projectcalico.org/v1\",\"kind\":\"FelixConfiguration\",\"metadata\":{\"name\":\"gpu-nodes\"}}\n"}},"#,
+                    r#""spec":{"nodeSelector":"gpu == 'true'","bpfEnabled":true,"#,
                     r#""bpfLogLevel":""}}"#
                 )
             )])
@@ -1707,7 +1747,8 @@ mod tests {
                 concat!(
                     r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default","#,
                     r#""uid":"79f058d4-3cb2-4efa-8ad6-3eb179f058d4","creationTimestamp":"2026-03-01T08:00:35Z","#,
-                    r#""annotations":{"note":"mesh"}},"spec":{"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
+                    r#""annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"apiVersion\":\"crd.projectcalico.org/v1\",\"kind\":\"BGPConfiguration\",\"metadata\":{\"name\":\"default\"}}\n","#,
+                    r#""note":"mesh"}},"spec":{"logSeverityScreen":"Info","nodeToNodeMeshEnabled":true,"#,
                     r#""asNumber":64512,"serviceClusterIPs":[{"cidr":"10.96.0.0/12"}]}}"#
                 )
             )])

@@ -24,9 +24,6 @@ pub(super) const V3_PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
 const CRD_V1_API: &str = "crd.projectcalico.org/v1";
 /// The annotation holding the v3 metadata of a `crd.projectcalico.org/v1` resource.
 const METADATA_ANNOTATION: &str = "projectcalico.org/metadata";
-/// kubectl's client-side bookkeeping; see [`CalicoMeta`] for why it is dropped.
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 const NAME_LABEL: &str = "projectcalico.org/name";
@@ -339,9 +336,9 @@ fn interface_name_with_prefix(prefix: &str, ns: &str, pod: &str) -> String {
 ///   component reads it (docs/datastore.md measures what it costs);
 /// * `selfLink`, `finalizers`, `deletionTimestamp`, `deletionGracePeriodSeconds`,
 ///   `generateName`: lifecycle bookkeeping Felix never reads;
-/// * the annotations `projectcalico.org/metadata` (decoded, as Calico does) and
-///   `kubectl.kubernetes.io/last-applied-configuration` (client-side bookkeeping; a deviation
-///   from Calico, which keeps it).
+/// * the annotation `projectcalico.org/metadata` (decoded, as Calico does). Every other
+///   annotation is kept, `kubectl.kubernetes.io/last-applied-configuration` included: Calico
+///   keeps it, and a side-by-side run against calico-typha v3.32.1 showed the difference.
 ///
 /// For `crd.projectcalico.org/v1` objects the v3 metadata stored in the
 /// `projectcalico.org/metadata` annotation is merged in (its labels and annotations over the
@@ -420,7 +417,6 @@ impl CalicoMeta {
             labels: labels_of(obj)?,
             annotations: annotations_of(obj)?,
         };
-        meta.annotations.remove(LAST_APPLIED_ANNOTATION);
         if str_at(obj, "/apiVersion") != Some(CRD_V1_API) {
             return Ok(meta);
         }
@@ -450,7 +446,6 @@ impl CalicoMeta {
         }
         if let Some(a) = string_map_at(&stored, "/annotations", "metadata.annotations")? {
             meta.annotations.extend(a);
-            meta.annotations.remove(LAST_APPLIED_ANNOTATION);
         }
         if let Some(ts) = stored.get("creationTimestamp").filter(|v| !v.is_null()) {
             meta.creation_timestamp = Some(ts.clone());

@@ -630,9 +630,38 @@ pub(crate) static PREFIX_ADVERTISEMENT: Shape = Shape::Struct(&[
     },
 ]);
 
+pub(crate) static LOCAL_OBJECT_REFERENCE: Shape = Shape::Struct(&[Field {
+    name: "name",
+    shape: &Shape::Any,
+    omit: Omit::IfZero,
+    zero: None,
+}]);
+
+pub(crate) static SECRET_KEY_SELECTOR: Shape = Shape::Struct(&[
+    // inline LocalObjectReference
+    Field {
+        name: "name",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "key",
+        shape: &Shape::Any,
+        omit: Omit::Never,
+        zero: Some(r#""""#),
+    },
+    Field {
+        name: "optional",
+        shape: &Shape::Any,
+        omit: Omit::IfNull,
+        zero: None,
+    },
+]);
+
 pub(crate) static BGP_PASSWORD: Shape = Shape::Struct(&[Field {
     name: "secretKeyRef",
-    shape: &Shape::Any,
+    shape: &SECRET_KEY_SELECTOR,
     omit: Omit::IfNull,
     zero: None,
 }]);
@@ -1449,6 +1478,66 @@ pub(crate) static CALICO_NODE_STATUS: Shape = Shape::Struct(&[
         zero: Some(
             r#"{"lastUpdated":null,"agent":{"birdV4":{},"birdV6":{}},"bgp":{"numberEstablishedV4":0,"numberNotEstablishedV4":0,"numberEstablishedV6":0,"numberNotEstablishedV6":0},"routes":{}}"#,
         ),
+    },
+]);
+
+pub(crate) static CLUSTER_INFORMATION_SPEC: Shape = Shape::Struct(&[
+    Field {
+        name: "clusterGUID",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "clusterType",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "calicoVersion",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "datastoreReady",
+        shape: &Shape::Any,
+        omit: Omit::IfNull,
+        zero: None,
+    },
+    Field {
+        name: "variant",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+]);
+
+pub(crate) static CLUSTER_INFORMATION: Shape = Shape::Struct(&[
+    Field {
+        name: "kind",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "apiVersion",
+        shape: &Shape::Any,
+        omit: Omit::IfZero,
+        zero: None,
+    },
+    Field {
+        name: "metadata",
+        shape: &OBJECT_META,
+        omit: Omit::Never,
+        zero: None,
+    },
+    Field {
+        name: "spec",
+        shape: &CLUSTER_INFORMATION_SPEC,
+        omit: Omit::Never,
+        zero: Some(r#"{}"#),
     },
 ]);
 
