@@ -24,7 +24,7 @@ test: deps apiserver benchdeps interop
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p typha --all-targets --features fault-injection -- -D warnings
 	$(CARGO) test --workspace --all-targets
-	$(CARGO) test -p typha --features fault-injection --test process_faults
+	$(CARGO) test -p typha --features fault-injection --test process_faults --test health
 	$(CARGO) test --workspace --doc
 
 lint: deps

@@ -232,6 +232,15 @@ pub struct Config {
         default_value_t = 1.0
     )]
     pub snapshot_reuse_secs: f64,
+    /// Bound on the encoded bytes of all snapshots still referenced (cached or being
+    /// downloaded). Beyond it a joiner shares an older snapshot or waits for downloads to
+    /// finish, rather than another snapshot being built and pinned. From 1 MiB to 1 PiB.
+    #[arg(
+        long = "snapshot-cache-max-bytes",
+        env = "TYPHA_SNAPSHOTCACHEMAXBYTES",
+        default_value_t = crate::server::DEFAULT_SNAPSHOT_MAX_LIVE_BYTES
+    )]
+    pub snapshot_cache_max_bytes: u64,
     /// TCP keepalive: idle time before the first probe on a client socket.
     #[arg(
         long = "server-keepalive-idle-secs",
@@ -765,7 +774,7 @@ impl Config {
             ));
         }
         const MIB: u64 = 1 << 20;
-        let counts: [(&'static str, u64, u64, u64); 17] = [
+        let counts: [(&'static str, u64, u64, u64); 18] = [
             (
                 "server-listen-backlog",
                 self.server_listen_backlog.max(0) as u64,
@@ -813,6 +822,14 @@ impl Config {
                 self.snapshot_cache_max_batch_size as u64,
                 1,
                 u64::MAX,
+            ),
+            // Below a snapshot or so every join after the first per kind would wait; above a
+            // PiB the gauge of live bytes would no longer be exact.
+            (
+                "snapshot-cache-max-bytes",
+                self.snapshot_cache_max_bytes,
+                MIB,
+                1 << 50,
             ),
             // The channel's slots are allocated up front.
             (
@@ -915,6 +932,7 @@ impl Config {
             max_backlog_bytes: self.server_max_backlog_bytes,
             snapshot_reuse: secs(self.snapshot_reuse_secs),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1024),
+            snapshot_max_live_bytes: self.snapshot_cache_max_bytes,
             codec: self.server_compression.codec(),
             goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub snapshot_raw_bytes: IntGaugeVec,
     pub snapshot_wire_bytes: IntGaugeVec,
     pub snapshot_encode_secs: Histogram,
+    pub snapshot_bytes_live: IntGauge,
+    pub snapshot_joins_bounded: IntCounterVec,
     pub client_snapshot_send_secs: PerSyncer<Histogram>,
     // Fan-out.
     pub bytes_written: IntCounter,
@@ -219,6 +221,17 @@ impl Metrics {
                 "typha_snapshot_encode_seconds",
                 "Time to encode (and compress) one snapshot.",
                 latency_buckets(),
+            ),
+            snapshot_bytes_live: gauge(
+                &r,
+                "typha_snapshot_bytes_live",
+                "Encoded bytes of all snapshots still referenced (cached or being downloaded).",
+            ),
+            snapshot_joins_bounded: counter_vec(
+                &r,
+                "typha_snapshot_joins_bounded_total",
+                "Joins that found the live-snapshot bound reached, by outcome: shared_older (served an older snapshot) or waited.",
+                &["outcome"],
             ),
             client_snapshot_send_secs: histogram_per_syncer(
                 &r,

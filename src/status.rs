@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Blocks the calling thread if a test asked for a stall (one relaxed load otherwise).
+#[cfg(any(test, feature = "fault-injection"))]
 fn test_stall(ms: &AtomicU64) {
     if ms.load(Ordering::Relaxed) == 0 {
         return;
@@ -59,7 +60,9 @@ pub struct StatusBoard {
     datastore_contact_ms: AtomicU64,
     datastore_contact_tracked: AtomicBool,
     /// Test-only: milliseconds the named thread should block at its next heartbeat.
+    #[cfg(any(test, feature = "fault-injection"))]
     stall_reactor_ms: AtomicU64,
+    #[cfg(any(test, feature = "fault-injection"))]
     stall_datastore_ms: AtomicU64,
     connections: AtomicU64,
     max_connections: AtomicU64,
@@ -90,7 +93,9 @@ impl StatusBoard {
             shutting_down: AtomicBool::new(false),
             datastore_contact_ms: AtomicU64::new(0),
             datastore_contact_tracked: AtomicBool::new(false),
+            #[cfg(any(test, feature = "fault-injection"))]
             stall_reactor_ms: AtomicU64::new(0),
+            #[cfg(any(test, feature = "fault-injection"))]
             stall_datastore_ms: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             max_connections: AtomicU64::new(u64::MAX),
@@ -117,12 +122,14 @@ impl StatusBoard {
     }
 
     pub fn reactor_beat(&self) {
+        #[cfg(any(test, feature = "fault-injection"))]
         test_stall(&self.stall_reactor_ms);
         self.reactor_beat_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn datastore_beat(&self) {
         crate::fault_point!("datastore-thread-panic");
+        #[cfg(any(test, feature = "fault-injection"))]
         test_stall(&self.stall_datastore_ms);
         self.datastore_beat_ms
             .store(self.now_ms(), Ordering::Relaxed);
@@ -229,8 +236,9 @@ impl StatusBoard {
         Ok(())
     }
 
-    /// Test-only: makes the reactor thread block for `d` at its next heartbeat, so tests can
-    /// check that a stuck thread fails `/liveness`.
+    /// Test-only (the `fault-injection` feature): makes the reactor thread block for `d` at its
+    /// next heartbeat, so tests can check that a stuck thread fails `/liveness`.
+    #[cfg(any(test, feature = "fault-injection"))]
     #[doc(hidden)]
     pub fn stall_reactor_for_test(&self, d: Duration) {
         self.stall_reactor_ms
@@ -238,6 +246,7 @@ impl StatusBoard {
     }
 
     /// Test-only: as [`StatusBoard::stall_reactor_for_test`], for the datastore thread.
+    #[cfg(any(test, feature = "fault-injection"))]
     #[doc(hidden)]
     pub fn stall_datastore_for_test(&self, d: Duration) {
         self.stall_datastore_ms

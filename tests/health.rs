@@ -65,6 +65,8 @@ fn wait_for(
     panic!("{path}: never {what} within {within:?}; last answer {last:?}");
 }
 
+/// Needs the test-only stall hooks: `cargo test --features fault-injection --test health`.
+#[cfg(feature = "fault-injection")]
 #[test]
 fn a_stuck_thread_fails_liveness_with_the_reason_then_recovers() {
     let d = start(Duration::from_millis(400), 100);

@@ -627,3 +627,141 @@ fn graceful_shutdown_spreads_the_goodbyes_and_fails_readiness_at_once() {
         r.join().unwrap().unwrap();
     }
 }
+
+/// A client that sends its Hello and stops reading once its snapshot has started: it pins that
+/// snapshot for as long as it stays connected. Returns once bytes past the ServerHello have
+/// arrived, or once `held_back()` says the join is waiting for the live-snapshot bound.
+fn join_and_stall(addr: SocketAddr, held_back: impl Fn() -> bool) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(&hello_frame(PROTOCOL_VERSION, "felix"))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut dec = FrameDecoder::new(MAX_SERVER_FRAME);
+    let mut frames = 0;
+    let mut buf = vec![0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("server closed a joining connection"),
+            Ok(n) => {
+                dec.feed(&buf[..n], |_| {
+                    frames += 1;
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+                // The ServerHello, then anything more: the snapshot has started.
+                if frames > 1 || (frames == 1 && dec.buffered() > 0) {
+                    return s;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                if held_back() {
+                    return s;
+                }
+            }
+            Err(e) => panic!("joiner read: {e}"),
+        }
+    }
+    panic!("a joiner got neither a snapshot nor a place in the queue");
+}
+
+/// Under churn with no reuse window, each joiner would otherwise get a snapshot of its own,
+/// pinned for as long as it downloads. Joiners that stop reading part-way must together pin
+/// no more than `snapshot_max_live_bytes` plus one snapshot; later joiners share an older
+/// snapshot and still converge; once the pinning clients go, the bytes are released.
+#[test]
+fn stalled_joiners_under_churn_pin_no_more_than_the_live_snapshot_bound() {
+    const BOUND: u64 = 20 << 20;
+    let cfg = ServerConfig {
+        snapshot_reuse: Duration::ZERO,
+        snapshot_max_live_bytes: BOUND,
+        codec: None,
+        ping_interval: Duration::from_secs(120),
+        pong_timeout: Duration::from_secs(240),
+        ..test_config()
+    };
+    let mut h = Harness::start(cfg);
+    // About 8 MiB of snapshot: more than the kernel buffers between the server and a client
+    // that stopped reading (4 MiB of send buffer at most, 4 KiB of receive buffer), so a
+    // stalled joiner keeps its snapshot referenced.
+    let value = vec![b'v'; 2048];
+    for i in 0..4000 {
+        h.set(&wep(i), &value);
+    }
+    h.flush();
+    h.status(SyncStatus::InSync);
+    let live = |h: &Harness| h.metrics.snapshot_bytes_live.get() as u64;
+    let bounded = |h: &Harness, outcome: &str| {
+        h.metrics
+            .snapshot_joins_bounded
+            .with_label_values(&[outcome])
+            .get()
+    };
+    let mut stalled = Vec::new();
+    let mut size = 0;
+    for round in 0..12u64 {
+        // A new sequence number before each join, so none is current.
+        let mut v = value.clone();
+        v[..8].copy_from_slice(&round.to_le_bytes());
+        // The ring evicts nothing here, so its length counts the batches the reactor took.
+        let taken = h.metrics.ring_batches.get();
+        h.set(&wep(round as usize), &v);
+        h.flush();
+        h.wait_for("the reactor to take the batch", |h| {
+            h.metrics.ring_batches.get() > taken
+        });
+        let metrics = h.metrics.clone();
+        let waited = bounded(&h, "waited");
+        stalled.push(join_and_stall(h.addr, move || {
+            metrics
+                .snapshot_joins_bounded
+                .with_label_values(&["waited"])
+                .get()
+                > waited
+        }));
+        if round == 0 {
+            size = live(&h);
+            assert!(
+                size > 5 << 20,
+                "snapshot of {size} bytes fits in socket buffers"
+            );
+        }
+        assert!(
+            live(&h) <= BOUND + size,
+            "join {round}: {} bytes of snapshots live, bound {BOUND}, one snapshot {size}",
+            live(&h)
+        );
+    }
+    let generated = h
+        .metrics
+        .snapshots_generated
+        .with_label_values(&["felix"])
+        .get();
+    assert!(
+        generated <= BOUND / size + 2,
+        "{generated} snapshots built for 12 stalled joiners"
+    );
+    assert!(bounded(&h, "shared_older") >= 12 - generated);
+
+    // A reading client joining now still converges, from a shared older snapshot.
+    let mut c = h.client(SyncerType::Felix);
+    c.run_until_in_sync(Duration::from_secs(30)).unwrap();
+    h.assert_digest_equal(&c);
+    assert!(live(&h) <= BOUND + size);
+
+    // The pinning clients go: what they held is released.
+    drop(stalled);
+    h.set(&wep(0), b"{}");
+    h.flush();
+    h.wait_for("the pinned snapshots to be released", |h| {
+        h.metrics.snapshot_bytes_live.get() as u64 <= size
+    });
+    drop(c);
+    h.stop();
+}

@@ -58,6 +58,17 @@ const REJECT_SLACK: usize = 256;
 /// Read buffer shared by all connections: clients send only Hellos and Pongs.
 const READ_SCRATCH: usize = 16 * 1024;
 
+/// The default bound on live snapshot bytes (`TYPHA_SNAPSHOTCACHEMAXBYTES`): a fixed figure an
+/// operator can size a memory limit against, many times a large cluster's snapshot
+/// (docs/configuration.md says why).
+pub const DEFAULT_SNAPSHOT_MAX_LIVE_BYTES: u64 = 512 << 20;
+
+/// Whether the connection in the waiter's slot is still the one that asked and still has no
+/// snapshot (slots are reused, and a connection may have closed meanwhile).
+fn awaits_snapshot(c: Option<&Connection>, w: &Waiter) -> bool {
+    c.is_some_and(|c| c.id == w.conn_id && c.phase() == Phase::Snapshot && c.out.next_seq.is_none())
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -74,6 +85,9 @@ pub struct ServerConfig {
     pub max_backlog_bytes: usize,
     pub snapshot_reuse: Duration,
     pub snapshot_chunk_bytes: usize,
+    /// Bound on the encoded bytes of all snapshots still referenced (the cache's and those
+    /// clients are still downloading); beyond it joiners share or wait rather than pin more.
+    pub snapshot_max_live_bytes: u64,
     /// The codec for shared compressed frames; `None` disables compression.
     pub codec: Option<Codec>,
     /// How long a closing connection may take to accept its Goodbye and hang up.
@@ -120,6 +134,7 @@ impl Default for ServerConfig {
             max_backlog_bytes: 256 << 20,
             snapshot_reuse: Duration::from_secs(1),
             snapshot_chunk_bytes: 256 * 1024,
+            snapshot_max_live_bytes: DEFAULT_SNAPSHOT_MAX_LIVE_BYTES,
             codec: Some(Codec::Zstd),
             goodbye_grace: Duration::from_secs(5),
             tick: Duration::from_millis(100),
@@ -344,6 +359,7 @@ impl Server {
         let w = waker.clone();
         let cache = SnapshotCache::new(
             cfg.snapshot_reuse,
+            cfg.snapshot_max_live_bytes,
             cfg.snapshot_chunk_bytes,
             cfg.codec,
             metrics.clone(),
@@ -786,10 +802,11 @@ impl Server {
         let waiter = Waiter {
             slot,
             conn_id: c.id,
+            min_seq,
         };
         if let Lookup::Ready(snap) =
             self.cache
-                .request(key, waiter, min_seq, &self.ring, &self.state, self.status)
+                .request(key, waiter, &self.ring, &self.state, self.status)
         {
             self.assign_snapshot(slot, snap);
         }
@@ -883,20 +900,35 @@ impl Server {
 
     fn drain_snapshots(&mut self) {
         while let Some((snap, waiters)) = self.cache.poll_finished() {
-            for w in waiters {
-                let Some(c) = self.conns.get(w.slot).filter(|c| {
-                    c.id == w.conn_id && c.phase() == Phase::Snapshot && c.out.next_seq.is_none()
-                }) else {
-                    continue;
-                };
-                // A legacy encode that began before this client's first legacy batch is too old.
-                let new_enough = snap.seq >= c.legacy_snapshot_from.unwrap_or(0);
-                if new_enough && self.ring.holds_from(snap.seq + 1) {
-                    self.assign_snapshot(w.slot, snap.clone());
-                } else {
-                    // The ring moved on while this one was being built: build a newer one.
-                    self.request_snapshot(w.slot);
-                }
+            self.serve_waiters(&snap, waiters);
+        }
+        self.admit_deferred();
+    }
+
+    /// Serves the joiners the live-snapshot bound held back, once downloads have made room.
+    fn admit_deferred(&mut self) {
+        let conns = &self.conns;
+        let served = self
+            .cache
+            .admit_deferred(&self.ring, &self.state, self.status, |w| {
+                awaits_snapshot(conns.get(w.slot), w)
+            });
+        for (snap, waiters) in served {
+            self.serve_waiters(&snap, waiters);
+        }
+    }
+
+    fn serve_waiters(&mut self, snap: &Arc<proto::encode::EncodedSnapshot>, waiters: Vec<Waiter>) {
+        for w in waiters {
+            if !awaits_snapshot(self.conns.get(w.slot), &w) {
+                continue;
+            }
+            // A legacy encode that began before this client's first legacy batch is too old.
+            if snap.seq >= w.min_seq && self.ring.holds_from(snap.seq + 1) {
+                self.assign_snapshot(w.slot, snap.clone());
+            } else {
+                // The ring moved on while this one was being built: build a newer one.
+                self.request_snapshot(w.slot);
             }
         }
     }
@@ -1405,6 +1437,8 @@ impl Server {
         }
         self.apply_actions();
         self.cache.trim(&self.ring);
+        // Also takes finished snapshots, should a wake-up from the encoder have been lost.
+        self.drain_snapshots();
         self.metrics
             .connections_target
             .set(self.effective_target().min(i64::MAX as usize) as i64);
