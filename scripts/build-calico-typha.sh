@@ -12,7 +12,11 @@
 # sources at the release tag (its go.mod asks for Go 1.25.11), with the Go module proxy:
 #
 #   git clone --depth 1 --branch v3.32.1 https://github.com/projectcalico/calico
-#   cd calico && CGO_ENABLED=0 go build -o /somewhere/calico-typha ./typha/cmd/calico-typha
+#   cd calico && GOTOOLCHAIN=go1.25.11 CGO_ENABLED=0 go build -o /somewhere/calico-typha ./typha/cmd/calico-typha
+#
+# Use the Go its go.mod names: a build with Go 1.26 starts but panics (makeslice: len out of
+# range, in uniquelabels.Map.MarshalJSON under json-iterator) on the first workload endpoint
+# with labels, so it dies as soon as pods exist.
 #
 # (inside Calico's own module its replace lines apply, which is why that works where requiring
 # the module from here does not: docs/interop.md). Or copy /usr/bin/calico-typha out of the
@@ -24,7 +28,7 @@ set -euo pipefail
 
 bin="${1:-${CALICO_TYPHA_BIN:-}}"
 if [[ -z "$bin" ]]; then
-    sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 1
 fi
 if [[ ! -f "$bin" || ! -x "$bin" ]]; then
