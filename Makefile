@@ -42,7 +42,8 @@ bench: deps
 bench-codecs: deps
 	$(CARGO) run --release --example codecs
 
-# Options for `typha-loadtest bench-report`, e.g. BENCH_ARGS=--quick (the two-minute smoke matrix).
+# Options for `typha-loadtest bench-report`, e.g. BENCH_ARGS=--quick (the smoke matrix), or
+# BENCH_ARGS="--calico-typha-bin PATH" (Calico's Typha for its cells; also CALICO_TYPHA_BIN).
 BENCH_ARGS ?=
 BENCH_TARGET_DIR = $${CARGO_TARGET_DIR:-target}
 

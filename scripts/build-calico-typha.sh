@@ -1,70 +1,43 @@
 #!/usr/bin/env bash
-# Builds Calico's own Typha (typha/cmd/calico-typha from the Go module
-# github.com/projectcalico/calico) into ~/.cache/typha-rs/calico-typha/<hash>/ and prints that
-# directory on stdout. bench-report's Typha-vs-typha-rs cells run the binary from there.
+# Calico's own Typha for bench-report's typha-rs-vs-Typha cells: where it comes from.
 #
-# Which Calico: the version of github.com/projectcalico/calico that interop/go.mod requires
-# (the v3.32.1 release commit, as a pseudo-version), built with the requirements interop/go.mod
-# pins for it. One pin for both: the Go interop suite drives Calico's own syncclient from the
-# same module version that this script builds the daemon from. The module's own `replace`
-# lines do not apply to a dependent module, which is why interop/go.mod pins its
-# github.com/projectcalico/api and k8s.io/* requirements itself.
+# This repository does not build Calico's code. bench-report takes a calico-typha binary
+# (v3.32.1, the release typha-rs is compared with) that you supply:
 #
-# The hash covers interop/go.mod, interop/go.sum and the Go version, so an unchanged pin is a
-# no-op (a few ms). Dependencies come from the Go module proxy (GOFLAGS=-mod=mod, default
-# GOPATH/GOMODCACHE).
+#   make bench-report BENCH_ARGS="--calico-typha-bin /path/to/calico-typha"
+#   CALICO_TYPHA_BIN=/path/to/calico-typha make bench-report
 #
-#   scripts/build-calico-typha.sh             build if needed, print the bin dir
-#   scripts/build-calico-typha.sh --print-dir print the bin dir it would use, build nothing
+# Without one, those cells are recorded as "not measured: no calico-typha binary" and the rest
+# of the matrix runs. To get a binary, build it outside this repository from Calico's own
+# sources at the release tag (its go.mod asks for Go 1.25.11), with the Go module proxy:
+#
+#   git clone --depth 1 --branch v3.32.1 https://github.com/projectcalico/calico
+#   cd calico && GOTOOLCHAIN=go1.25.11 CGO_ENABLED=0 go build -o /somewhere/calico-typha ./typha/cmd/calico-typha
+#
+# Use the Go its go.mod names: a build with Go 1.26 starts but panics (makeslice: len out of
+# range, in uniquelabels.Map.MarshalJSON under json-iterator) on the first workload endpoint
+# with labels, so it dies as soon as pods exist.
+#
+# (inside Calico's own module its replace lines apply, which is why that works where requiring
+# the module from here does not: docs/interop.md). Or copy /usr/bin/calico-typha out of the
+# calico/typha:v3.32.1 image.
+#
+#   scripts/build-calico-typha.sh [PATH]   check PATH (default $CALICO_TYPHA_BIN) and print it,
+#                                          or say how to get one (exit status 1)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-mod="$repo/interop"
-cache="${TYPHA_RS_CACHE:-$HOME/.cache/typha-rs}/calico-typha"
-calico=github.com/projectcalico/calico
-pkg=$calico/typha/cmd/calico-typha
-
-command -v go >/dev/null || { echo "build-calico-typha: go not found (needs Go >= 1.26)" >&2; exit 1; }
-[[ -f "$mod/go.mod" ]] || { echo "build-calico-typha: $mod/go.mod not found" >&2; exit 1; }
-if ! grep -Eq "^[[:space:]]*(require[[:space:]]+)?$calico[[:space:]]+v" "$mod/go.mod"; then
-    echo "build-calico-typha: interop/go.mod does not require $calico: the Calico version" \
-         "(v3.32.1) and its pinned requirements are declared there once the module proxy serves" \
-         "them (docs/interop.md says why it does not today)" >&2
+bin="${1:-${CALICO_TYPHA_BIN:-}}"
+if [[ -z "$bin" ]]; then
+    sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 1
 fi
-
-hash=$(
-    cd "$mod"
-    { go version; sha256sum go.mod; [[ -f go.sum ]] && sha256sum go.sum; } | sha256sum | cut -c1-16
-)
-dir="$cache/$hash"
-
-if [[ "${1:-}" == "--print-dir" ]]; then
-    echo "$dir"
-    exit 0
+if [[ ! -f "$bin" || ! -x "$bin" ]]; then
+    echo "build-calico-typha: $bin is not an executable file" >&2
+    exit 1
 fi
-if [[ -x "$dir/calico-typha" && -f "$dir/.complete" ]]; then
-    echo "$dir"
-    exit 0
+# calico-typha --version prints the build's version fields and exits 0.
+if ! timeout 10 "$bin" --version >/dev/null 2>&1; then
+    echo "build-calico-typha: $bin --version failed: not a calico-typha binary?" >&2
+    exit 1
 fi
-
-version=$(cd "$mod" && GOFLAGS=-mod=mod go list -m -f '{{.Version}}' "$calico")
-echo "build-calico-typha: building $pkg@$version into $dir" >&2
-start=$(date +%s)
-mkdir -p "$cache"
-tmp=$(mktemp -d "$cache/.build.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-(
-    cd "$mod"
-    export GOFLAGS=-mod=mod CGO_ENABLED=0
-    go build -trimpath -o "$tmp/calico-typha" "$pkg" >&2
-)
-echo "$version" >"$tmp/VERSION"
-touch "$tmp/.complete"
-# Another build of the same pin may have won the race; either copy is the same.
-if ! mv -T "$tmp" "$dir" 2>/dev/null; then
-    [[ -f "$dir/.complete" ]] || { echo "build-calico-typha: could not install $dir" >&2; exit 1; }
-fi
-trap - EXIT
-echo "build-calico-typha: done in $(( $(date +%s) - start ))s" >&2
-echo "$dir"
+realpath "$bin"

@@ -265,6 +265,18 @@ fn an_apiserver_cell_runs_end_to_end() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(cmds[0].contains("test-apiserver.sh start "), "{cmds:?}");
+    // Relative to the repository root: neither the checkout nor the build directory of this
+    // machine appears (the binaries are `${CARGO_TARGET_DIR:-target}/<profile>/...`).
+    let root = std::fs::canonicalize(repo_root).unwrap();
+    for cmd in &cmds {
+        assert!(!cmd.contains(&*root.to_string_lossy()), "{cmd}");
+        assert!(!cmd.contains(&*bin_dir.to_string_lossy()), "{cmd}");
+    }
+    let last = cmds.last().unwrap();
+    assert!(
+        last.starts_with("${CARGO_TARGET_DIR:-target}/") || last.starts_with("target/"),
+        "{cmds:?}"
+    );
     assert!(
         cmds.last().unwrap().contains("apiwatch --kubeconfig")
             && cmds.last().unwrap().contains("--watchers 20"),

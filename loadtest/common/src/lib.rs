@@ -1,10 +1,11 @@
 //! What the `typha-loadtest` tools share: process sampling (`sys`), the daemon's HTTP endpoints
-//! (`daemon_http`), latency histograms (`hist`), the loopback rule (`loopback`), and the
+//! (`daemon_http`), latency histograms (`hist`), the loopback rule (`loopback`), the turn over ready sockets (`ready`), and the
 //! [`Outcome`] every subcommand prints and maps to its exit status.
 
 pub mod daemon_http;
 pub mod hist;
 pub mod loopback;
+pub mod ready;
 pub mod sys;
 
 /// Longest run accepted: one day.

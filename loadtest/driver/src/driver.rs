@@ -4,6 +4,7 @@
 //! say, until the deadline or a stop request. A client still in its handshake skips the queue
 //! (`Driver::on_ready`), as an independent client would answer at once.
 
+use crate::felix_memo::SnapshotMemo;
 use crate::session::{FelixSession, Protocol, Session, SessionEvent};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
@@ -20,6 +21,7 @@ use typha::client::{ChunkMemo, ClientError, ClientOptions, ClientSession, FrameR
 use typha::model::{Digest, SyncerType};
 use typha::proto::Codec;
 use typha_loadtest_common::hist::new_histogram;
+use typha_loadtest_common::ready::{serve_turn, ReadySockets};
 use typha_loadtest_common::STAMP_LABEL;
 
 /// Connects made per loop iteration, so a storm does not starve the reading.
@@ -346,6 +348,24 @@ struct Driver {
     /// storm every client receives the same encoded snapshot, which one decode per thread
     /// verifies for all of them.
     chunk_memo: Arc<ChunkMemo>,
+    /// The same for Felix-protocol clients: binary snapshots, shared byte for byte (see
+    /// `felix_memo`).
+    felix_memo: Arc<SnapshotMemo>,
+}
+
+impl ReadySockets for Driver {
+    fn ready_queue(&mut self) -> &mut VecDeque<usize> {
+        &mut self.ready
+    }
+
+    fn serve(&mut self, i: usize, buf: &mut [u8]) -> bool {
+        self.clients[i].queued = false;
+        self.service(i, buf)
+    }
+
+    fn requeue(&mut self, i: usize) {
+        self.enqueue(i);
+    }
 }
 
 /// Runs one thread's clients until the deadline or until `shared.stop` is set.
@@ -406,6 +426,7 @@ impl Driver {
             seq_tx,
             verify: Verify::default(),
             chunk_memo: Arc::new(ChunkMemo::new(CHUNK_MEMO_CAPACITY)),
+            felix_memo: Arc::new(SnapshotMemo::new()),
             local: Local {
                 lag_us: new_histogram(),
                 steady_lag_us: new_histogram(),
@@ -487,21 +508,7 @@ impl Driver {
             }
             self.on_ready(events.iter().map(|ev| ev.token().0), &mut buf);
             self.release_throttled();
-            // Serve the ready sockets round-robin, a bounded amount each, for a bounded time,
-            // so that connects stay on schedule and one big snapshot does not starve the rest.
-            let turn = Instant::now();
-            for _ in 0..self.ready.len() {
-                if turn.elapsed() >= MAX_TURN {
-                    break;
-                }
-                let Some(i) = self.ready.pop_front() else {
-                    break;
-                };
-                self.clients[i].queued = false;
-                if self.service(i, &mut buf) {
-                    self.enqueue(i);
-                }
-            }
+            serve_turn(self, &mut buf, MAX_TURN);
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = Instant::now();
@@ -658,6 +665,7 @@ impl Driver {
                 self.cfg.syncer.as_str(),
                 c.plan.idx as u64,
                 c.plan.role == Role::Full,
+                Some(self.felix_memo.clone()),
             ))),
         });
         c.connect_at = Some(Instant::now());

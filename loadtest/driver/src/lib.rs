@@ -13,6 +13,7 @@
 pub mod args;
 pub mod datastore_check;
 pub mod driver;
+pub mod felix_memo;
 pub mod report;
 pub mod run;
 pub mod session;

@@ -11,9 +11,11 @@
 //!   InSync, and a full-map client is verified by matching the digests of its map after its
 //!   last messages against the daemon's `/digest` history (see `run::verify_felix`).
 
+use crate::felix_memo::{Follow, SnapshotFollower, SnapshotMemo, SEND_BINARY_SNAPSHOT};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::ValueEnum;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use typha::client::{ClientError, ClientEvent, ClientSession, FrameRecord};
 use typha::model::{Digest, SyncStatus};
@@ -234,12 +236,26 @@ pub struct FelixSession {
     messages: u64,
     bytes: u64,
     recent: VecDeque<(u64, Digest)>,
+    /// Digest-only clients: the thread's shared decodes of binary snapshots.
+    memo: Option<Arc<SnapshotMemo>>,
+    /// In the binary snapshot window, following a shared decode.
+    follower: Option<SnapshotFollower>,
+    /// The binary snapshot came from a shared decode of byte-identical bytes.
+    snapshot_shared: bool,
 }
 
 impl FelixSession {
     /// A session whose hello (a current Felix's: decoder restart, snappy, modern policy keys)
-    /// is already queued.
-    pub fn new(hostname: &str, syncer_type: &str, conn_id: u64, full_map: bool) -> Self {
+    /// is already queued. A client without a map given a `memo` shares the decode of a binary
+    /// snapshot with the thread's other clients that receive the same bytes (see
+    /// [`crate::felix_memo`]); a full-map client always decodes its own.
+    pub fn new(
+        hostname: &str,
+        syncer_type: &str,
+        conn_id: u64,
+        full_map: bool,
+        memo: Option<Arc<SnapshotMemo>>,
+    ) -> Self {
         let mut inner =
             FelixClientSession::new(FelixClientConfig::felix(hostname, syncer_type, conn_id));
         let mut out = BytesMut::new();
@@ -255,12 +271,43 @@ impl FelixSession {
             messages: 0,
             bytes: 0,
             recent: VecDeque::new(),
+            memo: if full_map { None } else { memo },
+            follower: None,
+            snapshot_shared: false,
         }
+    }
+
+    /// Whether the binary snapshot was taken from a shared decode (tests).
+    pub fn snapshot_shared(&self) -> bool {
+        self.snapshot_shared
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.bytes += bytes.len() as u64;
+        let mut bytes = bytes;
+        if let Some(f) = self.follower.as_mut() {
+            match f.feed(bytes) {
+                Follow::More => return Ok(()),
+                Follow::Done { used, summary } => {
+                    self.follower = None;
+                    self.snapshot_shared = true;
+                    self.messages += summary.messages;
+                    self.keys += summary.keys;
+                    self.inner.apply_decoder_restart(&summary.restart);
+                    bytes = &bytes[used..];
+                }
+                Follow::Alone { replay, used } => {
+                    self.follower = None;
+                    self.inner.feed(&replay);
+                    bytes = &bytes[used..];
+                }
+            }
+        }
         self.inner.feed(bytes);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), ClientError> {
         loop {
             let ev = self
                 .inner
@@ -297,7 +344,24 @@ impl FelixSession {
                     self.messages += 1;
                     self.events.push_back(SessionEvent::Ping);
                 }
-                FelixClientEvent::ServerHello(_) | FelixClientEvent::DecoderRestart(_) => {
+                FelixClientEvent::DecoderRestart(r) => {
+                    self.messages += 1;
+                    // The server writes nothing after this restart before the ACK queued just
+                    // now, so an empty decoder means the next bytes are the snapshot stream.
+                    if let Some(memo) = &self.memo {
+                        if !self.in_sync
+                            && !self.snapshot_shared
+                            && r.message.contains(SEND_BINARY_SNAPSHOT)
+                            && self.inner.buffered() == 0
+                        {
+                            self.follower = Some(SnapshotFollower::new(
+                                memo.clone(),
+                                self.inner.compression(),
+                            ));
+                        }
+                    }
+                }
+                FelixClientEvent::ServerHello(_) => {
                     self.messages += 1;
                 }
             }
@@ -389,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_felix_session_reaches_in_sync_keeps_its_map_and_answers() {
-        let mut s = Session::Felix(Box::new(FelixSession::new("n1", "felix", 7, true)));
+        let mut s = Session::Felix(Box::new(FelixSession::new("n1", "felix", 7, true, None)));
         let hello = s.pending_output().to_vec();
         match decode_all_client_messages(&hello).unwrap().as_slice() {
             [ClientMessage::Hello(h)] => {
@@ -443,7 +507,7 @@ mod tests {
 
     #[test]
     fn a_client_without_a_map_counts_and_a_bad_stream_is_an_error() {
-        let mut s = Session::Felix(Box::new(FelixSession::new("n2", "felix", 8, false)));
+        let mut s = Session::Felix(Box::new(FelixSession::new("n2", "felix", 8, false, None)));
         s.feed(&stream()).unwrap();
         assert!(matches!(
             s.poll_event(),
@@ -453,10 +517,179 @@ mod tests {
                 ..
             })
         ));
-        let mut bad = Session::Felix(Box::new(FelixSession::new("n3", "felix", 9, true)));
+        let mut bad = Session::Felix(Box::new(FelixSession::new("n3", "felix", 9, true, None)));
         let mut st = server_preamble().to_vec();
         st.extend_from_slice(&encode_sync_status(SYNC_STATUS_IN_SYNC));
         let e = bad.feed(&st).unwrap_err();
         assert!(e.to_string().contains("MsgServerHello"), "{e}");
+    }
+
+    /// The bytes a current Felix receives on path A, in the three parts the server writes
+    /// apart: up to the first restart, the binary snapshot of `keys` keys, the live stream.
+    fn path_a(keys: usize) -> [Vec<u8>; 3] {
+        use typha::proto::typha::{encode_decoder_restart, snappy, DecoderRestart};
+        let mut head = server_preamble().to_vec();
+        head.extend_from_slice(&encode_server_hello(&ServerHello {
+            version: "test".into(),
+            syncer_type: "felix".into(),
+            supports_node_resource_updates: true,
+            server_conn_id: 1,
+        }));
+        head.extend_from_slice(&encode_decoder_restart(&DecoderRestart {
+            message: "enable compression: snappy;send binary snapshot".into(),
+            compression: "snappy".into(),
+        }));
+        let updates: Vec<SerializedUpdate> = (0..keys)
+            .map(|i| SerializedUpdate {
+                key: format!("/calico/v1/host/node-{i:05}/config/k"),
+                value: Some(Bytes::from(format!(
+                    "{{\"v\":{},\"pad\":\"{}\"}}",
+                    i * 7919,
+                    "x".repeat(i % 97)
+                ))),
+                update_type: UPDATE_TYPE_NEW,
+                ..Default::default()
+            })
+            .collect();
+        let mut gob = server_preamble().to_vec();
+        for part in updates.chunks(1000) {
+            gob.extend_from_slice(&encode_kvs(part));
+        }
+        gob.extend_from_slice(&encode_decoder_restart(&DecoderRestart {
+            message: "End of compressed snapshot.".into(),
+            compression: "snappy".into(),
+        }));
+        let snapshot = snappy::frame_stream(&gob).to_vec();
+        let mut live_gob = server_preamble().to_vec();
+        live_gob.extend_from_slice(&encode_sync_status(SYNC_STATUS_IN_SYNC));
+        live_gob.extend_from_slice(&encode_kvs(&[kv("/b", Some("2"), UPDATE_TYPE_NEW)]));
+        let live = snappy::frame_stream(&live_gob).to_vec();
+        [head, snapshot, live]
+    }
+
+    /// Everything observable of a session: events, what it sent, its counters.
+    type Observed = (Vec<SessionEvent>, Vec<u8>, u64, u64, u64);
+
+    fn run(memo: Option<&Arc<SnapshotMemo>>, parts: &[&[u8]], piece: usize) -> (Observed, bool) {
+        let mut f = FelixSession::new("n", "felix", 1, false, memo.cloned());
+        let mut err = None;
+        for part in parts {
+            for p in part.chunks(piece) {
+                if let Err(e) = f.feed(p) {
+                    err.get_or_insert(e.to_string());
+                }
+            }
+        }
+        let shared = f.snapshot_shared();
+        let mut s = Session::Felix(Box::new(f));
+        let mut events: Vec<SessionEvent> = std::iter::from_fn(|| s.poll_event()).collect();
+        if let Some(e) = err {
+            events.clear();
+            return ((events, e.into_bytes(), 0, 0, 0), shared);
+        }
+        let out = s.pending_output().to_vec();
+        (
+            (
+                events,
+                out,
+                s.key_count(),
+                s.frames_received(),
+                s.bytes_received(),
+            ),
+            shared,
+        )
+    }
+
+    /// The byte offset of the `n`th chunk's data after the stream identifier.
+    fn chunk_data_offset(stream: &[u8], n: usize) -> usize {
+        let mut at = 10;
+        for _ in 0..n {
+            let len = u32::from_le_bytes([stream[at + 1], stream[at + 2], stream[at + 3], 0]);
+            at += 4 + len as usize;
+        }
+        at + 4 + 8
+    }
+
+    #[test]
+    fn felix_clients_take_a_shared_snapshot_decode_only_for_identical_bytes() {
+        let [head, snap, live] = path_a(3000);
+        let [_, snap_more, _] = path_a(3001);
+        assert!(chunk_data_offset(&snap, 3) < snap.len(), "several chunks");
+        let memo = Arc::new(SnapshotMemo::new());
+        let alone = |s: &[u8]| run(None, &[&head, s, &live], 1500).0;
+        let shared = |s: &[u8], piece| run(Some(&memo), &[&head, s, &live], piece);
+
+        // The first client decodes (through the recording) and behaves as one without memo.
+        let (a, a_shared) = shared(&snap, 1500);
+        assert!(a_shared);
+        assert_eq!(a, alone(&snap));
+        assert_eq!(a.2, 3000);
+        assert!(matches!(
+            a.0[0],
+            SessionEvent::SnapshotComplete {
+                key_count: 3000,
+                ..
+            }
+        ));
+        assert_eq!(memo.decoded_bytes(), snap.len() as u64);
+        // The same bytes, split otherwise: nothing more is decoded, the same is observed.
+        let (b, b_shared) = shared(&snap, 777);
+        assert!(b_shared);
+        assert_eq!(b, a);
+        assert_eq!(memo.decoded_bytes(), snap.len() as u64);
+        assert_eq!(memo.len(), 1);
+
+        // A snapshot that differs in its last chunk: its bytes are decoded, so it has its key.
+        let (c, _) = shared(&snap_more, 1500);
+        assert_eq!(c, alone(&snap_more));
+        assert_eq!(c.2, 3001);
+        assert!(memo.decoded_bytes() >= (snap.len() + snap_more.len()) as u64 - 1_000);
+        assert_eq!(memo.len(), 2);
+
+        // One corrupted byte in the third chunk: not served from the memo, the client finds the
+        // checksum error itself, exactly as without the memo.
+        let mut bad = snap.clone();
+        let at = chunk_data_offset(&bad, 2) + 100;
+        bad[at] ^= 0x20;
+        let (d, d_shared) = shared(&bad, 1500);
+        assert!(!d_shared);
+        let d_alone = alone(&bad);
+        assert!(
+            String::from_utf8_lossy(&d_alone.1).contains("Felix protocol"),
+            "{d_alone:?}"
+        );
+        assert_eq!(d, d_alone);
+        // The good snapshot is still served whole.
+        let before = memo.decoded_bytes();
+        assert_eq!(shared(&snap, 4096).0, a);
+        assert_eq!(memo.decoded_bytes(), before);
+    }
+
+    #[test]
+    fn clients_reading_one_snapshot_at_once_extend_one_recording() {
+        let [head, snap, live] = path_a(2500);
+        let memo = Arc::new(SnapshotMemo::new());
+        let mut a = FelixSession::new("a", "felix", 1, false, Some(memo.clone()));
+        let mut b = FelixSession::new("b", "felix", 2, false, Some(memo.clone()));
+        let mut full = FelixSession::new("f", "felix", 3, true, Some(memo.clone()));
+        let (first, second) = snap.split_at(snap.len() / 3);
+        for s in [&mut a, &mut b, &mut full] {
+            s.feed(&head).unwrap();
+        }
+        a.feed(first).unwrap();
+        b.feed(first).unwrap();
+        b.feed(second).unwrap(); // b extends the recording past a
+        b.feed(&live).unwrap();
+        a.feed(second).unwrap();
+        a.feed(&live).unwrap();
+        full.feed(&snap).unwrap();
+        full.feed(&live).unwrap();
+        assert_eq!(memo.len(), 1);
+        assert_eq!(memo.decoded_bytes(), snap.len() as u64);
+        assert!(a.snapshot_shared() && b.snapshot_shared());
+        // A full-map client keeps its own decode.
+        assert!(!full.snapshot_shared());
+        assert_eq!((a.keys, b.keys, full.keys), (2500, 2500, 2501));
+        assert!(a.in_sync && b.in_sync && full.in_sync);
     }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use typha_loadtest_common::ready::{serve_turn, ReadySockets};
 
 const CONNECTS_PER_ITERATION: usize = 256;
 const READ_BUF: usize = 256 * 1024;
@@ -165,6 +166,21 @@ pub fn run_thread(
     Ok(t.finish())
 }
 
+impl ReadySockets for Thread<'_> {
+    fn ready_queue(&mut self) -> &mut VecDeque<usize> {
+        &mut self.ready
+    }
+
+    fn serve(&mut self, i: usize, buf: &mut [u8]) -> bool {
+        self.subs[i].queued = false;
+        self.service(i, buf)
+    }
+
+    fn requeue(&mut self, i: usize) {
+        self.enqueue(i);
+    }
+}
+
 impl Thread<'_> {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
@@ -191,19 +207,7 @@ impl Thread<'_> {
             for ev in events.iter() {
                 self.enqueue(ev.token().0);
             }
-            let turn = Instant::now();
-            for _ in 0..self.ready.len() {
-                if turn.elapsed() >= MAX_WAIT {
-                    break;
-                }
-                let Some(i) = self.ready.pop_front() else {
-                    break;
-                };
-                self.subs[i].queued = false;
-                if self.service(i, &mut buf) {
-                    self.enqueue(i);
-                }
-            }
+            serve_turn(self, &mut buf, MAX_WAIT);
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 self.publish();
                 last_publish = Instant::now();

@@ -53,6 +53,11 @@ pub struct BenchReportArgs {
     /// The repository root (for scripts/test-apiserver.sh and the git commit).
     #[arg(long, default_value = ".")]
     pub repo_root: PathBuf,
+    /// Calico's own Typha (`calico-typha` v3.32.1) for the cells that run it beside typha-rs.
+    /// The repository does not build it (scripts/build-calico-typha.sh says how to get one);
+    /// without it those cells are recorded as not measured.
+    #[arg(long, env = "CALICO_TYPHA_BIN")]
+    pub calico_typha_bin: Option<PathBuf>,
     /// TrueType font for the plots' text.
     #[arg(long, default_value = plot::DEFAULT_FONT)]
     pub font: PathBuf,
@@ -107,11 +112,7 @@ fn run(args: &BenchReportArgs) -> anyhow::Result<usize> {
                 typha: bin_dir.join("typha"),
                 loadtest: bin_dir.join("typha-loadtest"),
                 repo_root: args.repo_root.clone(),
-                calico_typha: if cells.iter().any(matrix::Cell::needs_calico_typha) && !args.list {
-                    calico_typha_dir(&args.repo_root)
-                } else {
-                    Err("no cell needs it".into())
-                },
+                calico_typha: calico_typha_bin(args.calico_typha_bin.as_deref()),
             };
             if args.list {
                 for c in &cells {
@@ -198,29 +199,20 @@ fn command_output(cmd: &str, args: &[&str], dir: &Path) -> Option<String> {
 }
 
 /// The machine the matrix runs on: cores, CPU model, memory, kernel, rustc, git commit.
-/// Builds (or finds in the cache) Calico's Typha with `scripts/build-calico-typha.sh`: its
-/// directory, or why there is none (the Calico cells then record that as their error).
-fn calico_typha_dir(repo_root: &Path) -> Result<PathBuf, String> {
-    let script = repo_root.join("scripts/build-calico-typha.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .trim()
-            .chars()
-            .rev()
-            .take(1500)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(format!("scripts/build-calico-typha.sh failed: {tail}"));
+/// Calico's Typha as supplied: an executable file (made absolute, so the cells can run it from
+/// any directory), or why there is none (the Calico cells then say they were not measured).
+fn calico_typha_bin(given: Option<&Path>) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = given.filter(|p| !p.as_os_str().is_empty()) else {
+        return Err("pass --calico-typha-bin PATH or set CALICO_TYPHA_BIN \
+                    (scripts/build-calico-typha.sh says how to get one)"
+            .into());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{}: not an executable file", path.display()));
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn machine(repo_root: &Path) -> Value {

@@ -40,8 +40,9 @@ impl RunGroup {
 pub enum ApiDaemon {
     /// typha-rs (`typha --datastore-type kubernetes`).
     TyphaRs,
-    /// Calico's own Typha (`calico-typha`, built by `scripts/build-calico-typha.sh`): the
-    /// daemon typha-rs replaces, serving the same Felix-protocol clients from the same writes.
+    /// Calico's own Typha (`calico-typha`, a binary supplied with `--calico-typha-bin` or
+    /// `CALICO_TYPHA_BIN`): the daemon typha-rs replaces, serving the same Felix-protocol
+    /// clients from the same writes.
     Calico,
 }
 
@@ -338,8 +339,8 @@ pub struct Env {
     pub typha: PathBuf,
     pub loadtest: PathBuf,
     pub repo_root: PathBuf,
-    /// The directory of Calico's `calico-typha` (from `scripts/build-calico-typha.sh`), or why
-    /// there is none; only the Calico cells need it.
+    /// Calico's `calico-typha` binary (`--calico-typha-bin`, `CALICO_TYPHA_BIN`), or why there
+    /// is none; only the Calico cells need it, and without it they are not measured.
     pub calico_typha: Result<PathBuf, String>,
 }
 
@@ -349,28 +350,44 @@ impl Env {
     }
 
     /// One command line as the report records it: paths inside the repository relative to its
-    /// root, and the binaries under `target/release` (or `${CARGO_TARGET_DIR:-target}/release`
-    /// when they were built elsewhere, as `make bench-report` does with `CARGO_TARGET_DIR` set),
-    /// so that the report does not carry the directory layout of the machine that ran it and its
-    /// commands can be pasted at the root of any checkout. Temporary files (certificates, the
-    /// API server's directory) keep their absolute paths: they exist only during the run.
+    /// root, the binaries under `target/release` (or `${CARGO_TARGET_DIR:-target}/release`
+    /// when they were built elsewhere, as `make bench-report` does with `CARGO_TARGET_DIR` set;
+    /// the same for `debug`), and Calico's Typha as `$CALICO_TYPHA_BIN`, so that the report
+    /// does not carry the directory layout of the machine that ran it and its commands can be
+    /// pasted at the root of any checkout ([`machine_paths`] checks each cell's). Temporary
+    /// files (certificates, the API server's directory) keep their absolute paths: they exist
+    /// only during the run.
     pub fn recorded(&self, argv: &[String]) -> String {
         const BIN: &str = "@BIN@";
+        const CALICO_BIN: &str = "@CALICO_TYPHA_BIN@";
         let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let root = abs(&self.repo_root);
         let bin_dir = self.typha.parent().map(abs);
-        let bin_label = match &bin_dir {
-            Some(d) if *d == root.join("target/release") => Some("target/release"),
-            Some(d) if d.file_name().is_some_and(|n| n == "release") => {
-                Some("${CARGO_TARGET_DIR:-target}/release")
+        let bin_label = bin_dir.as_ref().and_then(|d| {
+            let profile = d.file_name()?.to_str()?;
+            if !matches!(profile, "release" | "debug") {
+                return None;
             }
-            _ => None,
-        };
+            Some(if *d == root.join("target").join(profile) {
+                format!("target/{profile}")
+            } else {
+                format!("${{CARGO_TARGET_DIR:-target}}/{profile}")
+            })
+        });
         let root_prefix = format!("{}/", root.display());
+        // Calico's Typha lives wherever its builder put it: the variable that names it.
+        let calico = self
+            .calico_typha
+            .as_ref()
+            .ok()
+            .map(|p| p.display().to_string());
         let rewritten: Vec<String> = argv
             .iter()
             .map(|a| {
-                if let (Some(d), Some(_)) = (&bin_dir, bin_label) {
+                if calico.as_deref() == Some(a.as_str()) {
+                    return CALICO_BIN.to_owned();
+                }
+                if let (Some(d), Some(_)) = (&bin_dir, &bin_label) {
                     if let Some(rest) = Path::new(a)
                         .strip_prefix(d)
                         .ok()
@@ -386,12 +403,24 @@ impl Env {
                 }
             })
             .collect();
-        let line = shell_line(&rewritten);
+        let line = shell_line(&rewritten).replace(CALICO_BIN, "$CALICO_TYPHA_BIN");
         match bin_label {
-            Some(label) => line.replace(BIN, label),
+            Some(label) => line.replace(BIN, &label),
             None => line,
         }
     }
+}
+
+/// The absolute paths in a recorded command line that are not temporary (under the temporary
+/// directory, which exists only during the run), e.g. a checkout or a cache of this machine.
+pub fn machine_paths(line: &str) -> Vec<String> {
+    let tmp = std::env::temp_dir();
+    line.split_whitespace()
+        .map(|w| w.rsplit('=').next().unwrap_or(w).trim_matches('\''))
+        .filter(|w| w.starts_with('/'))
+        .filter(|w| !Path::new(w).starts_with(&tmp) && !Path::new(w).starts_with("/tmp"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn s(x: impl ToString) -> String {
@@ -614,15 +643,20 @@ fn felix_args(felix: bool) -> Vec<String> {
     }
 }
 
+/// What a Calico cell records when no binary was supplied (status `not-measured`).
+pub const NOT_MEASURED_NO_CALICO: &str = "not measured: no calico-typha binary";
+/// The status of such a cell: not a failure of the run.
+pub const NOT_MEASURED: &str = "not-measured";
+
 /// Calico's Typha on `ports`, watching the test API server: configured as the calico-typha
 /// Deployment configures it, through `TYPHA_*` variables (and the datastore through
 /// `DATASTORE_TYPE` and `KUBECONFIG`), passed with `env` so that the recorded command line
-/// carries them.
+/// carries them. Without a binary, why the cell is not measured.
 fn calico_typha_argv(env: &Env, ports: &Ports, kubeconfig: &str) -> Result<Vec<String>, String> {
     let bin = env
         .calico_typha
         .as_ref()
-        .map_err(|e| format!("no calico-typha binary: {e}"))?;
+        .map_err(|e| format!("{NOT_MEASURED_NO_CALICO}: {e}"))?;
     let mut v = vec![s("env")];
     for (k, val) in [
         ("DATASTORE_TYPE", s("kubernetes")),
@@ -642,7 +676,7 @@ fn calico_typha_argv(env: &Env, ports: &Ports, kubeconfig: &str) -> Result<Vec<S
     ] {
         v.push(format!("{k}={val}"));
     }
-    v.push(bin.join("calico-typha").display().to_string());
+    v.push(bin.display().to_string());
     Ok(v)
 }
 
@@ -1105,7 +1139,7 @@ impl Cell {
         )
     }
 
-    /// The cell runs Calico's Typha (built by `scripts/build-calico-typha.sh`).
+    /// The cell runs Calico's Typha (`--calico-typha-bin`).
     pub fn needs_calico_typha(&self) -> bool {
         matches!(
             self.kind,
@@ -1150,10 +1184,26 @@ pub fn run_all(
         } else {
             run_local_cell(env, cell, &logs, &mut rec)
         };
-        let (status, notes) = match outcome {
+        let (mut status, mut notes) = match outcome {
             Ok(x) => x,
             Err(e) => ("error", vec![e]),
         };
+        // A report's commands must run at the root of any checkout.
+        let foreign: Vec<String> = rec["commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .flat_map(machine_paths)
+            .collect();
+        if !foreign.is_empty() {
+            status = "error";
+            notes.push(format!(
+                "a recorded command carries a path of this machine (not relative to the \
+                 repository root, nor temporary): {}",
+                foreign.join(", ")
+            ));
+        }
         rec["status"] = json!(status);
         rec["errors"] = json!(notes);
         rec["elapsed_secs"] = json!(started.elapsed().as_secs_f64());
@@ -1270,7 +1320,10 @@ fn run_api_cell(
             let ports = free_ports().map_err(|e| format!("no free port: {e}"))?;
             let dargv = match daemon {
                 ApiDaemon::TyphaRs => daemon_argv(env, &ports, &k8s_datastore(&api.kubeconfig)),
-                ApiDaemon::Calico => calico_typha_argv(env, &ports, &api.kubeconfig)?,
+                ApiDaemon::Calico => match calico_typha_argv(env, &ports, &api.kubeconfig) {
+                    Ok(argv) => argv,
+                    Err(why) => return Ok((NOT_MEASURED, vec![why])),
+                },
             };
             let which = *daemon;
             push_command(env, rec, &dargv);
@@ -1414,7 +1467,7 @@ mod tests {
             typha: "/r/target/release/typha".into(),
             loadtest: "/r/target/release/typha-loadtest".into(),
             repo_root: "/r".into(),
-            calico_typha: Ok("/cache/calico-typha/0123".into()),
+            calico_typha: Ok("/cache/calico-typha/0123/calico-typha".into()),
         };
         let argv = calico_typha_argv(
             &env,
@@ -1439,8 +1492,14 @@ mod tests {
             argv.last().unwrap(),
             "/cache/calico-typha/0123/calico-typha"
         );
+        // Recorded as the variable that names it, not this machine's path.
+        assert!(
+            env.recorded(&argv).ends_with(" $CALICO_TYPHA_BIN"),
+            "{}",
+            env.recorded(&argv)
+        );
         let missing = Env {
-            calico_typha: Err("build failed".into()),
+            calico_typha: Err("pass --calico-typha-bin".into()),
             ..env
         };
         assert!(calico_typha_argv(
@@ -1453,7 +1512,7 @@ mod tests {
             "/k"
         )
         .unwrap_err()
-        .contains("build failed"));
+        .starts_with("not measured: no calico-typha binary: pass --calico-typha-bin"));
         let mut a = vec![s("run"), s("--metrics-addr"), s("127.0.0.1:3"), s("--json")];
         drop_flag(&mut a, "--metrics-addr");
         assert_eq!(a, [s("run"), s("--json")]);
@@ -1519,6 +1578,13 @@ mod tests {
         );
         assert!(line.contains(" scripts/test-apiserver.sh "), "{line}");
         assert!(!line.contains(&root.display().to_string()), "{line}");
+        assert!(machine_paths(&line).is_empty(), "{line}");
+        assert_eq!(
+            machine_paths(
+                "env KUBECONFIG=/tmp/x/kubeconfig /work/bin/t --ca '/root/c a' -f=/opt/x"
+            ),
+            ["/work/bin/t", "/root/c", "/opt/x"]
+        );
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_dir_all(elsewhere.parent().unwrap());
         assert_eq!(worst("ok", "failed"), "failed");

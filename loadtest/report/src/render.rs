@@ -321,6 +321,7 @@ fn result_word(c: &Value) -> &'static str {
     match status(c) {
         "ok" => "pass",
         "failed" => "**FAIL**",
+        crate::matrix::NOT_MEASURED => "not measured",
         _ => "**no result**",
     }
 }
@@ -552,7 +553,10 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
     Ok(Rendered {
         markdown: md,
         plots,
-        failed_cells: failed.len(),
+        failed_cells: failed
+            .iter()
+            .filter(|c| status(c) != crate::matrix::NOT_MEASURED)
+            .count(),
     })
 }
 
@@ -1514,6 +1518,27 @@ mod fixture_tests {
         assert!(
             md.contains("Calico's Typha over typha-rs: 4.0× the CPU per delivery (target ≥ 4×), 37.0× the RSS"),
             "{md}"
+        );
+        // Without a calico-typha binary its cell says so, and is not a failed cell.
+        let failed_before = render(&results, "", "benchmarks/").unwrap().failed_cells;
+        let cells = results["cells"].as_array_mut().unwrap();
+        let go = cells.last_mut().unwrap();
+        go["status"] = json!(crate::matrix::NOT_MEASURED);
+        go["errors"] = json!(["not measured: no calico-typha binary: pass --calico-typha-bin"]);
+        go["results"] = json!({});
+        let r = render(&results, "", "benchmarks/").unwrap();
+        assert_eq!(r.failed_cells, failed_before);
+        assert!(
+            r.markdown
+                .contains("| calico-typha | 1,000 | – | – | – | not measured |"),
+            "{}",
+            r.markdown
+        );
+        assert!(
+            r.markdown
+                .contains("| not-measured | not measured: no calico-typha binary"),
+            "{}",
+            r.markdown
         );
         // Without Felix cells the section is absent (the fixture alone).
         let plain: Value = serde_json::from_str(FIXTURE).unwrap();

@@ -831,6 +831,12 @@ impl ServerStreamDecoder {
             + self.raw.len()
     }
 
+    /// Framed bytes received but not yet unframed (snappy streams only; 0 for plain ones).
+    /// After a message, these are the bytes that follow the chunk it ended in.
+    pub fn framed_buffered(&self) -> usize {
+        self.raw.len()
+    }
+
     /// The compression of the current stream: `"snappy"` or `""`.
     pub fn compression(&self) -> &'static str {
         match self.framing {

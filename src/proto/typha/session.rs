@@ -138,6 +138,21 @@ impl FelixClientSession {
         self.decoder.compression()
     }
 
+    /// Bytes fed but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// Acts on a `MsgDecoderRestart` that ends bytes the caller decoded elsewhere instead of
+    /// feeding them here, exactly as if they had been fed: the decoder restarts and the ACK is
+    /// queued. Only sound when those bytes are byte-identical to ones another decoder took
+    /// from a fresh stream of the current compression to this restart, and nothing else was
+    /// fed since (a load generator sharing one decode of a binary snapshot among its clients).
+    pub fn apply_decoder_restart(&mut self, restart: &DecoderRestart) {
+        let _ = self.decoder.restart(&restart.compression);
+        self.encoder.encode_ack(&mut self.outbound);
+    }
+
     /// The next event, `None` when more bytes are needed. After an error the session is over
     /// and every later call returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<FelixClientEvent>, FelixSessionError> {
