@@ -468,16 +468,7 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
         md.push_str("### Cells without a passing result\n\n");
         md.push_str("| cell | status | what happened |\n|---|---|---|\n");
         for c in &failed {
-            let errs = c["errors"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|e| e.replace('|', "\\|").replace('\n', " "))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
+            let errs = failure_text(c);
             let _ = writeln!(
                 md,
                 "| {} | {} | {} |",
@@ -1374,10 +1365,71 @@ fn apiserver(
     );
 }
 
+/// What went wrong in a cell, for the table of cells without a passing result. A run that
+/// exits 1 says why in its own JSON (`failure_reasons`, e.g. clients left out of sync), which
+/// tells a reader far more than the exit status; the harness' CPU beside it shows whether the
+/// load generator, not the daemon, was the limit.
+fn failure_text(c: &Value) -> String {
+    let run = &c["results"]["run"];
+    let reasons: Vec<String> = run["failure_reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = if reasons.is_empty() {
+        c["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    } else {
+        let mut t = reasons.join("; ");
+        if let (Some(cpu), Some(secs)) = (
+            run["harness_cpu_secs"].as_f64(),
+            c["params"]["duration_secs"].as_f64(),
+        ) {
+            let _ = write!(
+                t,
+                " (load generator: {cpu:.1} s of CPU in the {secs:.0} s run)"
+            );
+        }
+        t
+    };
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_failed_run_says_why_from_its_own_report() {
+        let unsynced = json!({
+            "errors": ["run: exit status 1; stderr: "],
+            "params": {"duration_secs": 30.0},
+            "results": {"run": {"failure_reasons": ["45 of 5000 clients did not reach in-sync within the 30 s run"],
+                                "harness_cpu_secs": 49.16}},
+        });
+        assert_eq!(
+            failure_text(&unsynced),
+            "45 of 5000 clients did not reach in-sync within the 30 s run \
+             (load generator: 49.2 s of CPU in the 30 s run)"
+        );
+        let crashed = json!({"errors": ["run: exit status 2; stderr: a|b\nc"]});
+        assert_eq!(
+            failure_text(&crashed),
+            "run: exit status 2; stderr: a\\|b c"
+        );
+    }
 
     #[test]
     fn small_helpers() {
