@@ -49,7 +49,7 @@ BENCH_TARGET_DIR = $${CARGO_TARGET_DIR:-target}
 
 ## The generated benchmark report docs/benchmarks.md (+ docs/benchmarks/results.json and *.png):
 ## the load-test matrix against Redis, NATS, a bare writer and direct API-server watchers
-## (about 20 minutes on 2 cores).
+## (about 25 minutes on 2 cores).
 bench-report: deps apiserver
 	$(CARGO) build --release --workspace
 	bash scripts/install-bench-deps.sh

@@ -608,6 +608,89 @@ fn pongs_keep_a_client_and_their_absence_drops_it() {
     m.h.stop();
 }
 
+/// A Felix cannot answer while it downloads a binary snapshot (no ping can go inside one, and
+/// the closing ACK comes after its last byte), so the pong timeout does not run while one is
+/// written: thousands of Felixes reconnecting at once download slowly, and cut off they would
+/// come back for another. Once it is written, a missing ACK ends in the timeout.
+#[test]
+fn a_slow_snapshot_download_outlasts_the_pong_timeout_but_a_missing_ack_does_not() {
+    let pong_timeout = Duration::from_millis(300);
+    let cfg = ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        pong_timeout,
+        ..test_config()
+    };
+    let mut m = Model::start(cfg);
+    // About 5 MB that snappy cannot shrink: far more than the socket buffers hold.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..1200 {
+        let v: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b'a' + (x % 26) as u8
+            })
+            .collect();
+        m.set(&wep(i), &v);
+    }
+    m.h.flush();
+    m.h.status(SyncStatus::InSync);
+    let snapshots_written =
+        || m.h.metrics.client_snapshot_send_secs[SyncerType::Felix.index()].get_sample_count();
+    let slow = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&m.h.addr.into()).unwrap();
+        let s: TcpStream = s.into();
+        s
+    };
+    let mut slow = Felix::over(slow, felix("slow"));
+    // Reads slowly for three pong timeouts: the server is still writing the snapshot all along.
+    let started = Instant::now();
+    while started.elapsed() < 3 * pong_timeout {
+        slow.pump();
+        assert!(
+            !slow.closed,
+            "cut off after {:?} while downloading",
+            started.elapsed()
+        );
+        // Throttles the reader (a rate, not a wait for an event).
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    assert!(
+        slow.restarts.len() == 1,
+        "the snapshot is still being downloaded"
+    );
+    assert_eq!(
+        snapshots_written(),
+        0,
+        "the snapshot is still being written"
+    );
+    assert_eq!(m.h.dropped("pong-timeout"), 0);
+    // Then at full speed, to the end: in sync, not dropped.
+    converge(&mut slow, &m);
+    assert_eq!(snapshots_written(), 1);
+    // Live: its pongs keep it.
+    slow.run_until("pings after the snapshot", |f| f.pings >= 3);
+    assert_eq!(m.h.dropped("pong-timeout"), 0);
+    drop(slow);
+
+    // A client that takes the snapshot but never ACKs its end is dropped by the timeout.
+    let mut mute = Felix::connect(m.h.addr, felix("mute"));
+    mute.run_until("the first restart", |f| !f.restarts.is_empty());
+    mute.answer = false;
+    mute.until_closed();
+    assert_eq!(
+        mute.restarts.len(),
+        2,
+        "the snapshot's closing restart arrived"
+    );
+    assert_eq!(mute.status, None, "nothing live before the ACK");
+    assert_eq!(m.h.dropped("pong-timeout"), 1);
+    m.h.stop();
+}
+
 #[test]
 fn a_client_that_stops_reading_is_dropped_and_others_keep_up() {
     let cfg = ServerConfig {

@@ -189,6 +189,18 @@ fn typha() {
     check("typha", "typha", &["--server-bin", bin.to_str().unwrap()]);
 }
 
+/// The same daemon and payload stream, subscribers on Felix's protocol: the stamps and
+/// numbers come out of the gob values, so a decode fault shows as lost or unstamped messages.
+#[test]
+fn typha_felix() {
+    let bin = typha_bin();
+    check(
+        "typha-felix",
+        "typha",
+        &["--server-bin", bin.to_str().unwrap()],
+    );
+}
+
 #[test]
 fn cannot_run_is_exit_2_with_the_reason() {
     let (code, j, stderr) = pubsub("redis", &["--server-bin", "/nonexistent/redis-server"]);

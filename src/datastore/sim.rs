@@ -28,7 +28,7 @@
 //! do not use Calico's `<nsRV>/<saRV>` form).
 
 use super::{DriverEvent, DriverSender};
-use crate::model::{Key, KvUpdate, SyncStatus};
+use crate::model::{now_unix_nanos, Key, KvUpdate, SyncStatus};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -49,6 +49,10 @@ const MAX_PER_TICK: f64 = 100_000.0;
 
 /// The key the payload stream rewrites: global config, which the felix syncer carries.
 pub const PAYLOAD_KEY: &str = "/calico/v1/config/LoadtestPayload";
+/// Hex digits at the start of every payload value: when it was written (Unix nanoseconds) and
+/// its number in the stream, 16 digits each. Typha's protocol carries no timestamp and no
+/// sequence number, so a Felix-protocol subscriber reads both from the value itself.
+pub const PAYLOAD_HEAD_LEN: usize = 32;
 /// Cap on payload rewrites per second (the tokio timer's resolution is a millisecond).
 const MAX_PAYLOAD_RATE: f64 = 1000.0;
 
@@ -260,6 +264,26 @@ pub struct SimCluster {
     /// The current map, in a deterministic order (creation order, reshuffled by swap-removes).
     entries: Vec<Entry>,
     index: HashMap<Key, usize>,
+    /// Payload rewrites made so far (the stream numbers them from 1).
+    payloads: u64,
+}
+
+/// The `(unix_nanos, number)` a payload value starts with (see [`PAYLOAD_HEAD_LEN`]); `None`
+/// for a value that is not a payload or was too short to carry its head.
+pub fn parse_payload_head(value: &[u8]) -> Option<(u64, u64)> {
+    let head = value.get(..PAYLOAD_HEAD_LEN)?;
+    // By hand: a load generator parses this for every delivery it counts.
+    let field = |b: &[u8]| {
+        b.iter().try_fold(0u64, |acc, &c| {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            Some(acc << 4 | u64::from(d))
+        })
+    };
+    Some((field(&head[..16])?, field(&head[16..])?))
 }
 
 // ---- Rendering helpers ----
@@ -297,8 +321,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// SHA-1, for the host-side interface names Calico derives from it (`cali` + 11 hex digits of
-/// `sha1("<ns>.<pod>")`). Not used for anything security-related.
 /// SHA-1, for Calico's interface names (`cali` + 11 hex digits of `sha1("<ns>.<pod>")`); the
 /// known-answer tests below cover it.
 pub(crate) fn sha1(data: &[u8]) -> [u8; 20] {
@@ -445,6 +467,7 @@ impl SimCluster {
             policies: Vec::new(),
             entries: Vec::new(),
             index: HashMap::new(),
+            payloads: 0,
             cfg,
         };
 
@@ -1249,13 +1272,17 @@ impl SimCluster {
         self.put_new(key, value)
     }
 
-    /// Re-sends an existing key with its identical value under a new revision.
-    /// Rewrites [`PAYLOAD_KEY`] with `bytes` fresh pseudo-random (hex) bytes.
+    /// Rewrites [`PAYLOAD_KEY`] with a `bytes`-long value: the head (send time and number,
+    /// truncated when `bytes` is shorter) then fresh pseudo-random hex.
     pub fn payload_update(&mut self, bytes: usize) -> KvUpdate {
-        let value = self.rng.hex(bytes);
+        self.payloads += 1;
+        let mut value = format!("{:016x}{:016x}", now_unix_nanos(), self.payloads);
+        value.push_str(&self.rng.hex(bytes.saturating_sub(PAYLOAD_HEAD_LEN)));
+        value.truncate(bytes);
         self.put_new(PAYLOAD_KEY, value)
     }
 
+    /// Re-sends an existing key with its identical value under a new revision.
     fn noop(&mut self) -> KvUpdate {
         let i = self.rng.below(self.entries.len());
         let rev = self.bump();
@@ -1793,6 +1820,32 @@ mod tests {
     }
 
     #[test]
+    fn payload_heads_round_trip_and_reject_what_is_not_one() {
+        let mut sim = SimCluster::new(small(1));
+        let before = now_unix_nanos();
+        let v = sim.payload_update(100).value.expect("a set");
+        let (stamp, n) = parse_payload_head(&v).expect("a head");
+        assert!(stamp >= before && stamp <= now_unix_nanos());
+        assert_eq!(n, 1);
+        assert_eq!(
+            parse_payload_head(b"00000000000000ff0000000000000010xyz"),
+            Some((255, 16))
+        );
+        // Too short, upper-case or non-hex: not a head.
+        assert_eq!(parse_payload_head(b"00000000000000ff000000000000001"), None);
+        assert_eq!(
+            parse_payload_head(b"00000000000000FF0000000000000010"),
+            None
+        );
+        assert_eq!(
+            parse_payload_head(b"00000000000000fg0000000000000010"),
+            None
+        );
+        // A value shorter than the head carries a truncated one.
+        assert_eq!(sim.payload_update(20).value.map(|v| v.len()), Some(20));
+    }
+
+    #[test]
     fn payload_stream_rewrites_one_key_with_fresh_values_at_the_rate() {
         let rt = runtime();
         rt.block_on(async {
@@ -1803,6 +1856,7 @@ mod tests {
                 ..small(3)
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let before = now_unix_nanos();
             let task = tokio::spawn(run(cfg, tx));
             skip_to_in_sync(&mut rx).await;
             let start = tokio::time::Instant::now();
@@ -1815,6 +1869,9 @@ mod tests {
                         assert_eq!(u[0].key, Key::from(PAYLOAD_KEY));
                         let v = u[0].value.clone().expect("a set");
                         assert_eq!(v.len(), 300);
+                        let (stamp, number) = parse_payload_head(&v).expect("a payload head");
+                        assert_eq!(number, values.len() as u64 + 1, "numbered from 1 in order");
+                        assert!(stamp <= now_unix_nanos() && stamp >= before);
                         values.insert(v);
                     }
                     other => panic!("unexpected {other:?}"),

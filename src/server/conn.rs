@@ -162,6 +162,21 @@ impl Connection {
         self.phase = phase;
     }
 
+    /// Whether the pong timeout runs: not while a snapshot is being written. A ping waits
+    /// behind every byte queued before it (and none can go inside Typha's binary snapshot),
+    /// so a client downloading a large snapshot slowly (thousands reconnecting at once) cannot
+    /// answer in time, yet is alive; cut off, it would come back for another. Meanwhile the
+    /// write timeout catches one that stopped reading. Typha, too, waits for the ACK that
+    /// ends a binary snapshot only once the snapshot is written. Before the snapshot (the
+    /// ACK of a decoder restart) and after it, the client owes an answer.
+    pub fn answer_due(&self) -> bool {
+        match self.phase {
+            Phase::Handshake | Phase::Closing { .. } => false,
+            Phase::Snapshot => self.out.hold_snapshot,
+            Phase::Streaming => true,
+        }
+    }
+
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing { .. })
     }

@@ -1234,6 +1234,8 @@ impl Server {
                     .inc();
             }
             (Phase::Snapshot, Phase::Streaming) => {
+                // The pong timeout starts again now (`Connection::answer_due`).
+                c.last_pong = now;
                 if let Some(t) = c.handshake_done_at {
                     self.metrics.client_snapshot_send_secs[c.out.syncer.index()]
                         .observe(now.duration_since(t).as_secs_f64());
@@ -1413,7 +1415,7 @@ impl Server {
                             DropReason::WriteTimeout,
                             "accepted no bytes in time",
                         ))
-                    } else if now.duration_since(c.last_pong) > cfg.pong_timeout {
+                    } else if c.answer_due() && now.duration_since(c.last_pong) > cfg.pong_timeout {
                         Some(Housekeeping::Drop(
                             DropReason::PongTimeout,
                             "no pong in time",

@@ -245,10 +245,7 @@ impl SnapshotCache {
         ring: &Ring,
         min_seq: u64,
     ) -> Option<Arc<EncodedSnapshot>> {
-        let c = self.cached.get(&key)?;
-        let current = c.snap.seq == ring.last_seq();
-        let fresh = current || c.built_at.elapsed() <= self.reuse_window;
-        (fresh && c.snap.seq >= min_seq && ring.holds_from(c.snap.seq + 1)).then(|| c.snap.clone())
+        self.continuable(key, ring, min_seq, true)
     }
 
     /// Beyond the bound: the cached snapshot for `key`, however old, if the ring still
@@ -259,8 +256,23 @@ impl SnapshotCache {
         ring: &Ring,
         min_seq: u64,
     ) -> Option<Arc<EncodedSnapshot>> {
+        self.continuable(key, ring, min_seq, false)
+    }
+
+    /// The cached snapshot for `key` if it is at `min_seq` or later, the ring holds every batch
+    /// after it and, when `must_be_fresh`, it is current or inside the reuse window.
+    fn continuable(
+        &self,
+        key: SnapshotKey,
+        ring: &Ring,
+        min_seq: u64,
+        must_be_fresh: bool,
+    ) -> Option<Arc<EncodedSnapshot>> {
         let c = self.cached.get(&key)?;
-        (c.snap.seq >= min_seq && ring.holds_from(c.snap.seq + 1)).then(|| c.snap.clone())
+        let fresh = !must_be_fresh
+            || c.snap.seq == ring.last_seq()
+            || c.built_at.elapsed() <= self.reuse_window;
+        (fresh && c.snap.seq >= min_seq && ring.holds_from(c.snap.seq + 1)).then(|| c.snap.clone())
     }
 
     fn count_reused(&self, key: SnapshotKey, clients: usize) {

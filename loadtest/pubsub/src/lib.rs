@@ -27,8 +27,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use sub::{unix_nanos, Shared};
+use typha::datastore::sim::PAYLOAD_HEAD_LEN;
 use typha_loadtest_common::sys;
-use wire::{BareWire, NatsWire, RespWire, TyphaWire, Wire, HEAD};
+use wire::{BareWire, FelixWire, NatsWire, RespWire, TyphaWire, Wire, HEAD};
 
 /// Share of the expected deliveries (less those in flight) that must arrive for a pass.
 const PASS_FRACTION: f64 = 0.95;
@@ -44,8 +45,11 @@ pub enum Target {
     Nats,
     /// The floor: a minimal writer of one pre-built buffer to every socket.
     Bare,
-    /// The typha daemon on its sim datastore's payload stream.
+    /// The typha daemon on its sim datastore's payload stream, native protocol.
     Typha,
+    /// The same daemon and stream, subscribers speaking Felix's protocol (Typha's gob and
+    /// snappy), as Calico's Felix does.
+    TyphaFelix,
 }
 
 impl Target {
@@ -55,7 +59,14 @@ impl Target {
             Target::Nats => "nats",
             Target::Bare => "bare",
             Target::Typha => "typha",
+            Target::TyphaFelix => "typha-felix",
         }
+    }
+
+    /// Whether the server is the typha daemon on its sim's payload stream (it publishes by
+    /// itself; the harness starts no publisher).
+    pub fn is_typha(self) -> bool {
+        matches!(self, Target::Typha | Target::TyphaFelix)
     }
 }
 
@@ -118,7 +129,13 @@ impl PubsubArgs {
                 "--msg-bytes must be between {HEAD} (the stamp and sequence number) and {MAX_MSG_BYTES}"
             ));
         }
-        let max_rate = if self.target == Target::Typha {
+        if self.target == Target::TyphaFelix && self.msg_bytes < PAYLOAD_HEAD_LEN {
+            return Err(format!(
+                "--msg-bytes must be at least {PAYLOAD_HEAD_LEN} for typha-felix (the value's \
+                 stamp and number)"
+            ));
+        }
+        let max_rate = if self.target.is_typha() {
             MAX_TYPHA_RATE
         } else {
             100_000.0
@@ -363,6 +380,7 @@ fn new_wire(target: Target, idx: usize, msg_bytes: usize) -> Box<dyn Wire> {
         Target::Nats => Box::new(NatsWire::default()),
         Target::Bare => Box::new(BareWire::new(msg_bytes)),
         Target::Typha => Box::new(TyphaWire::new(idx)),
+        Target::TyphaFelix => Box::new(FelixWire::new(idx)),
     }
 }
 
@@ -455,7 +473,7 @@ pub fn run(cfg: PubsubConfig) -> anyhow::Result<PubsubReport> {
             shared
                 .window_end_ns
                 .store(t0_ns + (cfg.duration * 1e9) as u64, Relaxed);
-            if cfg.target != Target::Typha {
+            if !cfg.target.is_typha() {
                 let addr = server.publish_addr;
                 let (target, bytes, rate) = (cfg.target, cfg.msg_bytes, cfg.rate);
                 publisher = Some(
@@ -672,6 +690,12 @@ mod tests {
         assert!(args(Target::Redis, 512, 0.0, 3.0).validate().is_err());
         assert!(args(Target::Redis, 512, 10.0, 1.0).validate().is_err());
         assert!(args(Target::Typha, 512, 5000.0, 3.0).validate().is_err());
+        assert!(args(Target::TyphaFelix, 512, 5000.0, 3.0)
+            .validate()
+            .is_err());
+        assert!(args(Target::TyphaFelix, 16, 10.0, 3.0).validate().is_err());
+        assert!(args(Target::Typha, 16, 10.0, 3.0).validate().is_ok());
+        assert!(args(Target::TyphaFelix, 32, 10.0, 3.0).validate().is_ok());
         assert!(args(Target::Nats, 512, 5000.0, 3.0).validate().is_ok());
     }
 }

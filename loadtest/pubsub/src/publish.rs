@@ -57,7 +57,7 @@ fn frame(target: Target, msg_bytes: usize) -> Frame {
         Target::Nats => {
             bytes.extend_from_slice(format!("PUB {CHANNEL} {msg_bytes}\r\n").as_bytes())
         }
-        Target::Bare | Target::Typha => {}
+        Target::Bare | Target::Typha | Target::TyphaFelix => {}
     }
     let head_at = bytes.len();
     match target {
@@ -65,7 +65,7 @@ fn frame(target: Target, msg_bytes: usize) -> Frame {
             bytes.extend_from_slice(&filler(msg_bytes));
             bytes.extend_from_slice(b"\r\n");
         }
-        Target::Bare | Target::Typha => bytes.extend_from_slice(&[0; HEAD]),
+        Target::Bare | Target::Typha | Target::TyphaFelix => bytes.extend_from_slice(&[0; HEAD]),
     }
     Frame { bytes, head_at }
 }

@@ -130,7 +130,7 @@ fn binary(cfg: &PubsubConfig) -> anyhow::Result<PathBuf> {
             anyhow!("nats-server not found: apt-get install nats-server (or run scripts/install-bench-deps.sh)")
         }),
         Target::Bare => std::env::current_exe().context("cannot find this executable"),
-        Target::Typha => {
+        Target::Typha | Target::TyphaFelix => {
             let exe = std::env::current_exe().context("cannot find this executable")?;
             let p = exe.with_file_name("typha");
             if !p.is_file() {
@@ -199,7 +199,7 @@ fn write_config(cfg: &PubsubConfig, dir: &Path, port: u16) -> anyhow::Result<Opt
             max_clients(cfg),
             cfg.msg_bytes.max(1 << 20)
         ),
-        Target::Bare | Target::Typha => return Ok(None),
+        Target::Bare | Target::Typha | Target::TyphaFelix => return Ok(None),
     };
     let path = dir.join("server.conf");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -230,7 +230,7 @@ pub fn start(cfg: &PubsubConfig) -> anyhow::Result<ServerProcess> {
                 .args(["--control-port", &control.to_string()])
                 .args(["--msg-bytes", &cfg.msg_bytes.to_string()]);
         }
-        Target::Typha => {
+        Target::Typha | Target::TyphaFelix => {
             // The environment must not change the daemon's settings behind the harness' back.
             for (k, _) in std::env::vars_os() {
                 if k.to_string_lossy().starts_with("TYPHA_") {

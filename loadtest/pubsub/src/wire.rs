@@ -1,12 +1,16 @@
 //! Minimal subscriber-side parsers of the three comparison protocols (Redis RESP2 push messages,
-//! the NATS client protocol, the bare writer's fixed-size stream) and the typha protocol through
-//! [`ClientSession`]. Each is "bytes in, events out", takes input split at any point, and keeps
+//! the NATS client protocol, the bare writer's fixed-size stream), typha-rs' native protocol
+//! through [`ClientSession`] and Felix's protocol through [`FelixClientSession`]. Each is "bytes in, events out", takes input split at any point, and keeps
 //! only the first [`HEAD`] bytes of a payload: the stamp and sequence number are all the harness
 //! needs, so an 8 KiB message costs no copy beyond the kernel's.
 
 use std::fmt;
 use typha::client::{ClientEvent, ClientOptions, ClientSession, Tracking};
+use typha::datastore::sim::{parse_payload_head, PAYLOAD_KEY};
 use typha::model::{SyncStatus, SyncerType};
+use typha::proto::typha::{
+    FelixClientConfig, FelixClientEvent, FelixClientSession, SYNCER_FELIX, SYNC_STATUS_IN_SYNC,
+};
 
 /// Bytes at the start of every message: the send time (Unix nanoseconds) and the sequence
 /// number, both u64 little-endian.
@@ -540,6 +544,83 @@ impl Wire for TyphaWire {
     }
 }
 
+/// A Felix-protocol client as Calico's Felix opens one (decoder restart, snappy, modern policy
+/// keys) that keeps no map. Typha's messages carry neither a timestamp nor a sequence number,
+/// so a message is a rewrite of the sim's payload key and its stamp and number are read from
+/// the value's head ([`parse_payload_head`]): the stamp is when the sim wrote it, a few
+/// microseconds before the native wire's `received_at`.
+pub struct FelixWire {
+    session: FelixClientSession,
+    /// Highest payload number seen.
+    seq: u64,
+    subscribed: bool,
+}
+
+impl FelixWire {
+    pub fn new(idx: usize) -> Self {
+        FelixWire {
+            session: FelixClientSession::new(FelixClientConfig::felix(
+                &format!("typha-pubsub-felix-{idx}"),
+                SYNCER_FELIX,
+                idx as u64,
+            )),
+            seq: 0,
+            subscribed: false,
+        }
+    }
+
+    fn move_output(&mut self, out: &mut Vec<u8>) {
+        if self.session.has_outbound() {
+            out.extend_from_slice(&self.session.take_outbound());
+        }
+    }
+}
+
+impl Wire for FelixWire {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        self.move_output(out);
+    }
+
+    fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        events: &mut Vec<WireEvent>,
+    ) -> Result<(), String> {
+        self.session.feed(data);
+        while let Some(ev) = self.session.poll_event().map_err(|e| e.to_string())? {
+            match ev {
+                FelixClientEvent::SyncStatus(SYNC_STATUS_IN_SYNC) if !self.subscribed => {
+                    self.subscribed = true;
+                    events.push(WireEvent::Subscribed);
+                }
+                FelixClientEvent::Kvs(kvs) => {
+                    for u in kvs.iter().filter(|u| u.key == PAYLOAD_KEY) {
+                        let Some(value) = &u.value else {
+                            return Err("the payload key was deleted".into());
+                        };
+                        let (stamp, seq) = parse_payload_head(value)
+                            .ok_or("a payload value without its stamp and number")?;
+                        // The snapshot may hold a payload; only rewrites after it count, and
+                        // a coalesced batch counts the rewrites it stands for.
+                        if self.subscribed && seq > self.seq {
+                            events.push(WireEvent::Message {
+                                stamp,
+                                seq,
+                                count: seq - self.seq,
+                            });
+                        }
+                        self.seq = self.seq.max(seq);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.move_output(out);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,5 +884,117 @@ mod tests {
             run(vec![&s[..cut], &s[cut..]]);
         }
         run(s.chunks(1).collect());
+    }
+
+    /// A plain (streamed-path) Felix stream: the snapshot holds payload 2, then payload 3, a
+    /// ping, and one message with payloads 5 and 6 (4 was coalesced away).
+    fn felix_stream() -> (Vec<u8>, Vec<WireEvent>) {
+        use typha::proto::typha::{
+            encode_kvs, encode_ping, encode_server_hello, encode_sync_status, server_preamble,
+            GoTime, SerializedUpdate, ServerHello, UPDATE_TYPE_NEW, UPDATE_TYPE_UPDATED,
+        };
+        let payload = |stamp: u64, n: u64, kind: u8| SerializedUpdate {
+            key: PAYLOAD_KEY.into(),
+            value: Some(bytes::Bytes::from(format!(
+                "{stamp:016x}{n:016x}{}",
+                "ab".repeat(40)
+            ))),
+            revision: format!("{}", 100 + n),
+            update_type: kind,
+            ..SerializedUpdate::default()
+        };
+        let other = SerializedUpdate {
+            key: "/calico/v1/config/Other".into(),
+            value: Some(bytes::Bytes::from_static(b"x")),
+            revision: "1".into(),
+            update_type: UPDATE_TYPE_NEW,
+            ..SerializedUpdate::default()
+        };
+        let mut s = server_preamble().to_vec();
+        s.extend_from_slice(&encode_server_hello(&ServerHello {
+            version: "v".into(),
+            syncer_type: SYNCER_FELIX.into(),
+            supports_node_resource_updates: true,
+            server_conn_id: 1,
+        }));
+        s.extend_from_slice(&encode_kvs(&[
+            payload(20, 2, UPDATE_TYPE_NEW),
+            other.clone(),
+        ]));
+        s.extend_from_slice(&encode_sync_status(SYNC_STATUS_IN_SYNC));
+        s.extend_from_slice(&encode_kvs(&[payload(30, 3, UPDATE_TYPE_UPDATED)]));
+        s.extend_from_slice(&encode_ping(GoTime::from_unix_nanos(5)));
+        s.extend_from_slice(&encode_kvs(&[
+            payload(50, 5, UPDATE_TYPE_UPDATED),
+            other,
+            payload(60, 6, UPDATE_TYPE_UPDATED),
+        ]));
+        let want = vec![
+            WireEvent::Subscribed,
+            WireEvent::Message {
+                stamp: 30,
+                seq: 3,
+                count: 1,
+            },
+            WireEvent::Message {
+                stamp: 50,
+                seq: 5,
+                count: 2,
+            },
+            WireEvent::Message {
+                stamp: 60,
+                seq: 6,
+                count: 1,
+            },
+        ];
+        (s, want)
+    }
+
+    #[test]
+    fn felix_reads_stamps_from_values_and_answers_pings_at_every_split() {
+        let (s, want) = felix_stream();
+        let run = |pieces: Vec<&[u8]>| {
+            let mut w = FelixWire::new(0);
+            let (mut out, mut ev) = (Vec::new(), Vec::new());
+            w.start(&mut out);
+            assert!(!out.is_empty(), "the ClientHello is queued at start");
+            out.clear();
+            for p in pieces {
+                w.feed(p, &mut out, &mut ev).unwrap();
+            }
+            assert_eq!(ev, want);
+            assert!(!out.is_empty(), "a pong is queued");
+            out
+        };
+        let whole = run(vec![&s]);
+        for cut in (0..=s.len()).step_by(7) {
+            assert_eq!(run(vec![&s[..cut], &s[cut..]]), whole);
+        }
+        assert_eq!(run(s.chunks(1).collect()), whole);
+    }
+
+    #[test]
+    fn felix_rejects_a_payload_without_its_head() {
+        use typha::proto::typha::{
+            encode_kvs, encode_server_hello, encode_sync_status, server_preamble, SerializedUpdate,
+            ServerHello,
+        };
+        let mut s = server_preamble().to_vec();
+        s.extend_from_slice(&encode_server_hello(&ServerHello {
+            version: "v".into(),
+            syncer_type: SYNCER_FELIX.into(),
+            supports_node_resource_updates: true,
+            server_conn_id: 1,
+        }));
+        s.extend_from_slice(&encode_sync_status(SYNC_STATUS_IN_SYNC));
+        s.extend_from_slice(&encode_kvs(&[SerializedUpdate {
+            key: PAYLOAD_KEY.into(),
+            value: Some(bytes::Bytes::from_static(b"not-hex")),
+            ..SerializedUpdate::default()
+        }]));
+        let mut w = FelixWire::new(0);
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        let e = w.feed(&s, &mut out, &mut ev).unwrap_err();
+        assert!(e.contains("stamp"), "{e}");
     }
 }

@@ -508,13 +508,13 @@ pub fn render(results: &Value, preamble: &str, link_prefix: &str) -> Result<Rend
         .filter_map(|c| api_row(c))
         .collect();
 
-    targets(&mut md, &runs, &pubsubs, &apis);
+    targets(&mut md, &runs, &pubsubs, &apis, &felix_apis);
     fanout(&mut md, &mut plots, &runs, &machine, link_prefix);
     tls_cost(&mut md, &runs);
     storm_and_idle(&mut md, &mut plots, &runs, &machine, link_prefix);
     comparisons(&mut md, &mut plots, &pubsubs, &machine, link_prefix);
     apiserver(&mut md, &mut plots, &apis, &machine, link_prefix);
-    felix_protocol(&mut md, &runs, &felix_runs, &felix_apis);
+    felix_protocol(&mut md, &runs, &felix_runs, &pubsubs, &felix_apis);
 
     if !all.is_empty() {
         md.push_str("### Commands\n\n");
@@ -580,7 +580,47 @@ fn largest<T>(rows: &[T], n: impl Fn(&T) -> f64, pick: impl Fn(&T) -> bool) -> O
         .max_by(|a, b| n(a).total_cmp(&n(b)))
 }
 
-fn targets(md: &mut String, runs: &[RunRow], pubsubs: &[PubsubRow], apis: &[ApiRow]) {
+/// Pairs each Felix-protocol pub/sub row with its native twin (same daemon, stream and N):
+/// `(felix, native, felix CPU ÷ native CPU)`.
+fn felix_pubsub_pairs<'r, 'a>(
+    pubsubs: &'r [PubsubRow<'a>],
+) -> Vec<(&'r PubsubRow<'a>, Option<&'r PubsubRow<'a>>, Option<f64>)> {
+    pubsubs
+        .iter()
+        .filter(|r| r.target == "typha-felix")
+        .map(|fr| {
+            let twin = pubsubs.iter().find(|x| {
+                x.target == "typha" && x.n == fr.n && x.bytes == fr.bytes && x.rate == fr.rate
+            });
+            let ratio = twin
+                .and_then(|t| t.cpu_us)
+                .zip(fr.cpu_us)
+                .filter(|(n, _)| *n > 0.0)
+                .map(|(n, f)| f / n);
+            (fr, twin, ratio)
+        })
+        .collect()
+}
+
+/// typha-rs' and Calico's Typha's `(CPU per received delivery, RSS at the end)` from the
+/// side-by-side cells behind the API server.
+fn typha_vs_calico(apis: &[&Value]) -> Option<[(Option<f64>, Option<f64>); 2]> {
+    let by = |d: &str| {
+        apis.iter()
+            .find(|c| st(c, "/params/daemon") == Some(d))
+            .and_then(|c| c.pointer("/results/run"))
+            .map(|r| (cpu_us_per_received(r), f(r, "/server/rss_end_bytes")))
+    };
+    Some([by("typha-rs")?, by("calico-typha")?])
+}
+
+fn targets(
+    md: &mut String,
+    runs: &[RunRow],
+    pubsubs: &[PubsubRow],
+    apis: &[ApiRow],
+    felix_apis: &[&Value],
+) {
     md.push_str("### Targets\n\n| target | measured | cell | verdict |\n|---|---|---|---|\n");
     // 1. CPU and p99 at 10,000 clients × 10 batches/s × 8 KiB.
     let t = largest(
@@ -728,6 +768,75 @@ fn targets(md: &mut String, runs: &[RunRow], pubsubs: &[PubsubRow], apis: &[ApiR
     let _ = writeln!(
         md,
         "| typha-rs takes the watch load off the API server (less API server CPU than direct watchers at the same N) | {measured} | {cell} | {} |",
+        verdict(v)
+    );
+    // 6. Felix's protocol costs about what the native one does, per delivery.
+    let pairs: Vec<_> = felix_pubsub_pairs(pubsubs)
+        .into_iter()
+        .filter_map(|(fr, twin, ratio)| Some((fr, twin?, ratio?)))
+        .collect();
+    let (measured, cell, v) = if pairs.is_empty() {
+        (DASH.into(), DASH.into(), Verdict::Unmeasured)
+    } else {
+        let measured = pairs
+            .iter()
+            .map(|(fr, tw, ratio)| {
+                format!(
+                    "{:.2}× at {} × {} × {}/s ({} against {})",
+                    ratio,
+                    int(fr.n),
+                    msg_size(fr.bytes),
+                    int(fr.rate),
+                    num(fr.cpu_us, 2) + " µs",
+                    num(tw.cpu_us, 2) + " µs"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let cells = pairs
+            .iter()
+            .map(|(fr, _, _)| cell_link(fr.cell))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let worst = pairs.iter().map(|p| p.2).fold(0.0f64, f64::max);
+        (measured, cells, check(Some(worst <= 1.2)))
+    };
+    let _ = writeln!(
+        md,
+        "| Felix-protocol deliveries within 1.2× of native ones (server CPU per delivery, pub/sub cells) | {measured} | {cell} | {} |",
+        verdict(v)
+    );
+    // 7. Against the daemon it replaces.
+    let (measured, cell, v) = match typha_vs_calico(felix_apis) {
+        Some([(rs_cpu, rs_rss), (go_cpu, go_rss)]) => {
+            let ratio = |a: Option<f64>, b: Option<f64>| {
+                a.zip(b).filter(|(a, _)| *a > 0.0).map(|(a, b)| b / a)
+            };
+            let (cpu, rss) = (ratio(rs_cpu, go_cpu), ratio(rs_rss, go_rss));
+            let cells = felix_apis
+                .iter()
+                .map(|c| cell_link(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                format!(
+                    "Calico's Typha {} the CPU per delivery ({} against {}) and {} the RSS ({} against {})",
+                    num(cpu, 1) + "×",
+                    us(go_cpu),
+                    us(rs_cpu),
+                    num(rss, 1) + "×",
+                    bytes(go_rss),
+                    bytes(rs_rss)
+                ),
+                cells,
+                check(cpu.zip(rss).map(|(c, r)| c >= 4.0 && r >= 20.0)),
+            )
+        }
+        None => (DASH.into(), DASH.into(), Verdict::Unmeasured),
+    };
+    let _ = writeln!(
+        md,
+        "| ≥ 4× less CPU per delivery and ≥ 20× less RSS than Calico's Typha serving the same Felix clients | {measured} | {cell} | {} |",
         verdict(v)
     );
     md.push('\n');
@@ -1048,7 +1157,7 @@ fn storm_and_idle(
     }
 }
 
-const TARGETS: [&str; 4] = ["typha", "bare", "redis", "nats"];
+const TARGETS: [&str; 5] = ["typha", "typha-felix", "bare", "redis", "nats"];
 
 fn comparisons(
     md: &mut String,
@@ -1154,7 +1263,7 @@ fn comparisons(
             md,
             prefix,
             "comparisons.png",
-            "CPU per delivery: typha-rs, bare, Redis, NATS",
+            "CPU per delivery: typha-rs (native and Felix protocol), bare, Redis, NATS",
             &cells,
         );
     }
@@ -1162,8 +1271,15 @@ fn comparisons(
 
 /// Felix's protocol beside the native one (the same daemon, settings and cells), then typha-rs
 /// against Calico's Typha behind the same API server and writer.
-fn felix_protocol(md: &mut String, runs: &[RunRow], felix_runs: &[RunRow], apis: &[&Value]) {
-    if felix_runs.is_empty() && apis.is_empty() {
+fn felix_protocol(
+    md: &mut String,
+    runs: &[RunRow],
+    felix_runs: &[RunRow],
+    pubsubs: &[PubsubRow],
+    apis: &[&Value],
+) {
+    let pairs = felix_pubsub_pairs(pubsubs);
+    if felix_runs.is_empty() && pairs.is_empty() && apis.is_empty() {
         return;
     }
     md.push_str(
@@ -1206,6 +1322,39 @@ fn felix_protocol(md: &mut String, runs: &[RunRow], felix_runs: &[RunRow], apis:
         }
         md.push('\n');
     }
+    if !pairs.is_empty() {
+        md.push_str(
+            "#### Pub/sub cells: Felix's protocol beside the native one\n\n\
+             The same daemon and payload stream (`pubsub --target typha-felix` against \
+             `--target typha`): each message is one rewrite of a config key, sent to every \
+             subscriber as one `MsgKVs`, gob-encoded and snappy-compressed once. Latency runs \
+             from when the sim wrote the value (Felix's messages carry no timestamp; the value \
+             carries it) to when the subscriber decoded it.\n\n\
+             | Felix cell | native twin | subscribers | message × rate | CPU per delivery, native → Felix | ratio | p99, native → Felix | delivered / expected (Felix) | result |\n\
+             |---|---|---:|---|---:|---:|---:|---:|---|\n",
+        );
+        for (fr, twin, ratio) in &pairs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} × {}/s | {} → {} | {} | {} → {} | {} / {} | {} |",
+                cell_link(fr.cell),
+                twin.map_or(DASH.into(), |t| cell_link(t.cell)),
+                int(fr.n),
+                msg_size(fr.bytes),
+                int(fr.rate),
+                twin.and_then(|t| t.cpu_us)
+                    .map_or(DASH.into(), |c| format!("{c:.2} µs")),
+                fr.cpu_us.map_or(DASH.into(), |c| format!("{c:.2} µs")),
+                ratio.map_or(DASH.into(), |r| format!("{r:.2}×")),
+                us(twin.and_then(|t| t.p99)),
+                us(fr.p99),
+                fr.delivered.map_or(DASH.into(), |d| int(d as f64)),
+                fr.expected.map_or(DASH.into(), |d| int(d as f64)),
+                result_word(fr.cell),
+            );
+        }
+        md.push('\n');
+    }
     if !apis.is_empty() {
         md.push_str(
             "#### typha-rs against Calico's Typha\n\n\
@@ -1231,24 +1380,18 @@ fn felix_protocol(md: &mut String, runs: &[RunRow], felix_runs: &[RunRow], apis:
             );
         }
         md.push('\n');
-        let by = |d: &str| {
-            apis.iter()
-                .find(|c| st(c, "/params/daemon") == Some(d))
-                .and_then(|c| c.pointer("/results/run"))
-        };
-        if let (Some(rs), Some(go)) = (by("typha-rs"), by("calico-typha")) {
+        if let Some([(rs_cpu, rs_rss), (go_cpu, go_rss)]) = typha_vs_calico(apis) {
             let ratio = |a: Option<f64>, b: Option<f64>| {
                 a.zip(b)
                     .filter(|(a, _)| *a > 0.0)
                     .map_or(DASH.into(), |(a, b)| format!("{:.1}×", b / a))
             };
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 md,
                 "Calico's Typha over typha-rs: {} the CPU per delivery (target ≥ 4×), {} the RSS \
                  (target ≥ 20×).\n",
-                ratio(cpu_us_per_received(rs), cpu_us_per_received(go)),
-                ratio(f(rs, "/server/rss_end_bytes"), f(go, "/server/rss_end_bytes")),
+                ratio(rs_cpu, go_cpu),
+                ratio(rs_rss, go_rss),
             );
         }
     }
@@ -1548,10 +1691,51 @@ mod fixture_tests {
                 }}
             })
         };
+        // A Felix pub/sub cell beside its native twin (20 µs), 1.25× the cost: over target.
+        let mut ps = cells
+            .iter()
+            .find(|c| c["id"] == "pubsub-typha-n50-8192B-10hz")
+            .unwrap()
+            .clone();
+        ps["id"] = json!("pubsub-typha-felix-n50-8192B-10hz");
+        ps["params"]["target"] = json!("typha-felix");
+        ps["results"]["pubsub"]["target"] = json!("typha-felix");
+        ps["results"]["pubsub"]["cpu_us_per_delivery"] = json!(25.0);
+        ps["results"]["pubsub"]["deliveries_per_cpu_sec"] = json!(40000.0);
+        cells.push(ps);
         cells.push(api("typha-rs", 2.0, 10 << 20));
         cells.push(api("calico-typha", 8.0, 370 << 20));
         let md = render(&results, "", "benchmarks/").unwrap().markdown;
         assert!(md.contains("### Felix's protocol"), "{md}");
+        assert!(md.contains("#### Pub/sub cells: Felix's protocol beside the native one"));
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| [pubsub-typha-felix-n50-8192B-10hz]") && l.contains(" → "))
+            .unwrap();
+        assert!(
+            row.contains("[pubsub-typha-n50-8192B-10hz]")
+                && row.contains("| 20.00 µs → 25.00 µs | 1.25× |"),
+            "{row}"
+        );
+        let target = |what: &str| {
+            md.lines()
+                .find(|l| l.starts_with("| ") && l.contains(what))
+                .unwrap_or_else(|| panic!("no target row {what}: {md}"))
+                .to_owned()
+        };
+        let felix_target = target("Felix-protocol deliveries within 1.2×");
+        assert!(
+            felix_target.contains("1.25× at 50 × 8 KiB × 10/s (25.00 µs against 20.00 µs)")
+                && felix_target.ends_with("| **not met** |"),
+            "{felix_target}"
+        );
+        let calico_target = target("than Calico's Typha serving the same Felix clients");
+        assert!(
+            calico_target
+                .contains("Calico's Typha 4.0× the CPU per delivery (40 µs against 10 µs)")
+                && calico_target.ends_with("| met |"),
+            "{calico_target}"
+        );
         // The Felix cell beside its twin, with the ratio; the twin stays in the native tables.
         let row = md
             .lines()
@@ -1704,13 +1888,22 @@ mod fixture_tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(bars.bars, ["typha", "bare", "redis", "nats"]);
+        assert_eq!(bars.bars, ["typha", "typha-felix", "bare", "redis", "nats"]);
         assert_eq!(bars.values.len(), 2);
+        // The fixture has no Felix pub/sub cell: its bars are missing, nothing else moves.
         assert_eq!(
             bars.values[0],
-            [Some(20.0), Some(10.0), Some(10.0), Some(40.0)]
+            [Some(20.0), None, Some(10.0), Some(10.0), Some(40.0)]
         );
-        assert_eq!(bars.values[1], [Some(9.0), Some(4.0), Some(5.0), None]);
+        assert_eq!(
+            bars.values[1],
+            [Some(9.0), None, Some(4.0), Some(5.0), None]
+        );
+        // Nor a Felix or Calico cell: those targets are not measured.
+        for what in ["Felix-protocol deliveries within", "than Calico's Typha"] {
+            let row = md.lines().find(|l| l.contains(what)).unwrap();
+            assert!(row.ends_with("| not measured |"), "{row}");
+        }
         assert!(bars.caption[1].starts_with("2 cores"));
     }
 }

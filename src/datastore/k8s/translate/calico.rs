@@ -19,6 +19,19 @@ use std::collections::BTreeMap;
 // ClusterInformation
 // ---------------------------------------------------------------------------------------------
 
+/// Where the config objects named `default` and `node.<n>` (ClusterInformation,
+/// FelixConfiguration) put their v1 keys: GlobalConfig `/calico/v1/config/`, HostConfig
+/// `/calico/v1/host/<n>/config/`. `None` for any other name, which Calico passes through as
+/// the raw v3 resource.
+fn v1_config_prefix(name: &str) -> Option<String> {
+    if name == "default" {
+        Some("/calico/v1/config/".to_string())
+    } else {
+        name.strip_prefix("node.")
+            .map(|node| format!("/calico/v1/host/{node}/config/"))
+    }
+}
+
 /// Translates a ClusterInformation as v3.32.1's shared config processor
 /// (`updateprocessors/configurationprocessor.go`) does for each name:
 /// * `default`: the GlobalConfig keys `/calico/v1/config/{ClusterGUID, ClusterType,
@@ -33,11 +46,7 @@ use std::collections::BTreeMap;
 /// Config annotations are ignored, as in Calico.
 pub fn translate_cluster_information(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "ClusterInformation")?;
-    let prefix = if meta.key_name == "default" {
-        "/calico/v1/config/".to_string()
-    } else if let Some(node) = meta.key_name.strip_prefix("node.") {
-        format!("/calico/v1/host/{node}/config/")
-    } else {
+    let Some(prefix) = v1_config_prefix(&meta.key_name) else {
         return Ok(vec![raw_v3_resource(
             "ClusterInformation",
             "clusterinformations",
@@ -902,11 +911,7 @@ const CONFIG_ANNOTATION_PREFIX: &str = "config.projectcalico.org/";
 /// `/calico/resources/v3/projectcalico.org/felixconfigurations/<name>`.
 pub fn translate_felix_configuration(obj: &Value) -> Result<Vec<Kv>, TranslateError> {
     let meta = CalicoMeta::of(obj, "FelixConfiguration")?;
-    let prefix = if meta.key_name == "default" {
-        "/calico/v1/config/".to_string()
-    } else if let Some(node) = meta.key_name.strip_prefix("node.") {
-        format!("/calico/v1/host/{node}/config/")
-    } else {
+    let Some(prefix) = v1_config_prefix(&meta.key_name) else {
         return Ok(vec![raw_v3_resource(
             "FelixConfiguration",
             "felixconfigurations",
