@@ -410,6 +410,16 @@ free_port() {
   die "no free port found"
 }
 
+# Is PID, a process this script just launched, still running? Unlike pid_is this does not look
+# at argv[0]: right after `setsid BIN &` the child may not have exec'd BIN yet (on a busy
+# machine, long enough to be seen), and a child that exited is a zombie or gone.
+alive_pid() {
+  local pid="$1" state
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  state="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)"
+  [[ -n "$state" && "$state" != Z ]]
+}
+
 stop_pid() {
   local pid="$1" name="$2" i
   pid_is "$pid" "$name" || return 0
@@ -538,7 +548,7 @@ launch_etcd() {
 wait_etcd_healthy() {
   local dir="$1" deadline=$((SECONDS + 30))
   until curl -s --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'; do
-    if ! pid_is "$ETCD_PID" etcd; then
+    if ! alive_pid "$ETCD_PID"; then
       tail -n 30 "$dir/etcd.log" >&2
       die "etcd exited during startup (log: $dir/etcd.log)"
     fi
@@ -554,7 +564,7 @@ wait_apiserver_ready() {
   local dir="$1" deadline=$((SECONDS + READY_TIMEOUT)) out=""
   local curl_args=(-s --max-time 5 --cacert "$dir/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN")
   while ((SECONDS < deadline)); do
-    if ! pid_is "$APISERVER_PID" kube-apiserver; then
+    if ! alive_pid "$APISERVER_PID"; then
       tail -n 40 "$dir/apiserver.log" >&2
       die "kube-apiserver exited during startup (log: $dir/apiserver.log)"
     fi
